@@ -1,0 +1,244 @@
+"""Adapters on disk, in the PEFT format: atomic saves, safetensors-only loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .adapters import add_adapter, entry, model_task, task_head_parameters
+from .errors import AdapterError, AdapterMismatchError, ConfigError
+from .method import AdapterWeights, MethodConfig
+from .plugins import MethodHandle, get_method, registry
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+EXTRA_FILE = "peftlab_extra.safetensors"
+META_FILE = "peftlab.json"
+CARD_FILE = "README.md"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size",
+                    "num_attention_heads", "num_key_value_heads")
+
+
+def fingerprint(model: torch.nn.Module) -> dict[str, Any]:
+    """The base-model facts an adapter depends on (checked when it is loaded)."""
+    cfg = model.config
+    return {k: getattr(cfg, k) for k in FINGERPRINT_KEYS if getattr(cfg, k, None) is not None}
+
+
+def base_model_id(model: torch.nn.Module) -> str:
+    return getattr(model, "peftlab_base_id", None) or getattr(model.config, "_name_or_path", "") or "unknown"
+
+
+@dataclass
+class AdapterFiles:
+    """An adapter read from disk, not yet applied to a model."""
+
+    path: Path
+    method: MethodHandle
+    config: MethodConfig
+    weights: AdapterWeights
+    peft_config: dict[str, Any]
+    meta: dict[str, Any]
+
+
+def _atomic_dir(path: Path, write) -> Path:
+    """Write a folder with ``write(tmp)`` then swap it into place; the old one survives any failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def save_adapter(model: torch.nn.Module, path: str | os.PathLike, name: str = "default", *,
+                 base_model: str | None = None, card: dict[str, Any] | None = None) -> Path:
+    """Save adapter ``name`` of ``model`` to folder ``path`` in the PEFT format (atomically).
+
+    ``card`` may carry ``metrics``, ``dataset``, ``training`` (dicts/strings) for the model card.
+    """
+    handle, e = entry(model, name)
+    weights = handle.hook("save")(model=model, config=e.config, adapter_name=name)
+    if not isinstance(weights, AdapterWeights):
+        raise AdapterError(f"method {handle.name!r} save hook returned {type(weights).__name__}, not AdapterWeights")
+    head = {f"base_model.model.{k}": v.detach().clone().contiguous() for k, v in task_head_parameters(model).items()}
+    base = base_model or base_model_id(model)
+    task = model_task(model)
+    cfg = {
+        **e.config.to_dict(),
+        "peft_type": handle.peft_type,
+        "task_type": task,
+        "base_model_name_or_path": base,
+        "revision": None,
+        "inference_mode": True,
+    }
+    heads = list(getattr(model, "peftlab_new_modules", ()) or ())
+    if heads:
+        cfg["modules_to_save"] = heads
+    meta = {"method": handle.name, "plugin": handle.plugin, "peftlab_version": __version__,
+            "adapter_name": name, "base_model": base, "base_fingerprint": fingerprint(model),
+            "task_type": task, "extra_file": EXTRA_FILE if weights.extra else None}
+
+    def write(tmp: Path) -> None:
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        save_file({**weights.tensors, **head}, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        if weights.extra:
+            save_file(dict(weights.extra), str(tmp / EXTRA_FILE), metadata={"format": "pt"})
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / CARD_FILE).write_text(model_card(handle, cfg, card or {}))
+
+    return _atomic_dir(Path(path), write)
+
+
+def model_card(handle: MethodHandle, cfg: dict[str, Any], info: dict[str, Any]) -> str:
+    """A Hub model card: YAML header PEFT/Hub tooling understands, then a short description."""
+    base = cfg["base_model_name_or_path"]
+    tags = ["peftlab", f"peftlab-{handle.name}", f"base_model:adapter:{base}"]
+    lines = ["---", f"base_model: {json.dumps(base)}", "library_name: peft",
+             f"pipeline_tag: {'text-generation' if cfg['task_type'] == 'CAUSAL_LM' else 'text-classification'}",
+             "tags:", *[f"- {json.dumps(t)}" for t in tags], "---", "",
+             f"# {handle.name} adapter for {base}", "",
+             f"A {handle.description or handle.name} adapter trained with "
+             f"[peftlab](https://github.com/peftlab) (method plugin `{handle.plugin}`).", ""]
+    if handle.peft_type.upper() == handle.peft_type and handle.peft_type in _PEFT_TYPES:
+        lines += ["It is saved in the PEFT format and loads with `peft`:", "", "```python",
+                  "from peft import PeftModel", "from transformers import AutoModelForCausalLM",
+                  f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), 'PATH')",
+                  "```", ""]
+    else:
+        lines += [f"`peft` has no `{handle.peft_type}` method: load it with peftlab and the "
+                  f"`{handle.plugin}` plugin (`peftlab generate --adapter PATH ...`).", ""]
+    for key in ("dataset", "metrics", "training"):
+        if info.get(key):
+            lines += [f"## {key.capitalize()}", "", "```json", json.dumps(info[key], indent=2, default=str), "```", ""]
+    lines += ["## Config", "", "```json", json.dumps(cfg, indent=2, sort_keys=True), "```", ""]
+    return "\n".join(lines)
+
+
+_PEFT_TYPES = {"LORA", "ADALORA", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "IA3", "LOHA", "LOKR", "OFT"}
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise AdapterError(f"{file}: expected a JSON object")
+    return data
+
+
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"{file}: corrupt or unreadable safetensors file ({e})") from None
+
+
+def read_adapter(path: str | os.PathLike, method: str | None = None) -> AdapterFiles:
+    """Read and validate an adapter folder (ours or one saved by ``peft``). Never unpickles."""
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterError(f"adapter folder {path} does not exist")
+    cfg_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not cfg_file.exists():
+        raise AdapterError(f"{path} is not an adapter folder: {CONFIG_FILE} is missing")
+    if not weights_file.exists():
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise AdapterError(
+                f"{path} holds only pickle weights ({', '.join(pickles)}); peftlab never unpickles, since a "
+                f"pickle can run code. Convert it to {WEIGHTS_FILE} in a trusted environment "
+                f"(peft: model.save_pretrained(dir, safe_serialization=True)).")
+        raise AdapterError(f"{path}: {WEIGHTS_FILE} is missing")
+    peft_cfg = _read_json(cfg_file)
+    meta = _read_json(path / META_FILE) if (path / META_FILE).exists() else {}
+    peft_type = peft_cfg.get("peft_type")
+    if not peft_type:
+        raise AdapterError(f"{cfg_file}: no peft_type")
+    if method:
+        handle = get_method(method)
+    elif meta.get("method"):
+        handle = get_method(meta["method"])
+    else:
+        handle = registry().for_peft_type(str(peft_type), peft_cfg)
+    if str(peft_type) != handle.peft_type:
+        raise AdapterError(f"{cfg_file}: peft_type {peft_type!r} does not match method {handle.name!r} "
+                           f"({handle.peft_type})")
+    try:
+        config = handle.config_class.from_dict(peft_cfg, source=str(cfg_file))
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{cfg_file}: {e}") from None
+    tensors = _read_tensors(weights_file)
+    extra_file = path / EXTRA_FILE
+    extra = _read_tensors(extra_file) if extra_file.exists() else {}
+    return AdapterFiles(path, handle, config, AdapterWeights(tensors, extra), peft_cfg, meta)
+
+
+def check_base(files: AdapterFiles, model: torch.nn.Module) -> None:
+    """Refuse an adapter whose recorded base-model facts differ from ``model``'s."""
+    expected = files.meta.get("base_fingerprint") or {}
+    actual = fingerprint(model)
+    diff = [f"{k}: adapter {v} vs model {actual[k]}" for k, v in expected.items() if k in actual and actual[k] != v]
+    if diff:
+        raise AdapterMismatchError(
+            f"adapter {files.path} was made for another base model "
+            f"({files.meta.get('base_model', 'unknown')}): " + "; ".join(diff))
+    task = files.peft_config.get("task_type")
+    if task and task != model_task(model):
+        raise AdapterMismatchError(f"adapter {files.path} is for {task} but the model is {model_task(model)}")
+
+
+def load_adapter(model: torch.nn.Module, path: str | os.PathLike, name: str | None = None, *,
+                 method: str | None = None, activate: bool = True) -> str:
+    """Load an adapter folder into ``model`` under ``name`` (default: its saved name or "default")."""
+    files = read_adapter(path, method=method)
+    check_base(files, model)
+    name = name or files.meta.get("adapter_name") or "default"
+    head_keys = {k for k in files.weights.tensors if _is_head_key(k, files.peft_config)}
+    weights = AdapterWeights({k: v for k, v in files.weights.tensors.items() if k not in head_keys},
+                             files.weights.extra)
+    add_adapter(model, files.method, files.config, name, activate=activate)
+    files.method.hook("load")(model=model, config=files.config, adapter_name=name, weights=weights)
+    if head_keys:
+        _load_head(model, {k: files.weights.tensors[k] for k in head_keys}, files.path)
+    return name
+
+
+def _is_head_key(key: str, peft_cfg: dict) -> bool:
+    heads = peft_cfg.get("modules_to_save") or []
+    return any(key.startswith(f"base_model.model.{h}.") for h in heads)
+
+
+def _load_head(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, value in tensors.items():
+            pname = key.removeprefix("base_model.model.")
+            if pname not in params or params[pname].shape != value.shape:
+                raise AdapterMismatchError(f"{path}: task-head tensor {pname} does not fit the model")
+            params[pname].copy_(value.to(params[pname].dtype))

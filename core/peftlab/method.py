@@ -1,0 +1,260 @@
+"""What a method plugin registers: a ``Method`` with a ``MethodConfig`` and ``Capabilities``."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from .errors import AdapterMismatchError, ConfigError
+from .hookspecs import hookimpl
+
+TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS")
+
+# Keys of adapter_config.json that core writes and reads itself; never part of a method config.
+CORE_KEYS = frozenset(
+    {
+        "peft_type",
+        "task_type",
+        "base_model_name_or_path",
+        "revision",
+        "inference_mode",
+        "auto_mapping",
+        "peft_version",
+        "modules_to_save",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method can do; core and the UI act on these (they never look at a method's name)."""
+
+    mergeable: bool = False  # merge() folds it into the weights
+    stackable: bool = True  # may share a model with other adapters (of any method)
+    kv_cache: bool = False  # feeds keys/values through the model's cache (prefix-style)
+    virtual_tokens: bool = False  # lengthens the input with virtual tokens
+    needs_quantized_base: bool = False  # implements load_base_model with a quantized model
+    mixed_batch: bool = False  # rows of one batch may use different adapters of this method
+    task_types: tuple[str, ...] = TASK_TYPES
+    merge_note: str = ""  # why it cannot merge, shown where "merge" is greyed out
+    stack_note: str = ""  # why it cannot stack
+
+
+@dataclass(frozen=True)
+class AdapterWeights:
+    """The tensors of one adapter: PEFT-format ``tensors`` and peftlab-only ``extra`` state."""
+
+    tensors: dict[str, torch.Tensor]
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: typing.Sequence | None = None,
+           default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its help text (shown by ``--help``, the UI form and ``methods --json``)."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = list(choices)
+    if isinstance(default, (list, dict, set)):
+        value = default
+        default, default_factory = dataclasses.MISSING, (lambda: type(value)(value))
+    return field(default=default, default_factory=default_factory, metadata=meta)
+
+
+@dataclass
+class FieldSpec:
+    """One config field as the CLI, the UI and ``methods --json`` see it."""
+
+    name: str
+    kind: str  # "int" | "float" | "bool" | "str" | "choice" | "list"
+    default: Any
+    help: str
+    optional: bool  # None is allowed
+    choices: list | None = None
+
+    def parse(self, text: str | None) -> Any:
+        """Turn user text (a CLI flag, a UI textbox) into a value of this field's type."""
+        if text is None or (self.optional and str(text).strip().lower() in ("", "none", "null")):
+            return None
+        text = str(text).strip()
+        try:
+            if self.kind == "int":
+                return int(text)
+            if self.kind == "float":
+                return float(text)
+            if self.kind == "bool":
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            if self.kind == "list":
+                items = [t.strip() for t in text.split(",") if t.strip()]
+                return items[0] if len(items) == 1 and self.choices is None and _is_special(items[0]) else items
+        except ValueError:
+            raise ConfigError(f"{self.name}: cannot read {text!r} as {self.kind}") from None
+        return text
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "type": self.kind, "default": self.default, "help": self.help,
+                "optional": self.optional, "choices": self.choices}
+
+
+def _is_special(item: str) -> bool:
+    # a single "all-linear" or a regex stays a string rather than a one-item list
+    return item == "all-linear" or any(c in item for c in "^$*+?[]()|\\")
+
+
+def _kind(tp: Any) -> tuple[str, bool, list | None]:
+    """Map an annotation to (kind, optional, choices)."""
+    args = typing.get_args(tp)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        optional = len(non_none) < len(args)
+        if any(typing.get_origin(a) in (list, tuple) for a in non_none):
+            return "list", optional, None
+        if str in non_none and len(non_none) > 1:  # e.g. bool | str: free text, the config validates it
+            return "str", optional, None
+        kind, _, choices = _kind(non_none[0])
+        return kind, optional, choices
+    if origin is Literal:
+        return "choice", False, list(args)
+    if origin in (list, tuple):
+        return "list", False, None
+    if origin is dict or tp is dict:
+        return "dict", False, None
+    return {int: "int", float: "float", bool: "bool", str: "str"}.get(tp, "str"), False, None
+
+
+@dataclass
+class MethodConfig:
+    """Base class of every method's config dataclass: the schema for CLI, UI and adapter_config.json.
+
+    Subclasses add fields with ``option(default, help=...)`` and validate in ``__post_init__``
+    (raise ``ConfigError``). ``peft_ignored`` lists keys that ``peft`` writes for this method
+    and that peftlab may ignore when they hold the given value (``...`` = any value).
+    """
+
+    peft_ignored: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def fields(cls) -> list[FieldSpec]:
+        hints = typing.get_type_hints(cls)
+        specs = []
+        for f in dataclasses.fields(cls):
+            kind, optional, choices = _kind(hints[f.name])
+            choices = f.metadata.get("choices", choices)
+            if choices is not None and kind == "str":
+                kind = "choice"
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = None
+            specs.append(FieldSpec(f.name, kind, default, f.metadata.get("help", ""), optional, choices))
+        return specs
+
+    def to_dict(self) -> dict[str, Any]:
+        """The method's keys of ``adapter_config.json`` (JSON-ready)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, (tuple, set)) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> MethodConfig:
+        """Build a config from ``adapter_config.json`` keys (or CLI/UI values).
+
+        Core keys are skipped, keys in ``peft_ignored`` with a matching value are dropped, and
+        any other unknown key is an error naming it, since silently ignoring it could change
+        what the adapter computes.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs, unknown = {}, []
+        for key, value in data.items():
+            if key in names:
+                kwargs[key] = value
+            elif key in CORE_KEYS:
+                continue
+            elif key in cls.peft_ignored and (cls.peft_ignored[key] is ... or cls.peft_ignored[key] == value):
+                continue
+            elif value in (None, False, [], {}, ""):
+                continue  # an unset option of a newer peft: harmless
+            else:
+                unknown.append(f"{key}={value!r}")
+        if unknown:
+            raise ConfigError(f"{source}: {cls.__name__} does not support {', '.join(unknown)}")
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_strings(cls, values: dict[str, str | None]) -> MethodConfig:
+        """Build a config from text values (CLI flags, UI textboxes); missing keys keep defaults."""
+        specs = {s.name: s for s in cls.fields()}
+        unknown = set(values) - set(specs)
+        if unknown:
+            raise ConfigError(f"{cls.__name__} has no field(s) {sorted(unknown)}; fields: {sorted(specs)}")
+        return cls(**{k: specs[k].parse(v) if isinstance(v, str) else v for k, v in values.items()})
+
+
+class Method:
+    """Base for a method's registration object. Set the class attributes, add ``@hookimpl`` methods.
+
+    Gives a default ``save``/``load`` pair for methods that implement ``tensor_map`` — the live
+    tensors of an adapter under their PEFT key names. Override ``save``/``load`` (decorated with
+    ``@hookimpl``) for anything else.
+    """
+
+    name: str = ""
+    config_class: type[MethodConfig] = MethodConfig
+    peft_type: str = ""
+    capabilities: Capabilities = Capabilities()
+    description: str = ""
+
+    def claims_peft_config(self, data: dict[str, Any]) -> bool:
+        """Whether this method should load a PEFT ``adapter_config.json`` of its ``peft_type``
+        written without peftlab's metadata (i.e. by ``peft``). Several methods may share a
+        ``peft_type``; exactly one should claim a given config."""
+        return True
+
+    def tensor_map(self, model, config, adapter_name) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must implement tensor_map or save/load")
+
+    @hookimpl
+    def save(self, model, config, adapter_name) -> AdapterWeights:
+        tensors = {k: v.detach().clone().contiguous() for k, v in self.tensor_map(model, config, adapter_name).items()}
+        return AdapterWeights(tensors)
+
+    @hookimpl
+    def load(self, model, config, adapter_name, weights: AdapterWeights) -> None:
+        copy_into(self.tensor_map(model, config, adapter_name), weights.tensors, what=self.name)
+
+
+def copy_into(live: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], what: str) -> None:
+    """Copy ``saved`` tensors into ``live`` ones, refusing missing keys and shape mismatches."""
+    missing = sorted(set(live) - set(saved))
+    unexpected = sorted(set(saved) - set(live))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s), e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} tensor(s) the model has no place for, e.g. {unexpected[0]}")
+        raise AdapterMismatchError(f"{what} adapter does not fit this model: " + "; ".join(parts))
+    with torch.no_grad():
+        for key, dst in live.items():
+            src = saved[key]
+            if tuple(src.shape) != tuple(dst.shape):
+                raise AdapterMismatchError(
+                    f"{what} adapter tensor {key} has shape {tuple(src.shape)} but the model expects "
+                    f"{tuple(dst.shape)}: was it made for another base model?")
+            dst.copy_(src.to(device=dst.device, dtype=dst.dtype))

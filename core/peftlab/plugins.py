@@ -1,0 +1,170 @@
+"""The plugin manager: loads entry points of group ``peftlab`` and keeps one registration per method."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import threading
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginConflictError, UnknownMethodError
+from .method import Capabilities, Method, MethodConfig
+
+ENTRY_POINT_GROUP = "peftlab"
+METHOD_HOOKS = ("inject", "trainable_params", "save", "load", "merge", "unmerge",
+                "load_base_model", "extra_loss", "on_train_step")
+REQUIRED_HOOKS = ("inject", "trainable_params", "save", "load")
+
+
+class MethodHandle:
+    """A registered method: its declarations plus callers that reach only its own hooks."""
+
+    def __init__(self, obj: Any, plugin: str, pm: pluggy.PluginManager):
+        self.obj = obj
+        self.plugin = plugin  # the distribution / plugin that registered it
+        self._pm = pm
+        self._callers: dict[str, Any] = {}
+
+    name = property(lambda self: self.obj.name)
+    config_class = property(lambda self: self.obj.config_class)
+    peft_type = property(lambda self: self.obj.peft_type)
+    capabilities = property(lambda self: self.obj.capabilities)
+    description = property(lambda self: getattr(self.obj, "description", ""))
+
+    def hook(self, name: str):
+        """A caller for hook ``name`` that only reaches this method's implementation."""
+        if name not in self._callers:
+            others = [p for p in self._pm.get_plugins() if p is not self.obj]
+            self._callers[name] = self._pm.subset_hook_caller(name, remove_plugins=others)
+        return self._callers[name]
+
+    def implements(self, name: str) -> bool:
+        return any(impl.plugin is self.obj for impl in getattr(self._pm.hook, name).get_hookimpls())
+
+    def claims(self, data: dict) -> bool:
+        fn = getattr(self.obj, "claims_peft_config", None)
+        return True if fn is None else bool(fn(data))
+
+    def make_config(self, **kwargs: Any) -> MethodConfig:
+        return self.config_class(**kwargs)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "plugin": self.plugin,
+            "peft_type": self.peft_type,
+            "description": self.description,
+            "capabilities": dataclasses.asdict(self.capabilities),
+            "fields": [f.to_json() for f in self.config_class.fields()],
+        }
+
+
+class Registry:
+    """All installed methods. Built once per process by ``registry()``; tests may build their own."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("peftlab")
+        self.pm.add_hookspecs(hookspecs)
+        self.methods: dict[str, MethodHandle] = {}
+
+    def add_plugin(self, plugin: Any, name: str) -> None:
+        """Register a plugin module/object and the methods its ``register_methods`` declares."""
+        impl = getattr(plugin, "register_methods", None)
+        if impl is None:
+            raise PluginConflictError(f"plugin {name!r} has no register_methods hook")
+        impl(register=lambda method: self.add_method(method, plugin=name))
+
+    def add_method(self, obj: Any, plugin: str) -> MethodHandle:
+        """Register one method object (what ``register(...)`` does inside ``register_methods``)."""
+        name = getattr(obj, "name", "")
+        if not name or not isinstance(name, str):
+            raise PluginConflictError(f"plugin {plugin!r} registered a method without a name")
+        if name in self.methods:
+            other = self.methods[name].plugin
+            raise PluginConflictError(
+                f"method {name!r} is provided by two plugins: {other!r} and {plugin!r}; uninstall one")
+        cfg = getattr(obj, "config_class", None)
+        if not (isinstance(cfg, type) and issubclass(cfg, MethodConfig) and dataclasses.is_dataclass(cfg)):
+            raise PluginConflictError(f"method {name!r} ({plugin}): config_class must be a MethodConfig dataclass")
+        if not isinstance(getattr(obj, "capabilities", None), Capabilities):
+            raise PluginConflictError(f"method {name!r} ({plugin}): capabilities must be a peftlab.Capabilities")
+        try:
+            self.pm.register(obj, name=f"{plugin}:{name}")
+        except pluggy.PluginValidationError as e:
+            raise PluginConflictError(f"method {name!r} ({plugin}): {e}") from None
+        handle = MethodHandle(obj, plugin, self.pm)
+        missing = [h for h in REQUIRED_HOOKS if not handle.implements(h)]
+        if missing:
+            self.pm.unregister(obj)
+            raise PluginConflictError(f"method {name!r} ({plugin}) does not implement {', '.join(missing)}")
+        if handle.capabilities.mergeable and not handle.implements("merge"):
+            self.pm.unregister(obj)
+            raise PluginConflictError(f"method {name!r} ({plugin}) says mergeable but has no merge hook")
+        self.methods[name] = handle
+        return handle
+
+    def load_entry_points(self) -> None:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            plugin = ep.load()
+            dist = ep.dist.name if ep.dist is not None else ep.name
+            self.add_plugin(plugin, name=dist)
+
+    def get(self, name: str) -> MethodHandle:
+        try:
+            return self.methods[name]
+        except KeyError:
+            installed = ", ".join(sorted(self.methods)) or "none"
+            raise UnknownMethodError(
+                f"unknown method {name!r}; installed methods: {installed}. "
+                f"A method comes from a plugin package (entry-point group {ENTRY_POINT_GROUP!r}).") from None
+
+    def for_peft_type(self, peft_type: str, data: dict) -> MethodHandle:
+        """The method that should load a PEFT adapter config written without peftlab metadata."""
+        candidates = [m for m in self.methods.values() if m.peft_type == peft_type]
+        claimed = [m for m in candidates if m.claims(data)]
+        if len(claimed) == 1:
+            return claimed[0]
+        if not candidates:
+            types = sorted({m.peft_type for m in self.methods.values()})
+            raise UnknownMethodError(f"no installed method loads peft_type {peft_type!r}; known: {types}")
+        names = [m.name for m in (claimed or candidates)]
+        raise UnknownMethodError(f"several methods could load peft_type {peft_type!r} ({names}); pass method=")
+
+    def __iter__(self):
+        return iter(sorted(self.methods.values(), key=lambda m: m.name))
+
+
+_registry: Registry | None = None
+_lock = threading.Lock()
+
+
+def registry() -> Registry:
+    """The process-wide registry of installed methods (entry points loaded on first use)."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            reg = Registry()
+            reg.load_entry_points()
+            _registry = reg
+        return _registry
+
+
+def reset_registry() -> None:
+    """Forget loaded plugins so the next ``registry()`` reloads entry points (after an install)."""
+    global _registry
+    with _lock:
+        _registry = None
+
+
+def get_method(name: str) -> MethodHandle:
+    return registry().get(name)
+
+
+def methods() -> list[MethodHandle]:
+    return list(registry())
+
+
+__all__ = ["Registry", "MethodHandle", "registry", "reset_registry", "get_method", "methods", "Method"]

@@ -1,0 +1,103 @@
+"""Which adapters a model holds, which are active, and which rows of a batch use which adapter.
+
+One ``AdapterState`` hangs off each adapted model. Method layers keep a reference to it and ask
+``state.select(adapter_name, device)`` in ``forward``:
+
+* ``None``  – the adapter does not act on this batch (inactive, or merged into the weights);
+* ``True``  – it acts on every row;
+* a bool tensor ``[batch]`` – it acts on those rows only (a mixed-adapter batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+ATTR = "_peftlab_state"
+
+
+@dataclass
+class AdapterEntry:
+    method: str
+    config: Any  # the method's MethodConfig
+    merged: bool = False
+
+
+class AdapterState:
+    def __init__(self) -> None:
+        self.adapters: dict[str, AdapterEntry] = {}
+        self.active: list[str] = []
+        self.rows: list[str | None] | None = None
+        self._masks: dict[tuple[str, Any], torch.Tensor] = {}
+
+    def select(self, adapter_name: str, device: torch.device | str | None = None) -> bool | torch.Tensor | None:
+        entry = self.adapters.get(adapter_name)
+        if entry is None or entry.merged:
+            return None
+        if self.rows is None:
+            return True if adapter_name in self.active else None
+        key = (adapter_name, str(device))
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = torch.tensor([r == adapter_name for r in self.rows], dtype=torch.bool, device=device)
+            self._masks[key] = mask
+        if not bool(mask.any()):
+            return None
+        return True if bool(mask.all()) else mask
+
+    def set_rows(self, rows: Sequence[str | None] | None) -> None:
+        self.rows = None if rows is None else list(rows)
+        self._masks.clear()
+
+    def __getstate__(self) -> dict:  # deep copies and pickles carry no cached tensors
+        return {**self.__dict__, "_masks": {}}
+
+
+def adapter_state(model: torch.nn.Module, create: bool = True) -> AdapterState:
+    """The ``AdapterState`` of ``model`` (created on first use)."""
+    state = model.__dict__.get(ATTR)
+    if state is None and create:
+        state = AdapterState()
+        model.__dict__[ATTR] = state  # a plain attribute: not a module, not saved by save_pretrained
+    return state
+
+
+def set_active(model: torch.nn.Module, names: Sequence[str] | str | None) -> None:
+    """Activate these adapters (all others inactive). ``None`` or ``[]`` = the base model."""
+    state = adapter_state(model)
+    names = [names] if isinstance(names, str) else list(names or [])
+    unknown = [n for n in names if n not in state.adapters]
+    if unknown:
+        raise KeyError(f"no adapter named {unknown[0]!r}; loaded: {sorted(state.adapters)}")
+    state.active = names
+
+
+@contextlib.contextmanager
+def mixed_batch(model: torch.nn.Module, rows: Sequence[str | None]) -> Iterator[None]:
+    """Within this block, row ``i`` of every batch uses adapter ``rows[i]`` (``None`` = base model)."""
+    state = adapter_state(model)
+    unknown = sorted({r for r in rows if r is not None and r not in state.adapters})
+    if unknown:
+        raise KeyError(f"no adapter named {unknown[0]!r}; loaded: {sorted(state.adapters)}")
+    previous = state.rows
+    state.set_rows(rows)
+    try:
+        yield
+    finally:
+        state.set_rows(previous)
+
+
+@contextlib.contextmanager
+def active_adapters(model: torch.nn.Module, names: Sequence[str] | str | None) -> Iterator[None]:
+    """Temporarily activate ``names`` (``None`` = the base model)."""
+    state = adapter_state(model)
+    previous = list(state.active)
+    set_active(model, names)
+    try:
+        yield
+    finally:
+        state.active = previous

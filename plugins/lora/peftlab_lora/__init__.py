@@ -1,0 +1,16 @@
+"""LoRA as a peftlab plugin: ``W x + B A x · scaling``."""
+
+from __future__ import annotations
+
+from peftlab import hookimpl
+
+from .config import LoraConfig
+from .layer import LoraLayer, inject_lora, lora_layers
+from .method import LoRA
+
+__all__ = ["LoRA", "LoraConfig", "LoraLayer", "inject_lora", "lora_layers"]
+
+
+@hookimpl
+def register_methods(register):
+    register(LoRA())

@@ -1,0 +1,66 @@
+"""LoRA's registration: the hooks core calls for adapters of method ``lora``."""
+
+from __future__ import annotations
+
+import torch
+
+from peftlab import Capabilities, Method, hookimpl
+
+from .config import LoraConfig
+from .layer import inject_lora, lora_layers, match_targets
+
+PREFIX = "base_model.model."  # PEFT's key prefix: PeftModel → LoraModel → the transformers model
+
+
+class LoRA(Method):
+    name = "lora"
+    config_class = LoraConfig
+    peft_type = "LORA"
+    description = "LoRA: low-rank updates B·A added to linear layers"
+    capabilities = Capabilities(mergeable=True, stackable=True, mixed_batch=True)
+
+    def claims_peft_config(self, data: dict) -> bool:
+        return not data.get("use_dora")  # DoRA is a different computation
+
+    @hookimpl
+    def inject(self, model, config: LoraConfig, adapter_name: str) -> None:
+        if config.target_modules is None:
+            # record the resolved targets so the saved config says what was adapted
+            config.target_modules = sorted({p.rsplit(".", 1)[-1] for p in match_targets(model, None)})
+        inject_lora(model, adapter_name, config.r, config.lora_alpha, config.lora_dropout, config.use_rslora,
+                    config.init_lora_weights, config.target_modules)
+
+    def _biases(self, model, config: LoraConfig, adapter_name: str) -> dict[str, torch.nn.Parameter]:
+        if config.bias == "all":
+            return {n: p for n, p in model.named_parameters() if n.endswith(".bias") and ".lora_" not in n}
+        if config.bias == "lora_only":
+            return {f"{path}.base_layer.bias": m.base_layer.bias for path, m in lora_layers(model, adapter_name).items()
+                    if getattr(m.base_layer, "bias", None) is not None}
+        return {}
+
+    @hookimpl
+    def trainable_params(self, model, config: LoraConfig, adapter_name: str) -> dict[str, torch.nn.Parameter]:
+        params = {}
+        for path, layer in lora_layers(model, adapter_name).items():
+            params[f"{path}.lora_A.{adapter_name}.weight"] = layer.lora_A[adapter_name].weight
+            params[f"{path}.lora_B.{adapter_name}.weight"] = layer.lora_B[adapter_name].weight
+        return {**params, **self._biases(model, config, adapter_name)}
+
+    def tensor_map(self, model, config: LoraConfig, adapter_name: str) -> dict[str, torch.Tensor]:
+        out = {}
+        for path, layer in lora_layers(model, adapter_name).items():
+            out[f"{PREFIX}{path}.lora_A.weight"] = layer.lora_A[adapter_name].weight
+            out[f"{PREFIX}{path}.lora_B.weight"] = layer.lora_B[adapter_name].weight
+        for n, p in self._biases(model, config, adapter_name).items():
+            out[PREFIX + n.replace(".base_layer.", ".")] = p  # PEFT names a wrapped bias by its layer path
+        return out
+
+    @hookimpl
+    def merge(self, model, adapter_name: str) -> None:
+        for layer in lora_layers(model, adapter_name).values():
+            layer.merge(adapter_name)
+
+    @hookimpl
+    def unmerge(self, model, adapter_name: str) -> None:
+        for layer in lora_layers(model, adapter_name).values():
+            layer.unmerge(adapter_name)
