@@ -119,3 +119,9 @@ def on_train_step(model, config, adapter_name, step, total_steps):
     For methods that change shape or budget during training (AdaLoRA's rank reallocation).
     ``step`` counts optimizer steps from 1. Returns ``None``.
     """
+
+
+@hookspec(firstresult=True)
+def soft_prompt(model, config, adapter_name):
+    """Return the learned virtual-token embeddings ``[num_virtual_tokens, hidden]`` in the model's
+    input-embedding space, or ``None`` when the method has none (used for "nearest tokens")."""

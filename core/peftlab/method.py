@@ -219,6 +219,8 @@ class Method:
     peft_type: str = ""
     capabilities: Capabilities = Capabilities()
     description: str = ""
+    # trainer settings that suit the method (e.g. {"learning_rate": 3e-2} for prompt tuning); users override
+    train_defaults: dict[str, Any] = {}
 
     def claims_peft_config(self, data: dict[str, Any]) -> bool:
         """Whether this method should load a PEFT ``adapter_config.json`` of its ``peft_type``

@@ -165,7 +165,8 @@ def load_model(source: str | os.PathLike | None = None, *, task: str = "CAUSAL_L
             new_modules = sorted({k.rsplit(".", 1)[0] for k in info.get("missing_keys", [])})
     elif task == "SEQ_CLS":
         new_modules = list(getattr(model, "peftlab_new_modules", []) or [])
-    model.peftlab_base_id = model_id
+    model.peftlab_base_id = model_id  # recorded in saved adapters
+    model.peftlab_source = where  # a local folder or Hub id: plugins load the tokenizer from here if they need it
     model.peftlab_new_modules = new_modules
     model.eval()
     return model, tokenizer

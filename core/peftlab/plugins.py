@@ -15,7 +15,7 @@ from .method import Capabilities, Method, MethodConfig
 
 ENTRY_POINT_GROUP = "peftlab"
 METHOD_HOOKS = ("inject", "trainable_params", "save", "load", "merge", "unmerge",
-                "load_base_model", "extra_loss", "on_train_step")
+                "load_base_model", "extra_loss", "on_train_step", "soft_prompt")
 REQUIRED_HOOKS = ("inject", "trainable_params", "save", "load")
 
 
@@ -33,6 +33,7 @@ class MethodHandle:
     peft_type = property(lambda self: self.obj.peft_type)
     capabilities = property(lambda self: self.obj.capabilities)
     description = property(lambda self: getattr(self.obj, "description", ""))
+    train_defaults = property(lambda self: dict(getattr(self.obj, "train_defaults", {}) or {}))
 
     def hook(self, name: str):
         """A caller for hook ``name`` that only reaches this method's implementation."""
@@ -58,6 +59,7 @@ class MethodHandle:
             "peft_type": self.peft_type,
             "description": self.description,
             "capabilities": dataclasses.asdict(self.capabilities),
+            "train_defaults": self.train_defaults,
             "fields": [f.to_json() for f in self.config_class.fields()],
         }
 
