@@ -13,6 +13,7 @@ A row may also carry ``"split": "train" | "eval"``; :func:`split_rows` honours i
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .errors import PeftlabError
 
 __all__ = [
     "BUILTIN_DIR",
@@ -68,7 +71,7 @@ KIND_TEXT = "text"
 KIND_CLS = "classification"
 
 
-class DatasetError(ValueError):
+class DatasetError(PeftlabError, ValueError):
     """A dataset could not be read or is malformed; the message names the source (and row)."""
 
 
@@ -94,23 +97,26 @@ _BUILTINS: dict[str, tuple[str, str, str, str]] = {
         "capitals-json.jsonl",
         "CAUSAL_LM",
         "exact_match",
-        ("Read a sentence about a country and reply with exactly "
-        '{"country": ..., "capital": ...} (ignoring distractor cities); 450 rows, 50 eval '
-        "rows on held-out countries."),
+        (
+            "Read a sentence about a country and reply with exactly "
+            '{"country": ..., "capital": ...} (ignoring distractor cities); 450 rows, 50 eval '
+            "rows on held-out countries."
+        ),
     ),
     "iso-dates": (
         "iso-dates.jsonl",
         "CAUSAL_LM",
         "exact_match",
-        ("Rewrite a date given in words (\"March 5, 2021\", \"5th of Mar 2021\", ...) as an "
-        "ISO 8601 date (2021-03-05) and nothing else; 450 rows, 50 eval rows."),
+        (
+            'Rewrite a date given in words ("March 5, 2021", "5th of Mar 2021", ...) as an '
+            "ISO 8601 date (2021-03-05) and nothing else; 450 rows, 50 eval rows."
+        ),
     ),
     "sentiment": (
         "sentiment.jsonl",
         "SEQ_CLS",
         "accuracy",
-        ("Short product/service remarks labelled negative, neutral or positive; "
-        "360 rows, 45 eval rows."),
+        ("Short product/service remarks labelled negative, neutral or positive; 360 rows, 45 eval rows."),
     ),
 }
 
@@ -134,20 +140,16 @@ def load_rows(source: str | os.PathLike) -> list[dict]:
     builtins = builtin_datasets()
     if isinstance(source, str) and text in builtins:
         path = builtins[text].path
-        return normalize_rows(_read_file(path), str(path), _location_word(path))
+        return normalize_rows(*_read_file(path, str(path)))
     path = Path(text).expanduser()
     if path.is_dir():
         return normalize_rows(_read_saved_folder(path), text, "row")
     if path.is_file():
-        return normalize_rows(_read_file(path, text), text, _location_word(path))
+        return normalize_rows(*_read_file(path, text))
     if _looks_like_path(text):
         known = ", ".join(sorted(builtins)) or "none"
         raise DatasetError(f"{text}: no such file or folder (built-in datasets: {known})")
     return normalize_rows(_read_hub(text), f"Hub dataset {text!r}", "row")
-
-
-def _location_word(path: Path) -> str:
-    return "line" if path.suffix.lower() == ".jsonl" else "row"
 
 
 def _looks_like_path(text: str) -> bool:
@@ -161,18 +163,17 @@ def _looks_like_path(text: str) -> bool:
     )
 
 
-def _read_file(path: Path, name: str | None = None) -> list[tuple[int, Any]]:
-    """Return ``(line_or_row_number, raw_row)`` pairs from a data file."""
-    name = name or str(path)
+def _read_file(path: Path, name: str) -> tuple[list[tuple[int, Any]], str, str]:
+    """Return ``(numbered raw rows, name, "line" or "row")`` for a data file."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return _read_jsonl(path, name)
+        return _read_jsonl(path, name), name, "line"
     if suffix == ".json":
         return _read_json(path, name)
     if suffix == ".csv":
-        return _read_csv(path, name)
+        return _read_csv(path, name), name, "row"
     if suffix == ".parquet":
-        return _read_parquet(path, name)
+        return _read_parquet(path, name), name, "row"
     raise DatasetError(f"{name}: unsupported file type {suffix or '(none)'!r}; use .jsonl, .json, .csv or .parquet")
 
 
@@ -195,13 +196,13 @@ def _read_jsonl(path: Path, name: str) -> list[tuple[int, Any]]:
     return out
 
 
-def _read_json(path: Path, name: str) -> list[tuple[int, Any]]:
+def _read_json(path: Path, name: str) -> tuple[list[tuple[int, Any]], str, str]:
     text = _read_text(path, name)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # really JSON Lines with a .json suffix
-            return _read_jsonl(path, name)
+            return _read_jsonl(path, name), name, "line"
         raise DatasetError(f"{name} line {exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
     if isinstance(data, dict):
         for key in ("train", "data", "rows"):
@@ -212,11 +213,11 @@ def _read_json(path: Path, name: str) -> list[tuple[int, Any]]:
             raise DatasetError(f"{name}: expected a JSON array of row objects (or an object with a 'train' list)")
     if not isinstance(data, list):
         raise DatasetError(f"{name}: expected a JSON array of row objects, got {type(data).__name__}")
-    return list(enumerate(data, start=1))
+    return list(enumerate(data, start=1)), name, "row"
 
 
 def _read_csv(path: Path, name: str) -> list[tuple[int, Any]]:
-    reader = csv.DictReader(_read_text(path, name).splitlines())
+    reader = csv.DictReader(io.StringIO(_read_text(path, name), newline=""))
     if not reader.fieldnames:
         raise DatasetError(f"{name}: empty CSV file (no header row)")
     out = []
@@ -504,9 +505,7 @@ _FALLBACK_ROLE = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 def _render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
     if _has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     eos = getattr(tokenizer, "eos_token", None) or ""
     parts = []
     for m in messages:
@@ -653,9 +652,7 @@ def encode_rows(
     return items
 
 
-def _encode_cls(
-    rows: list[dict], tokenizer: Any, max_length: int, labels: Sequence[str] | None
-) -> list[dict]:
+def _encode_cls(rows: list[dict], tokenizer: Any, max_length: int, labels: Sequence[str] | None) -> list[dict]:
     names = list(labels) if labels is not None else label_names(rows)
     index = {str(name): k for k, name in enumerate(names)}
     items = []
@@ -670,9 +667,7 @@ def _encode_cls(
     return items
 
 
-def collate(
-    items: Sequence[Mapping], pad_token_id: int, padding_side: str = "right"
-) -> dict[str, torch.Tensor]:
+def collate(items: Sequence[Mapping], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Pad a batch: ``input_ids``, ``attention_mask`` and ``labels`` (padded with -100,
     or a ``LongTensor[B]`` of class indices for SEQ_CLS items)."""
     if padding_side not in ("right", "left"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import threading
+import warnings
 from typing import Any
 
 import pluggy
@@ -71,6 +72,7 @@ class Registry:
         self.pm = pluggy.PluginManager("peftlab")
         self.pm.add_hookspecs(hookspecs)
         self.methods: dict[str, MethodHandle] = {}
+        self.broken: dict[str, str] = {}  # plugin → why it failed to import (reported, not fatal)
 
     def add_plugin(self, plugin: Any, name: str) -> None:
         """Register a plugin module/object and the methods its ``register_methods`` declares."""
@@ -109,9 +111,16 @@ class Registry:
         return handle
 
     def load_entry_points(self) -> None:
+        """Load every installed plugin. One that fails to import is reported in ``broken`` (and warned
+        about) so the others still work; a malformed or clashing registration is an error."""
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            plugin = ep.load()
             dist = ep.dist.name if ep.dist is not None else ep.name
+            try:
+                plugin = ep.load()
+            except Exception as e:  # noqa: BLE001 - any import failure of third-party code
+                self.broken[dist] = f"{type(e).__name__}: {e}"
+                warnings.warn(f"peftlab plugin {dist!r} failed to load and is skipped: {e}", stacklevel=2)
+                continue
             self.add_plugin(plugin, name=dist)
 
     def get(self, name: str) -> MethodHandle:

@@ -1,0 +1,339 @@
+"""One trainer for every method, on ``accelerate`` (so ``accelerate launch`` spreads it over GPUs/machines).
+
+AdamW, warm-up then a cosine/linear/constant schedule, gradient accumulation, clipping, seed, eval every
+N steps, checkpoints and resume, progress as JSON lines, a clean stop (SIGTERM, SIGINT or a STOP file).
+The method's own training needs reach it through hooks (``extra_loss``, ``on_train_step``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import adapters as ad
+from . import data as pdata
+from .errors import ConfigError, PeftlabError
+from .io import load_adapter, save_adapter
+
+PROGRESS_FILE = "progress.jsonl"
+STOP_FILE = "STOP"
+
+
+@dataclass
+class TrainArgs:
+    """Everything a training run needs; the CLI flags and the app's form are generated from it."""
+
+    method: str = field(default="lora", metadata={"help": "PEFT method (see `peftlab methods`)"})
+    method_config: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's config fields"})
+    base_model: str | None = field(default=None, metadata={"help": "model id, folder, or empty for SmolLM2"})
+    dataset: str = field(default="capitals-json", metadata={"help": "built-in name or data file/folder"})
+    output_dir: str = field(default="runs/adapter", metadata={"help": "where the adapter is written"})
+    adapter_name: str = field(default="default", metadata={"help": "adapter slot name"})
+    max_steps: int = field(default=100, metadata={"help": "optimizer steps"})
+    learning_rate: float | None = field(default=None, metadata={"help": "peak LR (default: the method's)"})
+    batch_size: int = field(default=8, metadata={"help": "rows per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps spent warming up the LR"})
+    lr_scheduler: str = field(default="cosine", metadata={"help": "cosine, linear or constant (after warm-up)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+    seed: int = field(default=0, metadata={"help": "random seed (data order, init)"})
+    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0 = start and end only)"})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = at the end only)"})
+    max_length: int = field(default=256, metadata={"help": "max tokens per row"})
+    eval_fraction: float = field(default=0.1, metadata={"help": "held-out share when the data has no split"})
+    max_eval_samples: int = field(default=64, metadata={"help": "cap on eval rows"})
+    loss_on: str = field(default="assistant", metadata={"help": "assistant (reply tokens only) or all"})
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, mps (default: best available)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("max_steps, batch_size and grad_accum must be at least 1")
+        if self.lr_scheduler not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"lr_scheduler must be cosine, linear or constant, got {self.lr_scheduler!r}")
+        if self.loss_on not in ("assistant", "all"):
+            raise ConfigError(f"loss_on must be assistant or all, got {self.loss_on!r}")
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise ConfigError("learning_rate must be positive")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    stopped: bool
+    eval_loss_before: float | None
+    eval_loss_after: float | None
+    params: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT (in the main thread), a STOP file in the output folder, or ``set()``."""
+
+    def __init__(self, stop_file: Path | None = None) -> None:
+        self._event = threading.Event()
+        self.stop_file = stop_file
+
+    def set(self, *_: Any) -> None:
+        self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set() or bool(self.stop_file and self.stop_file.exists())
+
+
+def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if kind == "linear":
+            return max(0.0, 1 - progress)
+        return 1.0
+    return f
+
+
+def _batches(items: list[dict], batch_size: int, seed: int, pad_id: int):
+    """Endless shuffled micro-batches; epoch e uses permutation seeded by (seed, e)."""
+    epoch = 0
+    while True:
+        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        order = torch.randperm(len(items), generator=g).tolist()
+        for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            yield pdata.collate([items[j] for j in order[i:i + batch_size]], pad_id)
+        epoch += 1
+
+
+@torch.no_grad()
+def eval_loss(model, items: list[dict], pad_id: int, batch_size: int = 8) -> float:
+    """Token-weighted mean loss over ``items`` (classification: mean cross-entropy)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(items), batch_size):
+        batch = {k: v.to(device) for k, v in pdata.collate(items[i:i + batch_size], pad_id).items()}
+        out = model(**batch)
+        labels = batch["labels"]
+        n = labels.numel() if labels.dim() == 1 else int((labels[:, 1:] != -100).sum())
+        total += float(out.loss) * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _save_checkpoint(model, optimizer, scheduler, args: TrainArgs, step: int, out: Path) -> Path:
+    ckpt = out / "checkpoints" / f"step-{step:06d}"
+    save_adapter(model, ckpt, args.adapter_name)
+    tensors, scalars = {}, {"step": step, "scheduler": scheduler.state_dict()["last_epoch"],
+                            "args": asdict(args)}
+    for idx, st in optimizer.state_dict()["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
+    if tensors:
+        save_file(tensors, str(ckpt / "optimizer.safetensors"))
+    (ckpt / "trainer_state.json").write_text(json.dumps(scalars, indent=2, default=str))
+    return ckpt
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    folders = sorted(p for p in (out / "checkpoints").glob("step-*") if (p / "trainer_state.json").exists())
+    return folders[-1] if folders else None
+
+
+def _restore_optimizer(optimizer, ckpt: Path) -> None:
+    file = ckpt / "optimizer.safetensors"
+    if not file.exists():
+        return
+    tensors = load_file(str(file))
+    state = optimizer.state_dict()
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state["state"].setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict(state)
+
+
+def train(args: TrainArgs, *, model=None, tokenizer=None, on_event: Callable[[dict], None] | None = None,
+          stop: StopFlag | None = None) -> TrainResult:
+    """Train adapter ``args.adapter_name`` of method ``args.method`` and save it to ``args.output_dir``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from .models import load_model
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STOP_FILE).unlink(missing_ok=True)
+    stop = stop or StopFlag(out / STOP_FILE)
+    if stop.stop_file is None:
+        stop.stop_file = out / STOP_FILE
+    history: list[dict] = []
+    progress = open(out / PROGRESS_FILE, "a" if args.resume else "w")
+
+    def emit(event: dict) -> None:
+        event = {"time": time.time(), **event}
+        history.append(event)
+        progress.write(json.dumps(event) + "\n")
+        progress.flush()
+        if on_event:
+            on_event(event)
+
+    try:
+        return _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_seed, load_model)
+    except Exception as e:
+        emit({"event": "error", "message": f"{type(e).__name__}: {e}"})
+        raise
+    finally:
+        progress.close()
+
+
+def _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_seed, load_model) -> TrainResult:
+    handle = ad.resolve_method(args.method)
+    set_seed(args.seed)
+    rows = pdata.load_rows(args.dataset)
+    task = pdata.dataset_task(rows)
+    labels = pdata.label_names(rows) if task == "SEQ_CLS" else None
+    train_rows, eval_rows = pdata.split_rows(rows, args.eval_fraction, args.seed)
+    eval_rows = eval_rows[: args.max_eval_samples]
+    if model is None:
+        emit({"event": "status", "message": "loading base model"})
+        model, tokenizer = load_model(args.base_model, task=task, dtype=args.dtype, device=args.device,
+                                      method=handle, method_config=args.method_config, label_names=labels)
+    if tokenizer is None:
+        raise PeftlabError("train(model=...) also needs tokenizer=")
+    if ad.model_task(model) != task:
+        raise PeftlabError(f"dataset {args.dataset} is a {task} dataset but the model is {ad.model_task(model)}")
+    enc = dict(max_length=args.max_length, loss_on=args.loss_on, task=task, labels=labels)
+    train_items = pdata.encode_rows(train_rows, tokenizer, **enc)
+    eval_items = pdata.encode_rows(eval_rows, tokenizer, **enc) if eval_rows else []
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    ckpt = last_checkpoint(out) if args.resume else None
+    if ckpt is not None:
+        load_adapter(model, ckpt, args.adapter_name, method=handle.name)
+        start = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        config = ad.entry(model, args.adapter_name)[1].config
+    else:
+        if args.resume:
+            emit({"event": "status", "message": f"no checkpoint in {out}; starting fresh"})
+        config = ad.add_adapter(model, handle, args.method_config, args.adapter_name)
+        start = 0
+    ad.set_active(model, [args.adapter_name])
+    trainable = ad.prepare_for_training(model, args.adapter_name)
+    counts = ad.count_parameters(model, trainable)
+    lr = args.learning_rate or handle.train_defaults.get("learning_rate", 2e-3)
+
+    accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum, cpu=str(args.device) == "cpu")
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr, weight_decay=args.weight_decay)
+    warmup = int(args.warmup_ratio * args.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.lr_scheduler, warmup, args.max_steps))
+    if ckpt is not None:
+        _restore_optimizer(optimizer, ckpt)
+        for _ in range(start):
+            scheduler.step()
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    raw_model = accelerator.unwrap_model(model)
+    device = accelerator.device
+
+    emit({"event": "start", "method": handle.name, "config": config.to_dict(), "task": task, "steps": args.max_steps,
+          "start_step": start, "learning_rate": lr, "train_rows": len(train_items), "eval_rows": len(eval_items),
+          **counts})
+    before = eval_loss(raw_model, eval_items, pad_id) if eval_items and start == 0 else None
+    if before is not None:
+        emit({"event": "eval", "step": 0, "eval_loss": before, "perplexity": math.exp(min(before, 50))})
+
+    batches = _batches(train_items, args.batch_size, args.seed, pad_id)
+    for _ in range(start * args.grad_accum):  # resume: the same data order as an uninterrupted run
+        next(batches)
+    model.train()
+    step, t0, tokens, stopped = start, time.time(), 0, False
+    last_eval = before
+    while step < args.max_steps:
+        if stop:
+            stopped = True
+            break
+        loss_sum = 0.0
+        for _ in range(args.grad_accum):
+            batch = {k: v.to(device) for k, v in next(batches).items()}
+            tokens += int(batch["attention_mask"].sum())
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                extra = ad.extra_loss(raw_model, args.adapter_name)
+                if extra is not None:
+                    loss = loss + extra
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(list(trainable.values()), args.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    ad.on_train_step(raw_model, args.adapter_name, step + 1, args.max_steps)
+                scheduler.step() if accelerator.sync_gradients else None
+                optimizer.zero_grad()
+            loss_sum += float(loss.detach())
+        step += 1
+        elapsed = time.time() - t0
+        done = step - start
+        emit({"event": "step", "step": step, "loss": loss_sum / args.grad_accum,
+              "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(elapsed, 1e-9),
+              "elapsed_s": elapsed, "eta_s": elapsed / done * (args.max_steps - step)})
+        if args.eval_every and step % args.eval_every == 0 and eval_items and step < args.max_steps:
+            last_eval = eval_loss(raw_model, eval_items, pad_id)
+            emit({"event": "eval", "step": step, "eval_loss": last_eval, "perplexity": math.exp(min(last_eval, 50))})
+            model.train()
+        if args.save_every and step % args.save_every == 0 and step < args.max_steps:
+            path = _save_checkpoint(raw_model, optimizer, scheduler, args, step, out)
+            emit({"event": "checkpoint", "step": step, "path": str(path)})
+    model.eval()
+    after = eval_loss(raw_model, eval_items, pad_id) if eval_items else None
+    if after is not None:
+        last_eval = after
+        emit({"event": "eval", "step": step, "eval_loss": after, "perplexity": math.exp(min(after, 50))})
+    if accelerator.is_main_process:
+        path = _save_checkpoint(raw_model, optimizer, scheduler, args, step, out)
+        emit({"event": "checkpoint", "step": step, "path": str(path)})
+        card = {"dataset": args.dataset, "metrics": {"eval_loss": last_eval, "eval_loss_before": before,
+                                                      "steps": step},
+                "training": {k: v for k, v in asdict(args).items() if k not in ("output_dir",)}}
+        save_adapter(raw_model, out / "adapter", args.adapter_name, card=card)
+    emit({"event": "stopped" if stopped else "done", "step": step, "eval_loss": last_eval,
+          "adapter": str(out / "adapter")})
+    return TrainResult(out / "adapter", step, stopped, before, after, counts, history)
+
+
+def install_signal_handlers(stop: StopFlag) -> None:
+    """SIGTERM/SIGINT finish the current step, save, and exit cleanly (main thread only)."""
+    signal.signal(signal.SIGTERM, stop.set)
+    signal.signal(signal.SIGINT, stop.set)
+
+
+def read_progress(out: str | os.PathLike) -> list[dict]:
+    """The events a run has written so far (a reattaching UI reads this)."""
+    file = Path(out) / PROGRESS_FILE
+    if not file.exists():
+        return []
+    events = []
+    for line in file.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written right now
+    return events
+
+
+__all__ = ["TrainArgs", "TrainResult", "StopFlag", "train", "read_progress", "install_signal_handlers"]

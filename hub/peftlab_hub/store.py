@@ -1,0 +1,92 @@
+"""A local adapter store: one folder per adapter, validated on the way in, listed with its facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftlab import AdapterError, read_adapter
+from peftlab.models import cache_dir
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def default_store_dir() -> Path:
+    return Path(os.environ.get("PEFTLAB_STORE") or cache_dir() / "adapters")
+
+
+@dataclass
+class AdapterInfo:
+    name: str
+    path: Path
+    method: str
+    peft_type: str
+    base_model: str
+    task_type: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class AdapterStore:
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root).expanduser() if root else default_store_dir()
+
+    def _path(self, name: str) -> Path:
+        if not NAME.match(name) or ".." in name:
+            raise AdapterError(f"invalid adapter name {name!r}: use letters, digits, '.', '_' and '-' "
+                               "(no '..', no slashes)")
+        return self.root / name
+
+    def add(self, folder: str | os.PathLike, name: str, *, overwrite: bool = False) -> AdapterInfo:
+        """Validate ``folder`` as an adapter, then copy it in atomically under ``name``."""
+        target = self._path(name)
+        read_adapter(folder)  # refuses pickles, corrupt files, unknown methods before anything is written
+        if target.exists() and not overwrite:
+            raise AdapterError(f"the store already has an adapter named {name!r}; pass overwrite=True")
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.copytree(folder, tmp)
+            if target.exists():
+                old = self.root / f".{name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return self.info(name)
+
+    def info(self, name: str) -> AdapterInfo:
+        path = self._path(name)
+        files = read_adapter(path)
+        metrics = {}
+        card = path / "README.md"
+        if card.exists():  # metrics live in the card's JSON block written by the trainer
+            m = re.search(r"## Metrics\s+```json\n(.*?)```", card.read_text(), re.S)
+            if m:
+                metrics = json.loads(m.group(1))
+        return AdapterInfo(name, path, files.method.name, files.method.peft_type,
+                           str(files.peft_config.get("base_model_name_or_path", "")),
+                           str(files.peft_config.get("task_type", "")), metrics)
+
+    def list(self) -> list[AdapterInfo]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for p in sorted(self.root.iterdir()):
+            if p.is_dir() and not p.name.startswith(".") and (p / "adapter_config.json").exists():
+                try:
+                    out.append(self.info(p.name))
+                except Exception:  # noqa: BLE001 - one broken folder must not hide the others
+                    continue
+        return out
+
+    def remove(self, name: str) -> None:
+        shutil.rmtree(self._path(name))
