@@ -1,8 +1,7 @@
-"""``python -m peftlab ...`` runs the ``peftlab`` command line (the web app starts training jobs this way)."""
+"""``python -m peftlab`` runs the CLI."""
 
 import sys
 
 from .cli import main
 
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

@@ -56,7 +56,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
             kw["action"] = "store_true"
         else:
             kw["default"] = argparse.SUPPRESS
-        p.add_argument(_flag(f.name), **kw)
+        flags = [_flag(f.name)] + (["--output"] if f.name == "output_dir" else [])
+        p.add_argument(*flags, **kw)
 
 
 def _add_method_flags(p: argparse.ArgumentParser, method: str, taken: set[str]) -> list[str]:

@@ -162,6 +162,8 @@ def read_adapter(path: str | os.PathLike, method: str | None = None) -> AdapterF
     path = Path(path)
     if not path.is_dir():
         raise AdapterError(f"adapter folder {path} does not exist")
+    if not (path / CONFIG_FILE).exists() and (path / "adapter" / CONFIG_FILE).exists():
+        path = path / "adapter"  # a training run's folder: its final adapter lives in adapter/
     cfg_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not cfg_file.exists():
         raise AdapterError(f"{path} is not an adapter folder: {CONFIG_FILE} is missing")

@@ -146,8 +146,18 @@ ASKS = [
 ]
 
 MONTHS = [
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ]
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 DATE_ASKS = [
@@ -218,23 +228,54 @@ def iso_date_rows(rng: random.Random) -> list[dict]:
 
 
 THINGS = [
-    "coffee", "hotel room", "delivery", "laptop", "pizza", "haircut", "train ride",
-    "customer service", "concert", "phone case", "movie", "app update", "museum tour",
-    "rental car", "headphones", "soup", "checkout process", "gym class",
+    "coffee",
+    "hotel room",
+    "delivery",
+    "laptop",
+    "pizza",
+    "haircut",
+    "train ride",
+    "customer service",
+    "concert",
+    "phone case",
+    "movie",
+    "app update",
+    "museum tour",
+    "rental car",
+    "headphones",
+    "soup",
+    "checkout process",
+    "gym class",
 ]
 POSITIVE = [
-    "was excellent", "was wonderful", "made my day", "exceeded my expectations",
-    "was absolutely delightful", "was great value", "worked perfectly", "was a joy",
+    "was excellent",
+    "was wonderful",
+    "made my day",
+    "exceeded my expectations",
+    "was absolutely delightful",
+    "was great value",
+    "worked perfectly",
+    "was a joy",
 ]
 NEGATIVE = [
-    "was terrible", "was a complete waste of money", "ruined my evening",
-    "was awful", "broke after one day", "was rude and slow", "was a huge disappointment",
+    "was terrible",
+    "was a complete waste of money",
+    "ruined my evening",
+    "was awful",
+    "broke after one day",
+    "was rude and slow",
+    "was a huge disappointment",
     "left me furious",
 ]
 NEUTRAL = [
-    "arrived on Tuesday", "was ordered last week", "is on the second floor",
-    "comes in three sizes", "was paid for by card", "is scheduled for noon",
-    "was listed under groceries", "has a new version number",
+    "arrived on Tuesday",
+    "was ordered last week",
+    "is on the second floor",
+    "comes in three sizes",
+    "was paid for by card",
+    "is scheduled for noon",
+    "was listed under groceries",
+    "has a new version number",
 ]
 OPENERS = ["", "Honestly, ", "Well, ", "So, ", "Update: ", "FYI, "]
 

