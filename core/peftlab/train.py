@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -180,8 +181,9 @@ def train(args: TrainArgs, *, model=None, tokenizer=None, on_event: Callable[[di
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / STOP_FILE).unlink(missing_ok=True)
-    stop = stop or StopFlag(out / STOP_FILE)
-    if stop.stop_file is None:
+    if stop is None:
+        stop = StopFlag(out / STOP_FILE)
+    elif stop.stop_file is None:
         stop.stop_file = out / STOP_FILE
     history: list[dict] = []
     progress = open(out / PROGRESS_FILE, "a" if args.resume else "w")
@@ -245,8 +247,10 @@ def _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_se
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.lr_scheduler, warmup, args.max_steps))
     if ckpt is not None:
         _restore_optimizer(optimizer, ckpt)
-        for _ in range(start):
-            scheduler.step()
+        with warnings.catch_warnings():  # fast-forwarding the schedule, not skipping a step
+            warnings.simplefilter("ignore")
+            for _ in range(start):
+                scheduler.step()
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     raw_model = accelerator.unwrap_model(model)
     device = accelerator.device
@@ -268,7 +272,7 @@ def _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_se
         if stop:
             stopped = True
             break
-        loss_sum = 0.0
+        loss_sum, lr_now = 0.0, scheduler.get_last_lr()[0]  # the LR this step uses
         for _ in range(args.grad_accum):
             batch = {k: v.to(device) for k, v in next(batches).items()}
             tokens += int(batch["attention_mask"].sum())
@@ -290,7 +294,7 @@ def _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_se
         elapsed = time.time() - t0
         done = step - start
         emit({"event": "step", "step": step, "loss": loss_sum / args.grad_accum,
-              "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(elapsed, 1e-9),
+              "lr": lr_now, "tokens_per_s": tokens / max(elapsed, 1e-9),
               "elapsed_s": elapsed, "eta_s": elapsed / done * (args.max_steps - step)})
         if args.eval_every and step % args.eval_every == 0 and eval_items and step < args.max_steps:
             last_eval = eval_loss(raw_model, eval_items, pad_id)
