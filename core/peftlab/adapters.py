@@ -55,11 +55,13 @@ def add_adapter(model: torch.nn.Module, method: str | MethodHandle,
             raise MethodError(f"adapter {other_name!r} ({entry.method}) cannot be stacked with another adapter: "
                               f"{other.capabilities.stack_note or 'it declares stackable=False'}")
     state.adapters[name] = AdapterEntry(handle.name, cfg)
+    was_training = model.training
     try:
         handle.hook("inject")(model=model, config=cfg, adapter_name=name)
     except Exception:
         del state.adapters[name]
         raise
+    model.train(was_training)  # new modules (dropout!) follow the model's train/eval mode
     if activate:
         state.active = [*state.active, name] if name not in state.active else state.active
     return cfg
