@@ -167,3 +167,24 @@ def test_register_methods_hook_registers_every_declared_method():
     reg = Registry()
     reg.add_plugin(Two(), name="two")
     assert sorted(reg.methods) == ["spy", "spy2"]
+
+
+def test_unload_hook_restores_a_plain_model_with_merged_weights():
+    model = tiny_model()
+    ids = torch.arange(3, 15).view(1, -1)
+    peftlab.add_adapter(model, "lora", {"init_lora_weights": False})
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+    peftlab.merge_and_unload(model)
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    assert not peftlab.adapter_state(model).adapters
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, adapted, atol=1e-5)
+
+
+def test_unload_missing_means_merge_and_unload_refuses(spy):
+    model = tiny_model()
+    peftlab.add_adapter(model, "spy")
+    with pytest.raises(MethodError, match="no unload hook"):
+        peftlab.merge_and_unload(model)

@@ -12,6 +12,7 @@ from .adapters import (  # noqa: E402
     count_parameters,
     make_config,
     merge_adapter,
+    merge_and_unload,
     model_task,
     prepare_for_training,
     unmerge_adapter,
@@ -35,7 +36,7 @@ __all__ = [
     "AdapterError", "AdapterMismatchError", "AdapterWeights", "Capabilities", "ConfigError", "Method",
     "MethodConfig", "MethodError", "PeftlabError", "PluginConflictError", "UnknownMethodError",
     "active_adapters", "adapter_parameters", "adapter_state", "add_adapter", "copy_into", "count_parameters",
-    "get_method", "hookimpl", "load_adapter", "make_config", "merge_adapter", "methods", "mixed_batch",
+    "get_method", "hookimpl", "load_adapter", "make_config", "merge_adapter", "merge_and_unload", "methods", "mixed_batch",
     "model_task", "option", "prepare_for_training", "read_adapter", "registry", "save_adapter", "set_active",
     "unmerge_adapter",
 ]

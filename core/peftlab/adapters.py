@@ -137,6 +137,20 @@ def unmerge_adapter(model: torch.nn.Module, name: str = "default") -> None:
     e.merged = False
 
 
+def merge_and_unload(model: torch.nn.Module, name: str = "default") -> torch.nn.Module:
+    """Merge adapter ``name`` and remove its modules: a plain ``transformers`` model with merged weights."""
+    handle, e = entry(model, name)
+    if not handle.implements("unload"):
+        raise MethodError(f"method {handle.name!r} cannot remove its modules (no unload hook), so the merged "
+                          "model cannot be saved as a plain model")
+    merge_adapter(model, name)
+    handle.hook("unload")(model=model, config=e.config, adapter_name=name)
+    state = adapter_state(model)
+    del state.adapters[name]
+    state.active = [n for n in state.active if n != name]
+    return model
+
+
 def extra_loss(model: torch.nn.Module, name: str) -> torch.Tensor | None:
     handle, e = entry(model, name)
     return handle.hook("extra_loss")(model=model, config=e.config, adapter_name=name)
@@ -148,4 +162,4 @@ def on_train_step(model: torch.nn.Module, name: str, step: int, total_steps: int
 
 
 __all__ = ["add_adapter", "adapter_parameters", "prepare_for_training", "merge_adapter", "unmerge_adapter",
-           "count_parameters", "set_active", "make_config", "model_task"]
+           "count_parameters", "merge_and_unload", "set_active", "make_config", "model_task"]

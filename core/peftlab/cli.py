@@ -175,10 +175,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .adapters import merge_adapter
+    from .adapters import merge_and_unload
 
     model, tok, name = _load(args)
-    merge_adapter(model, name)
+    merge_and_unload(model, name)
     out = Path(args.output)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)

@@ -97,6 +97,14 @@ def unmerge(model, config, adapter_name):
 
 
 @hookspec(firstresult=True)
+def unload(model, config, adapter_name):
+    """Remove the adapter's modules from ``model``, restoring the layers it wrapped, so the model is a
+    plain ``transformers`` model again (after ``merge`` the merged weights stay). Optional: without it,
+    ``peftlab merge`` cannot write a merged model for this method. Returns ``None``.
+    """
+
+
+@hookspec(firstresult=True)
 def load_base_model(source, config, task, dtype, device):
     """Load the base model this method needs, or return ``None`` to let core load it normally.
 

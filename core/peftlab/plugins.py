@@ -15,7 +15,7 @@ from .errors import PluginConflictError, UnknownMethodError
 from .method import Capabilities, Method, MethodConfig
 
 ENTRY_POINT_GROUP = "peftlab"
-METHOD_HOOKS = ("inject", "trainable_params", "save", "load", "merge", "unmerge",
+METHOD_HOOKS = ("inject", "trainable_params", "save", "load", "merge", "unmerge", "unload",
                 "load_base_model", "extra_loss", "on_train_step", "soft_prompt")
 REQUIRED_HOOKS = ("inject", "trainable_params", "save", "load")
 

@@ -64,3 +64,14 @@ class LoRA(Method):
     def unmerge(self, model, adapter_name: str) -> None:
         for layer in lora_layers(model, adapter_name).values():
             layer.unmerge(adapter_name)
+
+    @hookimpl
+    def unload(self, model, adapter_name: str) -> None:
+        """Drop this adapter's A/B; a layer left with no adapter is replaced by its base layer."""
+        for path, layer in lora_layers(model, adapter_name).items():
+            for d in (layer.lora_A, layer.lora_B, layer.lora_dropout):
+                del d[adapter_name]
+            layer.scaling.pop(adapter_name)
+            if not len(layer.lora_A):
+                parent, _, child = path.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, child, layer.base_layer)
