@@ -94,9 +94,8 @@ def test_train_generate_eval_merge_on_a_tiny_model(tiny_dir, tmp_path):
 
 def test_merge_refused_for_an_adapter_that_cannot_merge(tmp_path, tiny_dir):
     pytest.importorskip("peftlab_prefix_tuning")
-    from peftlab.models import load_model
-
     import peftlab
+    from peftlab.models import load_model
 
     model, _ = load_model(tiny_dir)
     peftlab.add_adapter(model, "prefix_tuning")

@@ -261,7 +261,8 @@ def test_installed_third_party_plugin_appears_in_methods_and_passes_the_kit(thir
     assert found["scale"]["fields"][0]["name"] == "target_modules"
     assert "lora" in found  # the built-in one still there, loaded the same way
     kit = _run_with(thirdparty_site, "-c", "from peftlab.testing import check_method; "
-                    "r = check_method('scale', {'target_modules': ['v_proj', 'o_proj', 'up_proj', 'down_proj']}, lr=0.3, steps=40); print(r['merge_max_diff'])")
+                    "cfg = {'target_modules': ['v_proj', 'o_proj', 'up_proj', 'down_proj']}; "
+                    "r = check_method('scale', cfg, lr=0.3, steps=40); print(r['merge_max_diff'])")
     assert kit.returncode == 0, kit.stderr[-2000:]
     assert float(kit.stdout.strip().splitlines()[-1]) < 1e-4
 

@@ -36,7 +36,8 @@ __all__ = [
     "AdapterError", "AdapterMismatchError", "AdapterWeights", "Capabilities", "ConfigError", "Method",
     "MethodConfig", "MethodError", "PeftlabError", "PluginConflictError", "UnknownMethodError",
     "active_adapters", "adapter_parameters", "adapter_state", "add_adapter", "copy_into", "count_parameters",
-    "get_method", "hookimpl", "load_adapter", "make_config", "merge_adapter", "merge_and_unload", "methods", "mixed_batch",
+    "get_method", "hookimpl", "load_adapter", "make_config", "merge_adapter", "merge_and_unload", "methods",
+    "mixed_batch",
     "model_task", "option", "prepare_for_training", "read_adapter", "registry", "save_adapter", "set_active",
     "unmerge_adapter",
 ]

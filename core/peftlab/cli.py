@@ -155,9 +155,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not line:
             break
         history.append({"role": "user", "content": line})
-        texts = [""]
-        for texts in stream_side_by_side(model, tok, history, rows, max_new_tokens=args.max_new_tokens):
-            pass
+        texts = [""] * len(rows)
+        for partial in stream_side_by_side(model, tok, history, rows, max_new_tokens=args.max_new_tokens):
+            texts = partial
         for label, text in zip(["adapted", "base"] if name else ["base"], texts):
             print(f"[{label}] {text}", flush=True)
         history.append({"role": "assistant", "content": texts[0]})
@@ -209,7 +209,8 @@ def _common(p: argparse.ArgumentParser, adapter: bool = True, required: bool = F
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peftlab", description="Parameter-efficient fine-tuning; every method a plugin.")
+    parser = argparse.ArgumentParser(prog="peftlab",
+                                     description="Parameter-efficient fine-tuning; every method a plugin.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("methods", help="list installed methods and their config fields")

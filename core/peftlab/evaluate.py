@@ -61,7 +61,8 @@ def evaluate(model, tokenizer, dataset: str, *, adapter: str | None = "default",
                 out: list[str] = []
                 for i in range(0, len(prompts), batch_size):
                     chunk = prompts[i:i + batch_size]
-                    out += generate_batch(model, tokenizer, chunk, max_new_tokens=max_new_tokens, rows=[name] * len(chunk))
+                    out += generate_batch(model, tokenizer, chunk, max_new_tokens=max_new_tokens,
+                                          rows=[name] * len(chunk))
                 replies[label] = out
                 result[label]["exact_match"] = sum(pdata.exact_match(o, r) for o, r in zip(out, refs)) / len(refs)
             result["examples"] = [

@@ -175,8 +175,13 @@ def load_model(source: str | os.PathLike | None = None, *, task: str = "CAUSAL_L
 def tiny_model(arch: str = "llama", task: str = "CAUSAL_LM", vocab_size: int = 256, seed: int = 0,
                num_labels: int = 2):
     """A tiny randomly initialised model for fast tests (llama with GQA, gpt2 with Conv1D, bert)."""
-    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig, GPT2Config,
-                              LlamaConfig)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        BertConfig,
+        GPT2Config,
+        LlamaConfig,
+    )
 
     torch.manual_seed(seed)
     if arch == "llama":
