@@ -14,7 +14,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ RUNNING = "running"
 FINISHED = ("done", "stopped", "failed")  # the statuses a job ends in
 
 _children: dict[int, subprocess.Popen] = {}  # jobs this process started: poll() reaps them (no zombies)
+_settle_lock = threading.Lock()
 
 
 class JobError(PeftlabError):
@@ -47,6 +50,7 @@ class Job:
     finished: float | None = None
     returncode: int | None = None
     message: str = ""
+    stop_requested: float | None = None  # when stop() sent SIGTERM
 
     @property
     def name(self) -> str:
@@ -77,18 +81,27 @@ class Job:
         """Settle the status of a job whose process has ended (and record it in ``job.json``)."""
         if self.status != RUNNING or self.alive():
             return self
-        child = _children.pop(self.pid, None)
-        self.returncode = child.returncode if child is not None else self.returncode
-        self.finished = self.finished or time.time()
-        self.status, self.message = _outcome(self.events(), self.returncode, self.log_tail())
-        self.save()
+        with _settle_lock:  # the page's poll and Stop may both see the end: one settles, the other reads it
+            try:
+                settled = Job.load(self.run_dir)
+            except JobError:
+                settled = self
+            if settled.status != RUNNING:
+                self.status, self.message, self.returncode, self.finished = (
+                    settled.status, settled.message, settled.returncode, settled.finished)
+                return self
+            child = _children.pop(self.pid, None)
+            self.returncode = child.returncode if child is not None else self.returncode
+            self.finished = self.finished or time.time()
+            self.status, self.message = _outcome(self.events(), self.returncode, self.log_tail())
+            self.save()
         return self
 
     def save(self) -> None:
         data = {"pid": self.pid, "argv": self.argv, "method": self.method, "status": self.status,
                 "started": self.started, "finished": self.finished, "returncode": self.returncode,
-                "message": self.message}
-        tmp = self.run_dir / f".{JOB_FILE}.tmp"
+                "message": self.message, "stop_requested": self.stop_requested}
+        tmp = self.run_dir / f".{JOB_FILE}.{uuid.uuid4().hex[:8]}.tmp"  # concurrent writers never share one
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, self.run_dir / JOB_FILE)  # a reader never sees half a file
 
@@ -101,7 +114,7 @@ class Job:
             raise JobError(f"{run_dir}: no readable {JOB_FILE} ({e})") from None
         return cls(run_dir, int(data["pid"]), list(data.get("argv", [])), data.get("method", ""),
                    data.get("status", RUNNING), data.get("started", 0.0), data.get("finished"),
-                   data.get("returncode"), data.get("message", ""))
+                   data.get("returncode"), data.get("message", ""), data.get("stop_requested"))
 
 
 def _pid_runs(pid: int, marker: str) -> bool:
@@ -209,6 +222,8 @@ def stop(job: Job, timeout: float = 60.0) -> Job:
     SIGKILL if it is still running after ``timeout`` seconds. Returns the job with its final status."""
     if job.refresh().status != RUNNING:
         return job
+    job.stop_requested = time.time()
+    job.save()
     _signal(job.pid, signal.SIGTERM)
     deadline = time.time() + timeout
     while job.alive() and time.time() < deadline:

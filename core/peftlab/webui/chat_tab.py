@@ -1,0 +1,111 @@
+"""The Chat tab: pick a saved adapter, send a message, read the base and the adapted reply side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from .. import jobs
+from ..errors import PeftlabError
+from .engine import ChatEngine, LoadedAdapter
+
+HELP = ("Pick an adapter trained in the **Train** tab (or type any adapter folder), then send a message. "
+        "Both replies are greedy and stream token by token; each message is answered on its own (no "
+        "conversation memory), so base and adapted see exactly the same prompt.")
+
+
+def adapter_choices(runs_dir: Path) -> list[tuple[str, str]]:
+    return [(label, str(path)) for label, path in jobs.saved_adapters(runs_dir)]
+
+
+def describe(a: LoadedAdapter) -> str:
+    c = a.method.capabilities
+    card = a.files.meta
+    mode = "one batched pass (mixed-adapter batch)" if c.mixed_batch else "two passes (the method cannot mix batches)"
+    merge = "yes" if c.mergeable else f"no — {c.merge_note or 'the method says so'}"
+    return (f"Loaded `{a.path}` as **{a.name}**: method **{a.method.name}**, base `{a.base}` "
+            f"(peftlab {card.get('peftlab_version', '?')}). Replies: {mode}. Mergeable: {merge}.")
+
+
+def _error(e: BaseException) -> str:
+    return f"**Cannot use this adapter:** {e}"
+
+
+def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> None:
+    gr.Markdown(HELP)
+    with gr.Row(equal_height=True):
+        choices = adapter_choices(runs_dir)
+        adapter = gr.Dropdown(choices=choices, value=None, label="Saved adapter",
+                              info=f"Adapters under {runs_dir}/*/adapter, newest first", scale=4,
+                              elem_id="chat-adapter")
+        path = gr.Textbox(label="…or an adapter folder", placeholder="/path/to/adapter", scale=4,
+                          elem_id="chat-adapter-path")
+        refresh = gr.Button("Refresh", scale=1, elem_id="chat-refresh")
+    with gr.Row():
+        base = gr.Textbox(label="Base model", placeholder="empty = the base the adapter was trained on",
+                          scale=4, elem_id="chat-base")
+        max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens", scale=2,
+                            elem_id="chat-max-new-tokens")
+    info = gr.Markdown("No adapter loaded.", elem_id="chat-info")
+    with gr.Row(equal_height=True):
+        base_bot = gr.Chatbot(label="base", height=380, elem_id="chat-base-bot")
+        adapted_bot = gr.Chatbot(label="adapted", height=380, elem_id="chat-adapted-bot")
+    with gr.Row():
+        msg = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=6,
+                         elem_id="chat-msg")
+        send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
+        clear = gr.Button("Clear", scale=1, elem_id="chat-clear")
+
+    def on_refresh(current: str | None):
+        fresh = adapter_choices(runs_dir)
+        values = [v for _, v in fresh]
+        return gr.Dropdown(choices=fresh, value=current if current in values else (values[0] if values else None))
+
+    def load(choice: str | None, typed: str, base_id: str) -> tuple[LoadedAdapter | None, str]:
+        where = (typed or "").strip() or choice
+        if not where:
+            return None, "Pick a saved adapter or type an adapter folder."
+        try:
+            loaded = engine.load(where, (base_id or "").strip() or None)
+        except (PeftlabError, OSError, ValueError, KeyError) as e:
+            return None, _error(e)
+        return loaded, describe(loaded)
+
+    def on_pick(choice, typed, base_id):
+        loaded, text = load(choice, typed, base_id)
+        if loaded is None and (choice or typed):
+            gr.Warning(text.replace("**", ""))
+        return text
+
+    def on_send(message: str, choice, typed, base_id, limit, base_hist, adapted_hist):
+        message = (message or "").strip()
+        if not message:
+            yield base_hist, adapted_hist, gr.skip(), gr.skip()
+            return
+        loaded, text = load(choice, typed, base_id)
+        if loaded is None:
+            gr.Warning(text.replace("**", ""))
+            yield base_hist, adapted_hist, message, text
+            return
+        user = {"role": "user", "content": message}
+        base_hist = [*(base_hist or []), user, {"role": "assistant", "content": ""}]
+        adapted_hist = [*(adapted_hist or []), user, {"role": "assistant", "content": ""}]
+        yield base_hist, adapted_hist, "", text
+        try:
+            for b, a in engine.stream(loaded, message, int(limit)):
+                base_hist[-1] = {"role": "assistant", "content": b}
+                adapted_hist[-1] = {"role": "assistant", "content": a}
+                yield base_hist, adapted_hist, gr.skip(), gr.skip()
+        except Exception as e:  # a failed generation is reported, never a crash of the app
+            yield base_hist, adapted_hist, gr.skip(), f"**Generation failed:** {type(e).__name__}: {e}"
+
+    send_args = dict(fn=on_send, inputs=[msg, adapter, path, base, max_new, base_bot, adapted_bot],
+                     outputs=[base_bot, adapted_bot, msg, info], concurrency_limit=1, concurrency_id="chat-model")
+    send.click(**send_args)
+    msg.submit(**send_args)
+    clear.click(lambda: ([], []), None, [base_bot, adapted_bot])
+    refresh.click(on_refresh, adapter, adapter)
+    tab.select(on_refresh, adapter, adapter)
+    adapter.change(on_pick, [adapter, path, base], info, concurrency_limit=1, concurrency_id="chat-model")
+    path.submit(on_pick, [adapter, path, base], info, concurrency_limit=1, concurrency_id="chat-model")

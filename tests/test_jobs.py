@@ -1,0 +1,138 @@
+"""Training jobs in a child process (peftlab.jobs): start, progress, reattach, stop, failure, stale job files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from peftlab import jobs
+
+# A fast job on the tiny base: small rows, few eval rows; tiny llama has 256 positions.
+FAST = {"batch_size": 2, "max_length": 48, "max_eval_samples": 4, "device": "cpu", "dataset": "capitals-json"}
+WAIT = 180  # seconds; generous: the test machine may be shared
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A tiny random llama saved as a model folder, with SmolLM2's tokenizer (vocab sizes match)."""
+    from peftlab.models import load_tokenizer, tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = load_tokenizer(None)
+    tiny_model(vocab_size=len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def wait_for(predicate, timeout: float = WAIT, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def steps(job: jobs.Job) -> list[int]:
+    return [e["step"] for e in job.events() if e["event"] == "step"]
+
+
+def test_train_command_passes_settings_and_method_flags(tmp_path):
+    argv = jobs.train_command("lora", {"max_steps": 5, "learning_rate": None, "base_model": "", "resume": True},
+                              {"r": "4", "target_modules": "q_proj, v_proj"}, tmp_path)
+    assert argv[:4] == [sys.executable, "-m", "peftlab", "train"]
+    assert argv[argv.index("--method") + 1] == "lora" and "--json" in argv
+    assert argv[argv.index("--output-dir") + 1] == str(tmp_path)
+    assert argv[argv.index("--max-steps") + 1] == "5"
+    assert "--learning-rate" not in argv and "--base-model" not in argv  # empty = the trainer's default
+    assert "--resume" in argv  # a true bool is a bare flag
+    assert argv[argv.index("--r") + 1] == "4"
+    assert argv[argv.index("--target-modules") + 1] == "q_proj, v_proj"
+
+
+def test_job_progress_reattach_and_stop(tiny_base, tmp_path):
+    runs = tmp_path / "runs"
+    job = jobs.start_job(runs, "lora", {**FAST, "base_model": str(tiny_base), "max_steps": 10_000}, {"r": "4"})
+    try:
+        assert job.run_dir.parent == runs and job.run_dir.name.endswith("-lora")
+        assert json.loads((job.run_dir / jobs.JOB_FILE).read_text())["status"] == "running"
+        wait_for(lambda: len(steps(job)) >= 2, what="two training steps")
+        start = next(e for e in job.events() if e["event"] == "start")
+        assert start["trainable"] > 0 and 0 < start["percent"] < 100 and start["steps"] == 10_000
+        assert start["config"]["r"] == 4  # the method flag reached the trainer
+
+        # a reloaded page in this process, and a restarted app (a fresh process), both find the job
+        again = jobs.current_job(runs)
+        assert again is not None and again.run_dir == job.run_dir and again.pid == job.pid
+        code = f"from peftlab.jobs import current_job; j = current_job({str(runs)!r}); print(j and j.pid)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT)
+        assert out.stdout.strip().splitlines()[-1] == str(job.pid), out.stderr[-2000:]
+        with pytest.raises(jobs.JobError, match="still running"):
+            jobs.start_job(runs, "lora", FAST)  # one job at a time
+
+        seen = len(steps(job))
+        wait_for(lambda: len(steps(job)) > seen, what="progress to continue")
+        t0 = time.time()
+        stopped = jobs.stop(job, timeout=60)
+        took = time.time() - t0
+    finally:
+        if job.alive():
+            jobs._signal(job.pid, 9)
+    print(f"stop took {took:.1f} s")
+    assert took < 30, f"stop took {took:.1f} s"
+    assert stopped.status == "stopped" and not job.alive()
+    with pytest.raises(ProcessLookupError):
+        os.kill(job.pid, 0)  # gone, and reaped (no zombie)
+    last = job.events()[-1]
+    assert last["event"] == "stopped" and 2 <= last["step"] < 10_000
+    assert (job.adapter_dir / "adapter_config.json").exists()
+    assert (job.adapter_dir / "adapter_model.safetensors").exists()
+    assert list((job.run_dir / "checkpoints").glob("step-*/trainer_state.json"))
+    assert json.loads((job.run_dir / jobs.JOB_FILE).read_text())["status"] == "stopped"
+    assert jobs.current_job(runs) is None
+    assert [p for _, p in jobs.saved_adapters(runs)] == [job.adapter_dir]
+
+
+def test_job_runs_to_done_and_its_adapter_loads(tiny_base, tmp_path):
+    import peftlab
+    from peftlab.models import load_model
+
+    runs = tmp_path / "runs"
+    job = jobs.start_job(runs, "lora", {**FAST, "base_model": str(tiny_base), "max_steps": 3})
+    wait_for(lambda: job.refresh().status != "running", what="the job to finish")
+    assert job.status == "done", job.log_tail()
+    assert steps(job) == [1, 2, 3]
+    assert json.loads((job.run_dir / jobs.JOB_FILE).read_text())["returncode"] == 0
+    model, _ = load_model(str(tiny_base), device="cpu")
+    assert peftlab.load_adapter(model, job.adapter_dir, "trained") == "trained"
+    label, path = jobs.saved_adapters(runs)[0]
+    assert path == job.adapter_dir and "(lora)" in label
+
+
+def test_failed_job_reports_the_error(tmp_path):
+    runs = tmp_path / "runs"
+    job = jobs.start_job(runs, "lora", {**FAST, "dataset": str(tmp_path / "missing.jsonl"), "max_steps": 2})
+    wait_for(lambda: job.refresh().status != "running", what="the job to fail")
+    assert job.status == "failed"
+    assert "missing.jsonl" in job.message
+    assert jobs.current_job(runs) is None
+
+
+def test_stale_running_job_is_settled(tmp_path):
+    """A job.json that says running, for a process that is gone (the app was killed), does not block."""
+    run = tmp_path / "runs" / "20240101-000000-lora"
+    run.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / jobs.JOB_FILE).write_text(json.dumps({"pid": dead.pid, "argv": [], "method": "lora", "status": "running"}))
+    (run / "progress.jsonl").write_text(json.dumps({"event": "stopped", "step": 7, "adapter": str(run / "a")}) + "\n")
+    assert jobs.current_job(tmp_path / "runs") is None
+    settled = jobs.Job.load(run)
+    assert settled.status == "stopped" and "step 7" in settled.message

@@ -1,0 +1,212 @@
+"""The web app without a browser: the Blocks it builds, the generated forms, and the pieces behind the widgets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+
+import peftlab
+from peftlab.errors import AdapterError, AdapterMismatchError
+from peftlab.generate import generate_text
+from peftlab.jobs import Job
+from peftlab.method import FieldSpec
+from peftlab.webui import build_app, forms
+from peftlab.webui.engine import ChatEngine
+from peftlab.webui.plots import loss_frame
+from peftlab.webui.progress import job_view, progress_line
+from peftlab.webui.train_tab import capability_text, upload_text
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> gr.Blocks:
+    return build_app(tmp_path_factory.mktemp("runs"))
+
+
+def by_elem_id(demo: gr.Blocks) -> dict[str, gr.blocks.Block]:
+    return {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+
+
+def descendants(block) -> list:
+    out = []
+    for child in getattr(block, "children", []):
+        out += [child, *descendants(child)]
+    return out
+
+
+def test_method_dropdown_lists_every_installed_method(demo):
+    dropdown = by_elem_id(demo)["train-method"]
+    assert isinstance(dropdown, gr.Dropdown)
+    assert [value for _, value in dropdown.choices] == [m.name for m in peftlab.methods()]
+    assert dropdown.value in [m.name for m in peftlab.methods()]
+
+
+def test_each_method_form_has_one_widget_per_config_field(demo):
+    ids = by_elem_id(demo)
+    for m in peftlab.methods():
+        specs = m.config_class.fields()
+        group = ids[f"method-form-{m.name}"]
+        inside = [b for b in descendants(group) if isinstance(b, gr.components.Component)]
+        assert [b.elem_id for b in inside] == [f"cfg-{m.name}-{s.name}" for s in specs], m.name
+        for spec, widget in zip(specs, inside):
+            assert widget.label == spec.name
+            if spec.kind == "bool":
+                assert isinstance(widget, gr.Checkbox) and widget.value == bool(spec.default)
+            elif spec.kind in ("int", "float") and not spec.optional:
+                assert isinstance(widget, gr.Number) and widget.value == spec.default
+            elif spec.kind == "choice":
+                assert isinstance(widget, gr.Dropdown)
+                assert {v for _, v in widget.choices} >= {str(c) for c in spec.choices}
+            else:
+                assert isinstance(widget, gr.Textbox)
+    assert demo.peftlab_train.forms.keys() == {m.name for m in peftlab.methods()}
+
+
+def test_switching_method_shows_only_its_form(demo):
+    tab = demo.peftlab_train
+    method = tab.method
+    fn = next(f for f in demo.fns.values() if (method._id, "change") in [(t[0], t[1]) for t in f.targets])
+    names = [m.name for m in peftlab.methods()]
+    for name in names:
+        updates = fn.fn(name)
+        visible = [u.visible for u in updates[-len(names):]]
+        assert visible == [n == name for n in names]
+        assert f"**{name}**" in updates[0]
+
+
+def test_trainer_settings_form_comes_from_trainargs(demo):
+    ids = by_elem_id(demo)
+    for spec in forms.train_fields():
+        assert f"train-{spec.name}" in ids
+    assert "train-output_dir" not in ids and "train-method_config" not in ids  # the app sets those itself
+    lr = next(s for s in forms.train_fields() if s.name == "learning_rate")
+    assert forms.train_settings([lr], [""]) == {}  # empty = the method's default
+    steps = next(s for s in forms.train_fields() if s.name == "max_steps")
+    assert forms.train_settings([steps, lr], [6.0, "0.01"]) == {"max_steps": 6, "learning_rate": 0.01}
+    with pytest.raises(ValueError, match="learning_rate"):
+        forms.train_settings([lr], ["fast"])
+
+
+def test_changed_flags_sends_only_edited_fields(demo):
+    specs = peftlab.get_method("lora").config_class.fields()
+    initial = [w.value for w in demo.peftlab_train.forms["lora"]]  # what the untouched widgets hold
+    assert forms.changed_flags(specs, initial) == {}
+    edited = list(initial)
+    edited[[s.name for s in specs].index("r")] = 4
+    edited[[s.name for s in specs].index("target_modules")] = "q_proj, k_proj"
+    flags = forms.changed_flags(specs, edited)
+    assert flags == {"r": "4", "target_modules": "q_proj, k_proj"}
+    config = peftlab.get_method("lora").config_class.from_strings(flags)  # what the CLI does with them
+    assert config.r == 4 and list(config.target_modules) == ["q_proj", "k_proj"]
+    for m in peftlab.methods():  # every method's untouched form gives a valid (default) config
+        untouched = forms.changed_flags(m.config_class.fields(), [w.value for w in demo.peftlab_train.forms[m.name]])
+        assert untouched == {}, m.name
+    optional = FieldSpec("bottleneck_size", "int", 8, "", True)
+    assert forms.changed_flags([optional], [""]) == {"bottleneck_size": "none"}
+    required = FieldSpec("r", "int", 8, "", False)
+    assert forms.changed_flags([required], [None]) == {}
+
+
+def test_capabilities_drive_the_method_text():
+    for m in peftlab.methods():
+        text = capability_text(m)
+        if m.capabilities.mergeable:
+            assert "mergeable: yes" in text
+        else:
+            assert f"mergeable: no — {m.capabilities.merge_note or 'the method says so'}" in text
+
+
+def test_upload_is_validated_with_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{not json\n')
+    text = upload_text(str(bad))
+    assert text.startswith("**This file cannot be used:**") and "bad.jsonl" in text
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(5)))
+    assert "5 rows" in upload_text(str(good))
+
+
+def test_progress_text_and_loss_frame():
+    events = [{"event": "status", "message": "loading base model"}]
+    assert "loading base model" in progress_line(events)
+    events += [{"event": "start", "steps": 6, "trainable": 1000, "total": 100000, "percent": 1.0},
+               {"event": "eval", "step": 0, "eval_loss": 2.5},
+               {"event": "step", "step": 1, "loss": 2.25, "tokens_per_s": 99.4, "eta_s": 65, "lr": 1e-3}]
+    assert progress_line(events) == "step 1 / 6 · loss 2.2500 · eval loss 2.5000 · 99 tokens/s · ETA 1:05"
+    frame = loss_frame(events)
+    assert frame.to_dict("records") == [{"step": 0, "loss": 2.5, "series": "eval"},
+                                        {"step": 1, "loss": 2.25, "series": "train"}]
+    only_eval = loss_frame(events[:3])  # every series has a row from the first point on (no loss: draws nothing)
+    assert list(only_eval["series"]) == ["eval", "train"] and only_eval["loss"].isna().tolist() == [False, True]
+    empty = loss_frame([])
+    assert str(empty["step"].dtype) == "int64" and str(empty["loss"].dtype) == "float64"
+
+
+def test_job_view_of_a_finished_job(tmp_path):
+    job = Job(tmp_path, 1, [], "lora", status="stopped", message="stopped at step 3; adapter saved to x")
+    (tmp_path / "progress.jsonl").write_text(json.dumps(
+        {"event": "start", "steps": 9, "trainable": 10, "total": 1000, "percent": 1.0, "learning_rate": 2e-3}) + "\n")
+    view = job_view(job)
+    assert not view.running and view.status.startswith("**Stopped**") and "step 3" in view.status
+    assert "**10** of 1,000 (**1.000 %**)" in view.params
+    assert job_view(None).status.startswith("No job running")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    """A tiny llama base folder (a small local tokenizer is not needed: SmolLM2's, vocab matched)."""
+    from peftlab.models import load_tokenizer, tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny")
+    tok = load_tokenizer(None)
+    tiny_model(vocab_size=len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def make_adapter(base: Path, out: Path, seed: int) -> Path:
+    from peftlab.models import load_model
+
+    model, _ = load_model(str(base), device="cpu")
+    torch.manual_seed(seed)
+    peftlab.add_adapter(model, "lora", {"r": 4, "init_lora_weights": False}, "a")  # random B: changes outputs
+    with torch.no_grad():
+        for p in peftlab.adapter_parameters(model, "a").values():
+            p.mul_(20)  # large enough that greedy tokens differ from the base model's
+    return peftlab.save_adapter(model, out, "a")
+
+
+def test_chat_engine_streams_base_and_adapted_in_their_columns(tiny_folder, tmp_path):
+    engine = ChatEngine()
+    path = make_adapter(tiny_folder, tmp_path / "a1", seed=1)
+    loaded = engine.load(path)
+    assert engine.load(path) is loaded  # loaded once, then reused
+    model, tok = engine.model, engine.tokenizer
+    pairs = list(engine.stream(loaded, "Capital of France?", max_new_tokens=6))
+    assert len(pairs) >= 2 and all(len(p) == 2 for p in pairs)
+    base, adapted = pairs[-1]
+    assert base.strip() == generate_text(model, tok, "Capital of France?", max_new_tokens=6, adapter=None)
+    assert adapted.strip() == generate_text(model, tok, "Capital of France?", max_new_tokens=6, adapter=loaded.name)
+    assert base != adapted
+
+    other = engine.load(make_adapter(tiny_folder, tmp_path / "a2", seed=2))
+    assert other.name != loaded.name and engine.model is model  # same base: no reload, both stay loaded
+    assert set(peftlab.adapter_state(model).adapters) >= {loaded.name, other.name}
+
+
+def test_chat_engine_errors_are_clear(tiny_folder, tmp_path):
+    from peftlab.models import load_tokenizer, tiny_model
+
+    engine = ChatEngine()
+    with pytest.raises(AdapterError, match="does not exist"):
+        engine.load(tmp_path / "nowhere")
+    other_base = tmp_path / "other-base"  # another vocabulary size: the adapter does not fit it
+    tiny_model(vocab_size=512).save_pretrained(other_base)
+    load_tokenizer(None).save_pretrained(other_base)
+    path = make_adapter(tiny_folder, tmp_path / "a", seed=0)
+    with pytest.raises(AdapterMismatchError, match="another base model"):
+        engine.load(path, base=str(other_base))
+    assert engine.load(path).name  # the engine recovers and loads it on its own base
