@@ -269,9 +269,14 @@ def test_installed_third_party_plugin_appears_in_methods_and_passes_the_kit(thir
 
 def test_third_party_plugin_appears_in_the_app_method_list(thirdparty_site):
     pytest.importorskip("gradio")
-    out = _run_with(thirdparty_site, "-c", "from peftlab.webui.forms import method_choices; print(method_choices())")
+    script = ("import tempfile; from peftlab.webui import build_app; demo = build_app(tempfile.mkdtemp()); "
+              "blocks = {b.elem_id: b for b in demo.blocks.values() if getattr(b, 'elem_id', None)}; "
+              "print([c[0] for c in blocks['train-method'].choices]); print('cfg-scale-target_modules' in blocks)")
+    out = _run_with(thirdparty_site, "-c", script)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "scale" in out.stdout and "lora" in out.stdout
+    choices, has_form = out.stdout.strip().splitlines()[-2:]
+    assert "'scale'" in choices and "'lora'" in choices
+    assert has_form == "True", "the app builds a config form for the third-party method"
 
 
 def test_third_party_plugin_not_visible_without_install():

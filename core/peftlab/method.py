@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -92,10 +93,15 @@ class FieldSpec:
                 if text.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(text)
+            if self.kind == "dict":
+                value = json.loads(text)
+                if not isinstance(value, dict):
+                    raise ValueError(text)
+                return value
             if self.kind == "list":
                 items = [t.strip() for t in text.split(",") if t.strip()]
                 return items[0] if len(items) == 1 and self.choices is None and _is_special(items[0]) else items
-        except ValueError:
+        except ValueError:  # json.JSONDecodeError is one too
             raise ConfigError(f"{self.name}: cannot read {text!r} as {self.kind}") from None
         return text
 

@@ -46,7 +46,8 @@ class TrainArgs:
     batch_size: int = field(default=8, metadata={"help": "rows per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps spent warming up the LR"})
-    lr_scheduler: str = field(default="cosine", metadata={"help": "cosine, linear or constant (after warm-up)"})
+    lr_scheduler: str = field(default="cosine", metadata={"help": "LR schedule after warm-up",
+                                                           "choices": ["cosine", "linear", "constant"]})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     seed: int = field(default=0, metadata={"help": "random seed (data order, init)"})
@@ -55,9 +56,12 @@ class TrainArgs:
     max_length: int = field(default=256, metadata={"help": "max tokens per row"})
     eval_fraction: float = field(default=0.1, metadata={"help": "held-out share when the data has no split"})
     max_eval_samples: int = field(default=64, metadata={"help": "cap on eval rows"})
-    loss_on: str = field(default="assistant", metadata={"help": "assistant (reply tokens only) or all"})
-    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16, float16"})
+    loss_on: str = field(default="assistant", metadata={"help": "assistant (reply tokens only) or all",
+                                                        "choices": ["assistant", "all"]})
+    dtype: str = field(default="auto", metadata={"help": "weights dtype (auto: bf16 on CUDA, else fp32)",
+                                                "choices": ["auto", "float32", "bfloat16", "float16"]})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, mps (default: best available)"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
 
     def __post_init__(self) -> None:
@@ -207,6 +211,8 @@ def train(args: TrainArgs, *, model=None, tokenizer=None, on_event: Callable[[di
 
 def _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_seed, load_model) -> TrainResult:
     handle = ad.resolve_method(args.method)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     set_seed(args.seed)
     rows = pdata.load_rows(args.dataset)
     task = pdata.dataset_task(rows)
