@@ -1,0 +1,206 @@
+"""Every installed method on the same task: parameters, memory, speed, loss and exact match, side by side.
+
+Each method runs in its own process (``python -m peftlab.compare --one NAME ...``) so that its peak
+memory is its own and a method that crashes leaves a row with the error instead of ending the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+FIELDS = [  # (key, column title) of the markdown table, in order
+    ("method", "method"),
+    ("trainable", "trainable params"),
+    ("percent", "% of model"),
+    ("peak_memory_mb", "peak memory (MB)"),
+    ("step_s", "step (s)"),
+    ("eval_loss_before", "eval loss before"),
+    ("eval_loss_after", "eval loss after"),
+    ("exact_match", "exact match"),
+    ("gen_tok_s", "generate (tok/s)"),
+    ("mergeable", "mergeable"),
+]
+
+
+def _peak_memory_mb() -> tuple[float, str]:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda max allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process max RSS"  # Linux: KiB
+
+
+def _gen_tokens_per_s(model, tokenizer, prompt, new_tokens: int = 32) -> float:
+    """Greedy generation speed, batch 1: the second of two runs of ``generate_batch`` (the first warms up).
+
+    The reply may stop early at an end-of-turn token, so the count is the reply's tokens plus that stop token.
+    """
+    from .generate import generate_batch
+
+    generate_batch(model, tokenizer, [prompt], max_new_tokens=2)
+    t = time.perf_counter()
+    reply = generate_batch(model, tokenizer, [prompt], max_new_tokens=new_tokens)[0]
+    elapsed = time.perf_counter() - t
+    n = min(new_tokens, len(tokenizer(reply, add_special_tokens=False)["input_ids"]) + 1)
+    return n / max(elapsed, 1e-9)
+
+
+def run_one(method: str, dataset: str = "capitals-json", steps: int = 30, base: str | None = None,
+            out_dir: str | os.PathLike = "runs/compare", max_eval_samples: int = 32, batch_size: int = 8,
+            max_length: int = 128, seed: int = 0) -> dict[str, Any]:
+    """Train ``method`` on ``dataset`` and measure it (in this process: call it in a fresh one)."""
+    import torch
+
+    from .evaluate import eval_rows, evaluate
+    from .models import load_model, pick_device
+    from .plugins import get_method
+    from .train import TrainArgs, train
+
+    handle = get_method(method)
+    row: dict[str, Any] = {"method": method, "mergeable": handle.capabilities.mergeable}
+    model, tok = load_model(base, method=method)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    mem_before, how = _peak_memory_mb()
+    args = TrainArgs(method=method, dataset=dataset, base_model=base, max_steps=steps, learning_rate=None,
+                     batch_size=batch_size, max_length=max_length, max_eval_samples=max_eval_samples,
+                     output_dir=str(Path(out_dir) / method), seed=seed, device=pick_device(None))
+    result = train(args, model=model, tokenizer=tok)
+    mem_after, _ = _peak_memory_mb()
+    times = [e["elapsed_s"] for e in result.history if e.get("event") == "step"]
+    # elapsed_s is cumulative since the first step; the first step (warm-up) is left out when there are more
+    per_step = [b - a for a, b in zip(times, times[1:])] or times[:1]
+    metrics = evaluate(model, tok, dataset, max_samples=max_eval_samples, compare_base=False, max_length=max_length)
+    prompt = next((r["messages"][:-1] for r in eval_rows(dataset, max_samples=1) if "messages" in r), "Hello")
+    row.update(
+        trainable=int(result.params["trainable"]), total=int(result.params["total"]),
+        percent=float(result.params["percent"]),
+        peak_memory_mb=(mem_after if how.startswith("cuda") else mem_after - mem_before), memory_kind=how,
+        step_s=sum(per_step) / len(per_step), steps=result.steps, learning_rate=next(
+            (e["learning_rate"] for e in result.history if e.get("event") == "start"), None),
+        eval_loss_before=result.eval_loss_before, eval_loss_after=result.eval_loss_after,
+        exact_match=metrics.get("adapted", {}).get("exact_match"),
+        gen_tok_s=_gen_tokens_per_s(model, tok, prompt),
+        device=str(next(model.parameters()).device),
+    )
+    return row
+
+
+def run_comparison(methods: list[str] | None = None, dataset: str = "capitals-json", steps: int = 30,
+                   base: str | None = None, out_dir: str | os.PathLike = "runs/compare",
+                   on_result: Callable[[dict[str, Any]], None] | None = None, *, max_eval_samples: int = 32,
+                   batch_size: int = 8, max_length: int = 128, timeout_s: float | None = None,
+                   isolate: bool = True) -> list[dict[str, Any]]:
+    """Run every method (default: all installed) on the same task, each in a fresh process; one row each.
+
+    A method that fails gets a row with ``error`` (the last line of its output) instead of ending the run.
+    ``isolate=False`` runs them in this process (faster to start; peak memory is then not per method).
+    Writes ``comparison.json`` and ``comparison.md`` to ``out_dir``.
+    """
+    from .plugins import methods as installed
+
+    names = list(methods) if methods else [m.name for m in installed()]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in names:
+        if not isolate:
+            try:
+                row = run_one(name, dataset, steps, base, out, max_eval_samples, batch_size, max_length)
+                row["memory_kind"] += " (shared process)"
+            except Exception as e:  # a row saying why, not a crash
+                row = {"method": name, "error": f"{type(e).__name__}: {e}"}
+            rows.append(row)
+            if on_result:
+                on_result(row)
+            continue
+        file = out / f"{name}.json"
+        file.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "peftlab.compare", "--one", name, "--dataset", dataset, "--steps", str(steps),
+               "--out-dir", str(out), "--max-eval-samples", str(max_eval_samples), "--batch-size", str(batch_size),
+               "--max-length", str(max_length), "--json", str(file)]
+        if base is not None:
+            cmd += ["--base", str(base)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            if proc.returncode == 0 and file.exists():
+                row = json.loads(file.read_text())
+            else:
+                tail = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()][-1:]
+                row = {"method": name, "error": tail[0] if tail else f"exit status {proc.returncode}"}
+        except subprocess.TimeoutExpired:
+            row = {"method": name, "error": f"took longer than {timeout_s} s"}
+        rows.append(row)
+        if on_result:
+            on_result(row)
+    (out / "comparison.json").write_text(json.dumps(rows, indent=1))
+    (out / "comparison.md").write_text(to_markdown(rows))
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value).replace("|", "\\|")
+
+
+def to_markdown(results: list[dict[str, Any]]) -> str:
+    """One table row per method; a failed method's row carries its error message."""
+    lines = ["| " + " | ".join(title for _, title in FIELDS) + " |", "|" + "---|" * len(FIELDS)]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {_cell(r['method'])} | error: {_cell(r['error'])} |" + " |" * (len(FIELDS) - 2))
+        else:
+            lines.append("| " + " | ".join(_cell(r.get(key)) for key, _ in FIELDS) + " |")
+    kinds = {r.get("memory_kind") for r in results if r.get("memory_kind")}
+    if kinds:
+        note = ("peak memory: " + ", ".join(sorted(kinds)) +
+                " (CPU: the rise of the process's max RSS during training; GPU: torch's peak allocation)")
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m peftlab.compare", description=__doc__)
+    p.add_argument("--one", help="run this one method in this process and write its row to --json")
+    p.add_argument("--methods", help="comma-separated methods (default: all installed)")
+    p.add_argument("--dataset", default="capitals-json")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--base", default=None)
+    p.add_argument("--out-dir", default="runs/compare")
+    p.add_argument("--max-eval-samples", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--json", help="with --one: where to write the row")
+    a = p.parse_args(argv)
+    common = dict(dataset=a.dataset, steps=a.steps, base=a.base, out_dir=a.out_dir,
+                  max_eval_samples=a.max_eval_samples, batch_size=a.batch_size, max_length=a.max_length)
+    if a.one:
+        row = run_one(a.one, **common)
+        text = json.dumps(row, indent=1)
+        Path(a.json).write_text(text) if a.json else print(text)
+        return 0
+    methods = a.methods.split(",") if a.methods else None
+    rows = run_comparison(methods, **common, on_result=lambda r: print(f"{r['method']}: {r.get('error') or 'done'}",
+                                                                      flush=True))
+    print(to_markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
