@@ -96,6 +96,17 @@ def test_inject_and_trainable_params_hooks_reach_only_the_owning_method():
     assert set(params) == {"dummy"}  # one result (firstresult), not a list from every plugin
 
 
+def test_a_method_registered_later_does_not_reach_an_earlier_methods_calls():
+    calls: list = []
+    reg = Registry()
+    reg.add_plugin(PluginModule(Recorder("a", calls)), name="p")
+    model = torch.nn.Module()
+    reg.get("a").hook("inject")(model=model, config=DummyConfig(), adapter_name="x")  # caller built (and cached)
+    reg.add_plugin(PluginModule(Recorder("late", calls)), name="q")
+    reg.get("a").hook("inject")(model=model, config=DummyConfig(), adapter_name="x")
+    assert calls == [("a", "inject"), ("a", "inject")]
+
+
 def test_a_method_missing_a_required_hook_is_refused():
     class NoSave(Recorder):
         def tensor_map(self, model, config, adapter_name):  # pragma: no cover - never reached

@@ -27,7 +27,7 @@ class MethodHandle:
         self.obj = obj
         self.plugin = plugin  # the distribution / plugin that registered it
         self._pm = pm
-        self._callers: dict[str, Any] = {}
+        self._callers: dict[str, tuple[frozenset, Any]] = {}
 
     name = property(lambda self: self.obj.name)
     config_class = property(lambda self: self.obj.config_class)
@@ -38,10 +38,15 @@ class MethodHandle:
 
     def hook(self, name: str):
         """A caller for hook ``name`` that only reaches this method's implementation."""
-        if name not in self._callers:
-            others = [p for p in self._pm.get_plugins() if p is not self.obj]
-            self._callers[name] = self._pm.subset_hook_caller(name, remove_plugins=others)
-        return self._callers[name]
+        # the caller excludes the plugins registered *now*: one registered later (another method, a test's)
+        # would otherwise reach this method's calls, so the cache is keyed by the current set of plugins
+        others = frozenset(id(p) for p in self._pm.get_plugins() if p is not self.obj)
+        cached = self._callers.get(name)
+        if cached is None or cached[0] != others:
+            caller = self._pm.subset_hook_caller(name, remove_plugins=[p for p in self._pm.get_plugins()
+                                                                       if p is not self.obj])
+            self._callers[name] = cached = (others, caller)
+        return cached[1]
 
     def implements(self, name: str) -> bool:
         return any(impl.plugin is self.obj for impl in getattr(self._pm.hook, name).get_hookimpls())
