@@ -117,12 +117,16 @@ def count_parameters(model: torch.nn.Module, trainable: dict[str, torch.nn.Param
     return {"trainable": n, "total": total, "percent": 100.0 * n / max(total, 1)}
 
 
-def merge_adapter(model: torch.nn.Module, name: str = "default") -> None:
-    """Fold adapter ``name`` into the base weights (mergeable methods only)."""
-    handle, e = entry(model, name)
+def _require_mergeable(handle: MethodHandle, name: str) -> None:
     if not handle.capabilities.mergeable:
         raise MethodError(f"adapter {name!r} ({handle.name}) cannot be merged: "
                           f"{handle.capabilities.merge_note or 'the method is not mergeable'}")
+
+
+def merge_adapter(model: torch.nn.Module, name: str = "default") -> None:
+    """Fold adapter ``name`` into the base weights (mergeable methods only)."""
+    handle, e = entry(model, name)
+    _require_mergeable(handle, name)
     if e.merged:
         return
     handle.hook("merge")(model=model, config=e.config, adapter_name=name)
@@ -140,6 +144,7 @@ def unmerge_adapter(model: torch.nn.Module, name: str = "default") -> None:
 def merge_and_unload(model: torch.nn.Module, name: str = "default") -> torch.nn.Module:
     """Merge adapter ``name`` and remove its modules: a plain ``transformers`` model with merged weights."""
     handle, e = entry(model, name)
+    _require_mergeable(handle, name)  # the first reason a user needs: it cannot merge at all
     if not handle.implements("unload"):
         raise MethodError(f"method {handle.name!r} cannot remove its modules (no unload hook), so the merged "
                           "model cannot be saved as a plain model")
