@@ -23,7 +23,8 @@ peft = pytest.importorskip("peft")
     ("llama", "SEQ_CLS", {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}),
 ])
 def test_lora_passes_the_conformance_kit(arch, task, cfg, tmp_path):
-    report = check_method("lora", cfg, arch=arch, task=task, tmp_path=tmp_path)
+    # lr 1e-2: Adam at the kit's 3e-2 oscillates on some of these tiny random models
+    report = check_method("lora", cfg, arch=arch, task=task, tmp_path=tmp_path, lr=1e-2)
     assert report["reload_max_diff"] <= 1e-5 and report["merge_max_diff"] <= 1e-4
 
 
