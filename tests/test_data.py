@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from peftlab import data as D
 from peftlab.data import DatasetError
 
