@@ -1,0 +1,95 @@
+"""What every virtual-token method shares: inject a prompt source, train it, check shapes, show the prompt.
+
+A method subclasses ``VirtualTokenMethod`` and implements ``make_source`` (its ``nn.Module`` whose
+``forward()`` returns ``[k, d]``) plus ``save``/``load``; P-Tuning builds on this from its own plugin.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from peftlab import AdapterMismatchError, Capabilities, Method, hookimpl
+
+from .config import PromptLearningConfig
+from .virtual_tokens import SOURCES, VirtualTokens
+
+VIRTUAL_TOKEN_CAPABILITIES = Capabilities(
+    mergeable=False, stackable=True, kv_cache=False, virtual_tokens=True, mixed_batch=True,
+    merge_note="a soft prompt lives in the input (extra virtual tokens), not in any weight, so there is "
+               "nothing to fold into the model")
+
+
+def token_dim(model: nn.Module) -> int:
+    """The width of the model's input embeddings, the space virtual tokens live in."""
+    return int(model.get_input_embeddings().weight.shape[1])
+
+
+def fill_from_model(model: nn.Module, config: PromptLearningConfig, method: str) -> None:
+    """Fill the model-derived keys (as peft does) and refuse a config made for another hidden size."""
+    d = token_dim(model)
+    if config.token_dim is None:
+        config.token_dim = d
+    elif config.token_dim != d:
+        raise AdapterMismatchError(
+            f"this {method} adapter was made for a model with hidden size {config.token_dim}, but this model's "
+            f"hidden size is {d}: virtual tokens only fit the model they were trained for")
+    if config.num_transformer_submodules is None:
+        config.num_transformer_submodules = 1
+    cfg = model.config
+    if config.num_attention_heads is None:
+        config.num_attention_heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None)
+    if config.num_layers is None:
+        config.num_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+
+
+def check_prompt_tensor(saved: torch.Tensor | None, config: PromptLearningConfig, d: int, method: str) -> None:
+    """A clear error for a ``prompt_embeddings`` tensor that cannot be this adapter's."""
+    if saved is None:
+        raise AdapterMismatchError(f"{method} adapter has no prompt_embeddings tensor")
+    if saved.dim() != 2:
+        raise AdapterMismatchError(f"{method} adapter tensor prompt_embeddings has shape {tuple(saved.shape)}, "
+                                   f"expected [num_virtual_tokens, hidden size]")
+    if saved.shape[1] != d:
+        raise AdapterMismatchError(
+            f"{method} adapter tensor prompt_embeddings has hidden size {saved.shape[1]} but this model's hidden "
+            f"size is {d}: the adapter was made for another base model")
+    if saved.shape[0] != config.num_virtual_tokens:
+        raise AdapterMismatchError(
+            f"{method} adapter tensor prompt_embeddings holds {saved.shape[0]} virtual tokens but its config says "
+            f"num_virtual_tokens={config.num_virtual_tokens}")
+
+
+def prompt_of(source: nn.Module) -> torch.Tensor:
+    """The ``[k, d]`` prompt a source gives at inference (eval mode: no encoder dropout), detached."""
+    training = source.training
+    source.eval()
+    try:
+        with torch.no_grad():
+            return source().detach().clone().contiguous()
+    finally:
+        source.train(training)
+
+
+class VirtualTokenMethod(Method):
+    """Base registration of a virtual-token method: subclasses say how the ``[k, d]`` prompt is made."""
+
+    capabilities = VIRTUAL_TOKEN_CAPABILITIES
+
+    def make_source(self, model: nn.Module, config: PromptLearningConfig, adapter_name: str) -> nn.Module:
+        raise NotImplementedError
+
+    @hookimpl
+    def inject(self, model, config: PromptLearningConfig, adapter_name: str) -> None:
+        fill_from_model(model, config, self.name)
+        VirtualTokens.add(model, adapter_name, self.make_source(model, config, adapter_name))
+
+    @hookimpl
+    def trainable_params(self, model, config, adapter_name: str) -> dict[str, nn.Parameter]:
+        source = VirtualTokens.source(model, adapter_name)
+        getattr(source, "materialize", lambda: None)()  # a deferred init runs before training starts
+        return {f"{SOURCES}.{adapter_name}.{n}": p for n, p in source.named_parameters()}
+
+    @hookimpl
+    def soft_prompt(self, model, adapter_name: str) -> torch.Tensor:
+        return prompt_of(VirtualTokens.source(model, adapter_name))
