@@ -1,0 +1,16 @@
+"""P-Tuning v2 as a peftlab plugin: deep prompts, built on the KV-prefix machinery of peftlab-prefix-tuning."""
+
+from __future__ import annotations
+
+from peftlab import hookimpl
+
+from .config import PTuningV2Config
+from .method import PTuningV2
+from .prompts import DeepPrompts
+
+__all__ = ["DeepPrompts", "PTuningV2", "PTuningV2Config"]
+
+
+@hookimpl
+def register_methods(register):
+    register(PTuningV2())
