@@ -1,0 +1,96 @@
+"""BitFit's bias deltas, after Ben Zaken et al. (2021): ``y = W x + b + Δb``, only Δb trains.
+
+The trained part is a delta ``Δb`` (zero at the start) per adapter name, held in a
+``ParameterDict`` named ``bitfit_bias`` on the layer and added to its output by a forward hook.
+Keeping the base bias ``b`` untouched lets the adapter be switched off, stacked, and chosen per
+row of a batch; ``merge`` folds ``Δb`` into ``b`` (creating ``b`` on a layer that had none).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from peftlab import adapter_state
+
+from .select import bias_size, owner
+
+ATTR = "bitfit_bias"  # the ParameterDict on each adapted layer: layer.bitfit_bias[adapter_name] = Δb
+
+
+def add_bias_deltas(layer: nn.Module, args: tuple, y: torch.Tensor) -> torch.Tensor:
+    """Forward hook: ``y = W x + b + Δb`` for each active adapter (a bias acts on the last dimension)."""
+    state = layer.__dict__["_peftlab_state"]
+    for name, delta_b in layer.bitfit_bias.items():
+        rows = state.select(name, y.device)  # None: off (or merged); True: all rows; bool[batch]: some rows
+        if rows is None:
+            continue
+        if rows is True:
+            y = y + delta_b.to(y.dtype)
+        else:
+            y = y + rows.view(-1, *([1] * (y.dim() - 1))).to(y.dtype) * delta_b.to(y.dtype)
+    return y
+
+
+def _device_dtype(layer: nn.Module) -> tuple[torch.device, torch.dtype]:
+    w = getattr(owner(layer), "weight", None)
+    if w is None:
+        w = next(layer.parameters(), torch.empty(0))
+    return w.device, (w.dtype if w.dtype.is_floating_point else torch.float32)  # 4-bit bases: fp32 deltas
+
+
+def bias_layers(model: nn.Module, name: str | None = None) -> dict[str, nn.Module]:
+    """``{path: layer}`` of layers holding a BitFit delta for adapter ``name`` (any adapter if None)."""
+    return {path: m for path, m in model.named_modules()
+            if isinstance(getattr(m, ATTR, None), nn.ParameterDict) and (name is None or name in getattr(m, ATTR))}
+
+
+def inject_bias_deltas(model: nn.Module, name: str, paths: list[str]) -> None:
+    """Give each layer in ``paths`` a zero ``Δb`` for adapter ``name`` (and the hook, once)."""
+    state = adapter_state(model)
+    for path in paths:
+        layer = model.get_submodule(path)
+        if not isinstance(getattr(layer, ATTR, None), nn.ParameterDict):
+            layer.add_module(ATTR, nn.ParameterDict())
+            layer.__dict__["_peftlab_state"] = state  # shared routing state; a plain attribute
+            layer.__dict__["_bitfit_base_has_bias"] = getattr(owner(layer), "bias", None) is not None
+            layer.__dict__["_bitfit_merged"] = set()  # adapter names whose Δb is folded into the bias
+            layer.register_forward_hook(add_bias_deltas)
+        device, dtype = _device_dtype(layer)
+        getattr(layer, ATTR)[name] = nn.Parameter(torch.zeros(bias_size(layer), device=device, dtype=dtype))
+
+
+def base_bias(layer: nn.Module) -> torch.Tensor:
+    """The base model's own bias ``b`` in float32 (zeros where it had none), without merged deltas."""
+    delta = getattr(layer, ATTR)
+    if not layer.__dict__["_bitfit_base_has_bias"]:
+        return torch.zeros(bias_size(layer), device=next(iter(delta.values())).device)
+    b = owner(layer).bias.detach().float().clone()
+    for name in layer.__dict__["_bitfit_merged"]:
+        b -= delta[name].detach().float()
+    return b
+
+
+def merge(layer: nn.Module, name: str) -> None:
+    """Fold Δb into b; a layer without a bias gets one (so the merged model runs without hooks' help)."""
+    base, delta_b = owner(layer), getattr(layer, ATTR)[name]
+    with torch.no_grad():
+        if base.bias is None:
+            w = getattr(base, "weight", None)
+            dtype = w.dtype if w is not None and w.dtype.is_floating_point else delta_b.dtype
+            base.bias = nn.Parameter(delta_b.detach().clone().to(dtype), requires_grad=False)
+        else:
+            base.bias.add_(delta_b.to(base.bias.dtype))
+    layer.__dict__["_bitfit_merged"].add(name)
+
+
+def unmerge(layer: nn.Module, name: str) -> None:
+    """Take Δb out of b again; a bias that merging created goes away with the last merged delta."""
+    base, delta_b = owner(layer), getattr(layer, ATTR)[name]
+    merged = layer.__dict__["_bitfit_merged"]
+    merged.discard(name)
+    with torch.no_grad():
+        if not layer.__dict__["_bitfit_base_has_bias"] and not merged:
+            base.bias = None  # restores the bias-less layer exactly
+        else:
+            base.bias.sub_(delta_b.to(base.bias.dtype))
