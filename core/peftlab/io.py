@@ -83,7 +83,8 @@ def save_adapter(model: torch.nn.Module, path: str | os.PathLike, name: str = "d
     weights = handle.hook("save")(model=model, config=e.config, adapter_name=name)
     if not isinstance(weights, AdapterWeights):
         raise AdapterError(f"method {handle.name!r} save hook returned {type(weights).__name__}, not AdapterWeights")
-    head = {f"base_model.model.{k}": v.detach().clone().contiguous() for k, v in task_head_parameters(model).items()}
+    head = {f"{handle.module_prefix}{k}": v.detach().clone().contiguous()
+            for k, v in task_head_parameters(model).items()}
     base = base_model or base_model_id(model)
     task = model_task(model)
     cfg = {
@@ -221,26 +222,33 @@ def load_adapter(model: torch.nn.Module, path: str | os.PathLike, name: str | No
     files = read_adapter(path, method=method)
     check_base(files, model)
     name = name or files.meta.get("adapter_name") or "default"
-    head_keys = {k for k in files.weights.tensors if _is_head_key(k, files.peft_config)}
+    head_keys = {k for k in files.weights.tensors if _head_param(k, files.peft_config) is not None}
     weights = AdapterWeights({k: v for k, v in files.weights.tensors.items() if k not in head_keys},
                              files.weights.extra)
     add_adapter(model, files.method, files.config, name, activate=activate)
     files.method.hook("load")(model=model, config=files.config, adapter_name=name, weights=weights)
     if head_keys:
-        _load_head(model, {k: files.weights.tensors[k] for k in head_keys}, files.path)
+        _load_head(model, {_head_param(k, files.peft_config): files.weights.tensors[k] for k in head_keys}, files.path)
     return name
 
 
-def _is_head_key(key: str, peft_cfg: dict) -> bool:
+HEAD_PREFIXES = ("base_model.model.", "base_model.")  # PEFT's tuner layout, then its prompt-learning layout
+
+
+def _head_param(key: str, peft_cfg: dict) -> str | None:
+    """The model parameter a saved task-head tensor belongs to, or ``None`` when ``key`` is no head tensor."""
     heads = peft_cfg.get("modules_to_save") or []
-    return any(key.startswith(f"base_model.model.{h}.") for h in heads)
+    for prefix in HEAD_PREFIXES:
+        name = key.removeprefix(prefix)
+        if name != key and any(name.startswith(f"{h}.") for h in heads):
+            return name
+    return None
 
 
 def _load_head(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for key, value in tensors.items():
-            pname = key.removeprefix("base_model.model.")
+        for pname, value in tensors.items():
             if pname not in params or params[pname].shape != value.shape:
                 raise AdapterMismatchError(f"{path}: task-head tensor {pname} does not fit the model")
             params[pname].copy_(value.to(params[pname].dtype))

@@ -227,6 +227,9 @@ class Method:
     description: str = ""
     # trainer settings that suit the method (e.g. {"learning_rate": 3e-2} for prompt tuning); users override
     train_defaults: dict[str, Any] = {}
+    # what PEFT writes before a module path in this method's files, e.g. for a classification head in
+    # modules_to_save: "base_model.model." for tuner methods (LoRA), "base_model." for prompt-learning ones
+    module_prefix: str = "base_model.model."
 
     def claims_peft_config(self, data: dict[str, Any]) -> bool:
         """Whether this method should load a PEFT ``adapter_config.json`` of its ``peft_type``

@@ -34,6 +34,7 @@ class MethodHandle:
     peft_type = property(lambda self: self.obj.peft_type)
     capabilities = property(lambda self: self.obj.capabilities)
     description = property(lambda self: getattr(self.obj, "description", ""))
+    module_prefix = property(lambda self: getattr(self.obj, "module_prefix", "base_model.model."))
     train_defaults = property(lambda self: dict(getattr(self.obj, "train_defaults", {}) or {}))
 
     def hook(self, name: str):

@@ -37,18 +37,6 @@ def prefix_encoder(model: nn.Module, adapter_name: str) -> nn.Module:
     return store[adapter_name]
 
 
-def _load_peft_head(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """A task head in peft's prompt-learning layout (``base_model.score.weight``: there, PeftModel.base_model is
-    the transformers model itself), which core's head loading (``base_model.model.*``) does not pick up."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for key, value in tensors.items():
-            name = key.removeprefix("base_model.")
-            if name not in params or tuple(params[name].shape) != tuple(value.shape):
-                raise AdapterMismatchError(f"task-head tensor {key} {tuple(value.shape)} does not fit the model")
-            params[name].copy_(value.to(params[name].dtype))
-
-
 def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     weight = model.get_input_embeddings().weight  # the prefixes live beside the token embeddings
     return weight.device, weight.dtype if weight.dtype.is_floating_point else torch.float32
@@ -62,6 +50,7 @@ class KVPrefixMethod(Method):
     capabilities = Capabilities(
         mergeable=False, stackable=True, kv_cache=True, mixed_batch=True,
         merge_note="prefixes live in the KV cache, not in any weight: there is nothing to fold them into")
+    module_prefix = "base_model."  # peft's prompt-learning layout: a task head is saved as base_model.<head>.*
 
     def claims_peft_config(self, data: dict) -> bool:
         # peft writes PREFIX_TUNING for both methods; prefix_projection says which one made it
@@ -114,12 +103,9 @@ class KVPrefixMethod(Method):
     def load(self, model, config: KVPrefixConfig, adapter_name: str, weights: AdapterWeights) -> None:
         encoder = prefix_encoder(model, adapter_name)
         g = KVPrefix.of(model).geometry
-        head = {k: v for k, v in weights.tensors.items() if k.startswith("base_model.")}
-        unexpected = sorted(set(weights.tensors) - {PROMPT_KEY} - set(head))
-        if PROMPT_KEY not in weights.tensors or unexpected:
+        if set(weights.tensors) != {PROMPT_KEY}:  # core takes a task head out before calling load
             found = ", ".join(sorted(weights.tensors)) or "nothing"
-            raise AdapterMismatchError(f"{self.name} adapter must hold one tensor {PROMPT_KEY!r} (and maybe a "
-                                       f"task head under base_model.*); found {found}")
+            raise AdapterMismatchError(f"{self.name} adapter must hold one tensor {PROMPT_KEY!r}; found {found}")
         prefix = weights.tensors[PROMPT_KEY]
         expected = (config.num_virtual_tokens, g.prefix_width)
         if tuple(prefix.shape) != expected:
@@ -128,7 +114,6 @@ class KVPrefixMethod(Method):
                 f"{expected} = (num_virtual_tokens, num_layers·2·token_dim) for {g.describe()}: "
                 f"was it made for another base model?")
         self.load_prefix(encoder, prefix, dict(weights.extra))
-        _load_peft_head(model, head)
 
     @hookimpl
     def soft_prompt(self) -> None:

@@ -75,6 +75,7 @@ class VirtualTokenMethod(Method):
     """Base registration of a virtual-token method: subclasses say how the ``[k, d]`` prompt is made."""
 
     capabilities = VIRTUAL_TOKEN_CAPABILITIES
+    module_prefix = "base_model."  # peft's prompt-learning layout: a task head is saved as base_model.<head>.*
 
     def make_source(self, model: nn.Module, config: PromptLearningConfig, adapter_name: str) -> nn.Module:
         raise NotImplementedError

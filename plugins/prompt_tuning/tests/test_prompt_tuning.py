@@ -134,6 +134,32 @@ def test_peft_adapter_loads_in_peftlab(tmp_path):
     assert torch.equal(_greedy(model, ids, n=10), _greedy(peft_model, ids, n=10))
 
 
+def test_classifier_with_its_head_round_trips_with_peft_both_ways(tmp_path):
+    """A prompt-tuned SEQ_CLS adapter carries its new head; peft files it as base_model.score.* (prompt-learning
+    layout), so each side must read the other's."""
+    from peft import PeftModel, PromptTuningConfig, get_peft_model
+
+    ids = _ids(3, 6)
+    ours = _adapted(k=4, task="SEQ_CLS")
+    with torch.no_grad():
+        ours.score.weight.normal_()
+    folder = peftlab.save_adapter(ours, tmp_path / "ours")
+    theirs = PeftModel.from_pretrained(_model("SEQ_CLS"), str(folder))
+    want = _logits(ours, ids)
+    assert (_logits(theirs, ids) - want).abs().max() <= ATOL
+    assert (want - _logits(_model("SEQ_CLS"), ids)).abs().max() > 1e-2  # the head and prompt matter
+
+    peft_model = get_peft_model(_model("SEQ_CLS"), PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5))
+    with torch.no_grad():
+        for p in peft_model.parameters():
+            if p.requires_grad:  # the prompt and the new head
+                p.normal_()
+    peft_model.save_pretrained(str(tmp_path / "peft"))
+    loaded = _model("SEQ_CLS")
+    peftlab.load_adapter(loaded, tmp_path / "peft")
+    assert (_logits(loaded, ids) - _logits(peft_model, ids)).abs().max() <= ATOL
+
+
 def test_training_follows_peft_step_for_step():
     """Same prompt, same data, same optimizer: the loss curves of peft and peftlab agree exactly."""
     from peft import PromptTuningConfig, get_peft_model
