@@ -54,3 +54,19 @@ def test_one_method_in_its_own_process(tiny_dir, tmp_path):
     _check_row(rows[0], steps=1)
     assert rows[0]["memory_kind"] == "process max RSS"
     assert (tmp_path / "lora.json").exists() and (tmp_path / "comparison.md").read_text().count("| lora |") == 1
+
+
+def test_cli_compare_prints_the_table_and_writes_json(tiny_dir, tmp_path, capsys):
+    from peftlab.cli import main
+
+    code = main(["compare", "--methods", "lora,no-such-method", "--steps", "1", "--base", str(tiny_dir),
+                 "--out-dir", str(tmp_path), "--max-eval-samples", "2", "--max-length", "64", "--json"])
+    out = capsys.readouterr()
+    assert code == 0
+    rows = json.loads(out.out)
+    assert [r["method"] for r in rows] == ["lora", "no-such-method"]
+    _check_row(rows[0], steps=1)
+    assert "unknown method 'no-such-method'" in rows[1]["error"]
+    assert "[compare] lora: done" in out.err
+    assert json.loads((tmp_path / "comparison.json").read_text()) == rows
+    assert (tmp_path / "comparison.md").read_text().startswith("| method |")

@@ -1,4 +1,4 @@
-"""``peftlab`` command line: methods, train, eval, generate, chat, merge, nearest-tokens.
+"""``peftlab`` command line: methods, train, eval, generate, chat, merge, nearest-tokens, compare.
 
 Method config flags are generated from the method's config dataclass: ``peftlab train --method lora --help``.
 """
@@ -199,6 +199,12 @@ def cmd_nearest_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import run_from_args
+
+    return run_from_args(args, as_json=args.json)
+
+
 def _common(p: argparse.ArgumentParser, adapter: bool = True, required: bool = False) -> None:
     if adapter:
         p.add_argument("--adapter", required=required, help="adapter folder (PEFT format)")
@@ -259,6 +265,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _common(p, required=True)
     p.add_argument("--top-k", type=int, default=5)
     p.set_defaults(fn=cmd_nearest_tokens)
+
+    from .compare import add_arguments as compare_arguments
+
+    p = sub.add_parser("compare", help="every method on the same task and budget: params, memory, speed, loss",
+                       description="Train each method (default: all installed) on the same dataset for the same "
+                       "number of steps, each in its own process, and print one table row per method.")
+    compare_arguments(p)
+    p.add_argument("--json", action="store_true", help="rows as JSON instead of the markdown table")
+    p.set_defaults(fn=cmd_compare)
     return parser
 
 

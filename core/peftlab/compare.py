@@ -175,31 +175,44 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m peftlab.compare", description=__doc__)
-    p.add_argument("--one", help="run this one method in this process and write its row to --json")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The comparison's options (shared by ``peftlab compare`` and ``python -m peftlab.compare``)."""
     p.add_argument("--methods", help="comma-separated methods (default: all installed)")
-    p.add_argument("--dataset", default="capitals-json")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--base", default=None)
-    p.add_argument("--out-dir", default="runs/compare")
+    p.add_argument("--dataset", default="capitals-json", help="built-in name or data file/folder")
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps per method (the same budget for all)")
+    p.add_argument("--base", default=None, help="base model: Hub id, folder, or empty for SmolLM2 (offline)")
+    p.add_argument("--out-dir", default="runs/compare", help="where each method's adapter and the table go")
     p.add_argument("--max-eval-samples", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--timeout", type=float, default=None, help="seconds one method may take (default: no limit)")
+
+
+def run_from_args(a: argparse.Namespace, as_json: bool = False) -> int:
+    """Run the comparison the parsed options describe; progress on stderr, the table (or JSON) on stdout."""
+    methods = a.methods.split(",") if a.methods else None
+    rows = run_comparison(methods, dataset=a.dataset, steps=a.steps, base=a.base, out_dir=a.out_dir,
+                          max_eval_samples=a.max_eval_samples, batch_size=a.batch_size, max_length=a.max_length,
+                          timeout_s=a.timeout, on_result=lambda r: print(
+                              f"[compare] {r['method']}: {r.get('error') or 'done'}", file=sys.stderr, flush=True))
+    print(json.dumps(rows, indent=1) if as_json else to_markdown(rows))
+    print(f"[compare] written to {Path(a.out_dir) / 'comparison.md'} and comparison.json", file=sys.stderr)
+    return 1 if all("error" in r for r in rows) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m peftlab.compare", description=__doc__)
+    add_arguments(p)
+    p.add_argument("--one", help="run this one method in this process and write its row to --json")
     p.add_argument("--json", help="with --one: where to write the row")
     a = p.parse_args(argv)
-    common = dict(dataset=a.dataset, steps=a.steps, base=a.base, out_dir=a.out_dir,
-                  max_eval_samples=a.max_eval_samples, batch_size=a.batch_size, max_length=a.max_length)
     if a.one:
-        row = run_one(a.one, **common)
+        row = run_one(a.one, dataset=a.dataset, steps=a.steps, base=a.base, out_dir=a.out_dir,
+                      max_eval_samples=a.max_eval_samples, batch_size=a.batch_size, max_length=a.max_length)
         text = json.dumps(row, indent=1)
         Path(a.json).write_text(text) if a.json else print(text)
         return 0
-    methods = a.methods.split(",") if a.methods else None
-    rows = run_comparison(methods, **common, on_result=lambda r: print(f"{r['method']}: {r.get('error') or 'done'}",
-                                                                      flush=True))
-    print(to_markdown(rows))
-    return 0
+    return run_from_args(a)
 
 
 if __name__ == "__main__":
