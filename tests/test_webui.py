@@ -210,3 +210,26 @@ def test_chat_engine_errors_are_clear(tiny_folder, tmp_path):
     with pytest.raises(AdapterMismatchError, match="another base model"):
         engine.load(path, base=str(other_base))
     assert engine.load(path).name  # the engine recovers and loads it on its own base
+
+
+def test_chat_engine_shows_the_nearest_tokens_of_a_soft_prompt(tiny_folder, tmp_path):
+    """A soft prompt set to the embeddings of known words reads back as those words; LoRA has no soft prompt."""
+    from peftlab.models import load_model
+    from peftlab.webui.chat_tab import nearest_markdown
+
+    model, tok = load_model(str(tiny_folder), device="cpu")
+    words = [tok.encode(w, add_special_tokens=False)[0] for w in (" Paris", " Vienna", " Rome")]
+    peftlab.add_adapter(model, "prompt_tuning", {"num_virtual_tokens": 3}, "p")
+    with torch.no_grad():
+        prompt = model.peftlab_prompt_encoder["p"].embedding.weight
+        prompt.copy_(model.get_input_embeddings().weight[words] * 3)  # cosine ignores the scale
+    folder = peftlab.save_adapter(model, tmp_path / "pt", "p")
+
+    engine = ChatEngine()
+    rows = engine.nearest_tokens(engine.load(folder), top_k=2)
+    assert [row[0][0] for row in rows] == [tok.decode([i]) for i in words]
+    assert all(abs(row[0][1] - 1.0) < 1e-4 and row[1][1] < row[0][1] for row in rows)
+    table = nearest_markdown(rows)
+    assert table.count("\n| ") == 4 and "| 0 | `Paris` 1.00" in table  # the header and one row per token
+    assert engine.nearest_tokens(engine.load(make_adapter(tiny_folder, tmp_path / "lora", seed=0))) is None
+    assert nearest_markdown(None) == ""

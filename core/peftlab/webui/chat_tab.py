@@ -28,6 +28,18 @@ def describe(a: LoadedAdapter) -> str:
             f"(peftlab {card.get('peftlab_version', '?')}). Replies: {mode}. Mergeable: {merge}.")
 
 
+def nearest_markdown(rows: list[list[tuple[str, float]]] | None) -> str:
+    """The soft prompt read back as words: one line per virtual token, its nearest vocabulary tokens."""
+    if rows is None:
+        return ""
+    lines = ["**Nearest tokens** (cosine similarity of each learned virtual token to the vocabulary):", "",
+             "| virtual token | nearest tokens |", "|---:|---|"]
+    for i, row in enumerate(rows):
+        cells = ", ".join(f"`{tok.strip() or repr(tok)}` {score:.2f}".replace("|", "\\|") for tok, score in row)
+        lines.append(f"| {i} | {cells} |")
+    return "\n".join(lines)
+
+
 def _error(e: BaseException) -> str:
     return f"**Cannot use this adapter:** {e}"
 
@@ -48,6 +60,8 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> None:
         max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens", scale=2,
                             elem_id="chat-max-new-tokens")
     info = gr.Markdown("No adapter loaded.", elem_id="chat-info")
+    with gr.Accordion("What the soft prompt says", open=False, visible=False, elem_id="chat-nearest-box") as box:
+        nearest = gr.Markdown("", elem_id="chat-nearest")
     with gr.Row(equal_height=True):
         base_bot = gr.Chatbot(label="base", height=380, elem_id="chat-base-bot")
         adapted_bot = gr.Chatbot(label="adapted", height=380, elem_id="chat-adapted-bot")
@@ -76,7 +90,8 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> None:
         loaded, text = load(choice, typed, base_id)
         if loaded is None and (choice or typed):
             gr.Warning(text.replace("**", ""))
-        return text
+        table = nearest_markdown(engine.nearest_tokens(loaded)) if loaded is not None else ""
+        return text, gr.Accordion(visible=bool(table)), table
 
     def on_send(message: str, choice, typed, base_id, limit, base_hist, adapted_hist):
         message = (message or "").strip()
@@ -107,5 +122,7 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> None:
     clear.click(lambda: ([], []), None, [base_bot, adapted_bot])
     refresh.click(on_refresh, adapter, adapter)
     tab.select(on_refresh, adapter, adapter)
-    adapter.change(on_pick, [adapter, path, base], info, concurrency_limit=1, concurrency_id="chat-model")
-    path.submit(on_pick, [adapter, path, base], info, concurrency_limit=1, concurrency_id="chat-model")
+    pick_args = dict(fn=on_pick, inputs=[adapter, path, base], outputs=[info, box, nearest], concurrency_limit=1,
+                     concurrency_id="chat-model")
+    adapter.change(**pick_args)
+    path.submit(**pick_args)

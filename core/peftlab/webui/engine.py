@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import AdapterError
+from ..errors import AdapterError, MethodError
 from ..generate import stream_side_by_side
+from ..inspect import nearest_tokens
 from ..io import WEIGHTS_FILE, AdapterFiles, load_adapter, read_adapter
 from ..models import load_model, resolve_source
 from ..plugins import MethodHandle
@@ -86,6 +87,17 @@ class ChatEngine:
             loaded = LoadedAdapter(name, path, method, base or "SmolLM2-135M-Instruct (default)", files)
             self.adapters[key] = loaded
             return loaded
+
+    def nearest_tokens(self, adapter: LoadedAdapter, top_k: int = 5) -> list[list[tuple[str, float]]] | None:
+        """The vocabulary tokens nearest each virtual token of ``adapter``'s soft prompt; ``None`` when the
+        method has no soft prompt in the input-embedding space."""
+        with self.lock:
+            if not adapter.method.implements("soft_prompt"):
+                return None
+            try:
+                return nearest_tokens(self.model, self.tokenizer, adapter.name, top_k=top_k)
+            except MethodError:  # the method says it has none (prefixes live in attention, not in the input)
+                return None
 
     def stream(self, adapter: LoadedAdapter, message: str, max_new_tokens: int = 128) -> Iterator[tuple[str, str]]:
         """Yield (base reply, adapted reply) so far, token by token."""
