@@ -41,6 +41,7 @@ METRICS = [  # (key, label, lower is better)
     ("step_median_s", "train step, median (s)", True),
     ("step_mean_s", "train step, mean (s)", True),
     ("rss_train_delta_mb", "peak RSS during training (MB, delta)", True),
+    ("rss_after_train_mb", "resident memory after training (MB: model + adapter + optimizer)", True),
     ("trainable", "trainable parameters", None),
     ("gen_base_tok_s", "generate, base model (tok/s)", False),
     ("gen_adapter_tok_s", "generate, adapter unmerged (tok/s)", False),

@@ -27,6 +27,12 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def rss_now_mb() -> float:
+    """The process's resident memory now (not the high-water mark, which loading the base model sets)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def fixed_data(tokenizer, dataset: str, n_batches: int, batch_size: int, max_length: int, seed: int,
                eval_samples: int) -> tuple[list[dict], list[dict], list[dict]]:
     """The same training batches (cycled), eval items and prompt rows for every variant."""
@@ -226,7 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timed = times[args.warmup:args.warmup + args.timed]
     res.update(step_times=times, losses=losses, step_mean_s=statistics.mean(timed),
                step_median_s=statistics.median(timed), rss_before_mb=rss_before, rss_peak_mb=rss_after,
-               rss_train_delta_mb=rss_after - rss_before)
+               rss_train_delta_mb=rss_after - rss_before, rss_after_train_mb=rss_now_mb())
     res["eval_loss_after"] = eval_loss(variant.model, eval_items, pad)
     res["gen_adapter_tok_s"], adapter_tokens = gen_speed(variant.model, prompt, pad, args.new_tokens, args.gen_reps)
     res["adapter_changes_output"] = adapter_tokens != base_tokens

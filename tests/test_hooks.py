@@ -188,3 +188,30 @@ def test_unload_missing_means_merge_and_unload_refuses(spy):
     peftlab.add_adapter(model, "spy")
     with pytest.raises(MethodError, match="no unload hook"):
         peftlab.merge_and_unload(model)
+
+
+def test_make_optimizer_hook_chooses_the_trainers_optimizer(spy, tiny_dir, tmp_path, monkeypatch):
+    made = []
+
+    def sgd(model, config, adapter_name, params, lr, weight_decay):
+        made.append((adapter_name, lr, len(params)))
+        return torch.optim.SGD(params, lr=lr)
+
+    monkeypatch.setattr(spy, "make_optimizer", hookimpl(sgd), raising=False)
+    registry().pm.unregister(spy)  # re-register so pluggy sees the new hook implementation
+    registry().methods.pop("spy")
+    registry().add_method(spy, plugin="test-spy")
+    model, tok = load_model(tiny_dir)
+    seen = []
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: seen.append(type(self).__name__))
+    train(TrainArgs(method="spy", dataset="capitals-json", max_steps=2, batch_size=2, max_length=96,
+                    max_eval_samples=0, output_dir=str(tmp_path / "run"), learning_rate=5e-3),
+          model=model, tokenizer=tok)
+    assert made == [("default", 5e-3, 1)] and seen == ["SGD", "SGD"]
+    # without the hook (None), the trainer's AdamW
+    fresh = tiny_model()
+    peftlab.add_adapter(fresh, "lora")
+    from peftlab.adapters import make_optimizer
+
+    params = list(peftlab.prepare_for_training(fresh).values())
+    assert type(make_optimizer(fresh, "default", params, 1e-3)) is torch.optim.AdamW

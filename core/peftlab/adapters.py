@@ -161,6 +161,15 @@ def extra_loss(model: torch.nn.Module, name: str) -> torch.Tensor | None:
     return handle.hook("extra_loss")(model=model, config=e.config, adapter_name=name)
 
 
+def make_optimizer(model: torch.nn.Module, name: str, params: list[torch.nn.Parameter], lr: float,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The optimizer adapter ``name``'s method asks for (``make_optimizer`` hook), else ``torch.optim.AdamW``."""
+    handle, e = entry(model, name)
+    made = handle.hook("make_optimizer")(model=model, config=e.config, adapter_name=name, params=params, lr=lr,
+                                         weight_decay=weight_decay)
+    return made if made is not None else torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
 def on_train_step(model: torch.nn.Module, name: str, step: int, total_steps: int) -> None:
     handle, e = entry(model, name)
     handle.hook("on_train_step")(model=model, config=e.config, adapter_name=name, step=step, total_steps=total_steps)

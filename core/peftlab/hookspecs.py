@@ -121,6 +121,17 @@ def extra_loss(model, config, adapter_name):
 
 
 @hookspec(firstresult=True)
+def make_optimizer(model, config, adapter_name, params, lr, weight_decay):
+    """Return the optimizer the trainer should use for ``params`` (a list of the adapter's trainable
+    parameters, already on their device), or ``None`` for the default ``torch.optim.AdamW``.
+
+    For methods whose training wants a special optimizer (QLoRA's paged AdamW on CUDA, which pages optimizer
+    state to CPU memory under pressure). ``lr`` and ``weight_decay`` are the trainer's settings; the trainer
+    wraps the result in its LR schedule and checkpoints its ``state_dict``.
+    """
+
+
+@hookspec(firstresult=True)
 def on_train_step(model, config, adapter_name, step, total_steps):
     """Called by the trainer after each optimizer step, before gradients are cleared.
 

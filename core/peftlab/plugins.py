@@ -16,7 +16,7 @@ from .method import Capabilities, Method, MethodConfig
 
 ENTRY_POINT_GROUP = "peftlab"
 METHOD_HOOKS = ("inject", "trainable_params", "save", "load", "merge", "unmerge", "unload",
-                "load_base_model", "extra_loss", "on_train_step", "soft_prompt")
+                "load_base_model", "extra_loss", "make_optimizer", "on_train_step", "soft_prompt")
 REQUIRED_HOOKS = ("inject", "trainable_params", "save", "load")
 
 

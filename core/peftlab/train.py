@@ -248,7 +248,7 @@ def _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_se
     lr = args.learning_rate or handle.train_defaults.get("learning_rate", 2e-3)
 
     accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum, cpu=str(args.device) == "cpu")
-    optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr, weight_decay=args.weight_decay)
+    optimizer = ad.make_optimizer(model, args.adapter_name, list(trainable.values()), lr, args.weight_decay)
     warmup = int(args.warmup_ratio * args.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.lr_scheduler, warmup, args.max_steps))
     if ckpt is not None:

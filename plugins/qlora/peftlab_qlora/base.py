@@ -11,7 +11,7 @@ from peftlab import MethodError
 
 from .config import QLoraConfig
 
-INSTALL = "pip install 'bitsandbytes>=0.46'"
+INSTALL = "pip install 'bitsandbytes>=0.49'"  # 0.49: the CPU 4-bit kernels
 DEVICES = ("cpu", "cuda", "xpu")  # where bitsandbytes has 4-bit kernels
 
 

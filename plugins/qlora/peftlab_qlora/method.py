@@ -7,7 +7,7 @@ import torch
 from peftlab import Capabilities, hookimpl
 from peftlab_lora import LoRA, lora_layers
 
-from .base import keep_trainable_layout, load_4bit
+from .base import keep_trainable_layout, load_4bit, require_bitsandbytes
 from .config import QLoraConfig
 from .merge import is_4bit, merge_4bit, unmerge_4bit
 
@@ -33,6 +33,15 @@ class QLoRA(LoRA):
     def load_base_model(self, source: str, config: QLoraConfig, task: str, dtype: torch.dtype,
                         device: str) -> torch.nn.Module:
         return load_4bit(source, config, task, dtype, device)
+
+    @hookimpl
+    def make_optimizer(self, params: list[torch.nn.Parameter], lr: float,
+                       weight_decay: float) -> torch.optim.Optimizer | None:
+        """Paged AdamW on CUDA (the QLoRA paper's answer to optimizer-state memory spikes); the CPU has no
+        paging to gain from, so it keeps the trainer's AdamW."""
+        if not any(p.is_cuda for p in params):
+            return None
+        return require_bitsandbytes("cuda").optim.PagedAdamW(params, lr=lr, weight_decay=weight_decay)
 
     @hookimpl
     def merge(self, model, adapter_name: str) -> None:

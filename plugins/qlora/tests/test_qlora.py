@@ -261,3 +261,18 @@ def test_smollm2_4bit_trains(smollm2_4bit, tmp_path):
                              max_eval_samples=32), model=model, tokenizer=tokenizer)
     print(f"qlora smollm2 eval loss {result.eval_loss_before:.3f} -> {result.eval_loss_after:.3f}")
     assert result.eval_loss_after < 0.7 * result.eval_loss_before
+
+
+def test_optimizer_is_adamw_on_cpu_and_paged_adamw_on_cuda(tiny_folder):
+    from peftlab.adapters import make_optimizer
+
+    model = load_4bit(tiny_folder)
+    ad.add_adapter(model, "qlora", {"r": 4})
+    params = list(ad.prepare_for_training(model).values())
+    assert type(make_optimizer(model, "default", params, 1e-3)) is torch.optim.AdamW
+    if torch.cuda.is_available():  # checked on a GPU machine; CI has none
+        gpu = peftlab.get_method("qlora").hook("load_base_model")(
+            source=tiny_folder, config=QLoraConfig(), task="CAUSAL_LM", dtype=torch.float32, device="cuda")
+        ad.add_adapter(gpu, "qlora", {"r": 4})
+        opt = make_optimizer(gpu, "default", list(ad.prepare_for_training(gpu).values()), 1e-3)
+        assert type(opt).__name__ == "PagedAdamW"
