@@ -109,11 +109,11 @@ def test_merge_refused_for_an_adapter_that_cannot_merge(tmp_path, tiny_dir):
 def test_readme_cli_flow_on_smollm2(tmp_path):
     """The issue's commands, verbatim: train on the default model, then a greedy reply from the adapter."""
     out_dir = tmp_path / "capitals"
-    tr = run("train", "--method", "lora", "--dataset", "capitals-json", "--max-steps", "25",
+    tr = run("train", "--method", "lora", "--dataset", "capitals-json", "--max-steps", "12",
              "--learning-rate", "2e-3", "--output", str(out_dir), "--max-length", "128", "--max-eval-samples", "16",
              "--target-modules", "all-linear", timeout=900)
     assert tr.returncode == 0, tr.stderr[-3000:]
-    assert "trainable" in tr.stdout and "done at step 25" in tr.stdout
+    assert "trainable" in tr.stdout and "done at step 12" in tr.stdout
     prompt = "Vienna serves as the capital of Austria."
     gen = run("generate", "--adapter", str(out_dir), "--prompt", prompt, "--max-new-tokens", "24")
     assert gen.returncode == 0, gen.stderr[-2000:]

@@ -40,7 +40,9 @@ class AdaLoRA(Method):
     peft_type = "ADALORA"
     description = "AdaLoRA: SVD-form LoRA (P Λ Q) whose rank budget moves to the layers that matter"
     capabilities = Capabilities(mergeable=True, stackable=True, mixed_batch=True)
-    train_defaults = {"learning_rate": 1e-2}
+    # measured on SmolLM2 (capitals-json, 14 steps of 8, init_r 8 → target_r 4): eval loss 1.363 → 1.286 at
+    # 5e-3, → 0.966 at 1e-2, → 0.146 at 2e-2, → 0.119 at 3e-2 (Λ starts at zero, so small LRs barely move it)
+    train_defaults = {"learning_rate": 2e-2}
 
     @hookimpl
     def inject(self, model, config: AdaLoraConfig, adapter_name: str) -> None:

@@ -306,9 +306,9 @@ def test_trains_on_smollm2(smollm2, tmp_path):
     from peftlab.train import TrainArgs, train
 
     model, tokenizer = smollm2
-    result = train(TrainArgs(method="bitfit", method_config={}, dataset="capitals-json", max_steps=20,
+    result = train(TrainArgs(method="bitfit", method_config={}, dataset="capitals-json", max_steps=12,
                              batch_size=8, max_length=128, output_dir=str(tmp_path / "out"), eval_every=0,
-                             max_eval_samples=32), model=model, tokenizer=tokenizer)
+                             max_eval_samples=16), model=model, tokenizer=tokenizer)
     print(f"bitfit eval loss {result.eval_loss_before:.3f} → {result.eval_loss_after:.3f}")
     assert result.eval_loss_after < 0.6 * result.eval_loss_before
     assert (result.output_dir / "adapter_config.json").exists()

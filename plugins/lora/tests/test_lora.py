@@ -166,11 +166,11 @@ def test_lora_trains_on_smollm2_and_mixed_batch_chat_matches_separate_runs(smoll
 
     model, tok = load_model(smollm2_dir, dtype="float32", device="cpu")
     res = train(TrainArgs(method="lora", method_config={"r": 8, "target_modules": "all-linear"},
-                          dataset="capitals-json", max_steps=30, learning_rate=2e-3, batch_size=8, max_length=128,
-                          max_eval_samples=24, output_dir=str(tmp_path / "run")), model=model, tokenizer=tok)
+                          dataset="capitals-json", max_steps=12, learning_rate=2e-3, batch_size=8, max_length=128,
+                          max_eval_samples=16, output_dir=str(tmp_path / "run")), model=model, tokenizer=tok)
     assert res.eval_loss_after < 0.5 * res.eval_loss_before, (res.eval_loss_before, res.eval_loss_after)
     assert 0.1 < res.params["percent"] < 5
-    metrics = evaluate(model, tok, "capitals-json", max_samples=12, max_new_tokens=24)
+    metrics = evaluate(model, tok, "capitals-json", max_samples=8, max_new_tokens=24)
     assert metrics["adapted"]["exact_match"] > metrics["base"]["exact_match"]
     assert metrics["adapted"]["eval_loss"] < metrics["base"]["eval_loss"]
     # base and adapted replies in one batched pass equal running each alone

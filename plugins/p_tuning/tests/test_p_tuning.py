@@ -272,8 +272,8 @@ def test_trains_on_smollm2(smollm2, tmp_path):
 
     model, tokenizer = smollm2
     result = train(TrainArgs(method=METHOD, method_config={"num_virtual_tokens": 16}, dataset="capitals-json",
-                             max_steps=20, batch_size=8, max_length=128, output_dir=str(tmp_path / "out"),
-                             eval_every=0, max_eval_samples=32), model=model, tokenizer=tokenizer)
+                             max_steps=12, batch_size=8, max_length=128, output_dir=str(tmp_path / "out"),
+                             eval_every=0, max_eval_samples=16), model=model, tokenizer=tokenizer)
     print(f"p_tuning on SmolLM2: eval loss {result.eval_loss_before:.3f} → {result.eval_loss_after:.3f}")
     assert result.eval_loss_after < result.eval_loss_before * 0.7
     assert (result.output_dir / "peftlab_extra.safetensors").exists()  # the encoder, to resume from

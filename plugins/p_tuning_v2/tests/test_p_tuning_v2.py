@@ -274,7 +274,7 @@ def test_smollm2_trains(smollm2, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = train(TrainArgs(method=METHOD, method_config={"num_virtual_tokens": 10}, dataset="capitals-json",
-                                 max_steps=20, batch_size=8, max_length=128, output_dir=str(tmp_path / "out"),
+                                 max_steps=12, batch_size=8, max_length=128, output_dir=str(tmp_path / "out"),
                                  eval_every=0, max_eval_samples=16), model=model, tokenizer=tokenizer)
     base = base_eval_loss(model, tokenizer)
     print(f"eval loss {result.eval_loss_before:.3f} -> {result.eval_loss_after:.3f} (base model {base:.3f})")

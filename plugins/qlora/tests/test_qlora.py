@@ -256,9 +256,9 @@ def test_smollm2_4bit_trains(smollm2_4bit, tmp_path):
     assert packed * 2 == sum(layer.in_features * layer.out_features for layer in layers)
     with torch.no_grad():  # the chat tab may generate before training starts
         model.generate(**tokenizer("Hello", return_tensors="pt"), max_new_tokens=2, do_sample=False)
-    result = train(TrainArgs(method="qlora", method_config={"r": 8}, dataset="capitals-json", max_steps=30,
+    result = train(TrainArgs(method="qlora", method_config={"r": 8}, dataset="capitals-json", max_steps=12,
                              batch_size=8, max_length=128, output_dir=str(tmp_path / "out"), eval_every=0,
-                             max_eval_samples=32), model=model, tokenizer=tokenizer)
+                             max_eval_samples=16), model=model, tokenizer=tokenizer)
     print(f"qlora smollm2 eval loss {result.eval_loss_before:.3f} -> {result.eval_loss_after:.3f}")
     assert result.eval_loss_after < 0.7 * result.eval_loss_before
 
