@@ -63,6 +63,10 @@ class Variant:
     def loss(self, batch: dict) -> torch.Tensor: ...
     def after_step(self, step: int) -> None: ...
     def merge(self) -> None: ...
+
+    def eval_model(self):
+        """The module whose ``loss`` is the task loss alone (what eval reports)."""
+        return self.model
     def merge_and_unload(self) -> None: ...
 
 
@@ -141,6 +145,12 @@ class PeftVariant(Variant):
         if hasattr(inner, "update_and_allocate"):  # AdaLoRA: peft's documented per-step call
             inner.update_and_allocate(step)
 
+    def eval_model(self):
+        inner = self.model.base_model
+        # peft's AdaLoraModel.forward adds the orthogonality penalty to every loss, eval included; the
+        # transformers model inside it (its LoRA layers in place) gives the task loss alone, like peftlab's
+        return inner.model if hasattr(inner, "update_and_allocate") else self.model
+
     def merge(self):
         self.model.merge_adapter()
 
@@ -210,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     keep_4bit_trainable(variant.model)
     params = variant.trainable()
     res["trainable"] = sum(p.numel() for p in params)
-    res["eval_loss_before"] = eval_loss(variant.model, eval_items, pad)
+    res["eval_loss_before"] = eval_loss(variant.eval_model(), eval_items, pad)
 
     log(f"{args.impl} base generate {res['gen_base_tok_s']:.1f} tok/s; eval before {res['eval_loss_before']:.3f}")
     opt = torch.optim.AdamW(params, lr=lr)
@@ -233,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res.update(step_times=times, losses=losses, step_mean_s=statistics.mean(timed),
                step_median_s=statistics.median(timed), rss_before_mb=rss_before, rss_peak_mb=rss_after,
                rss_train_delta_mb=rss_after - rss_before, rss_after_train_mb=rss_now_mb())
-    res["eval_loss_after"] = eval_loss(variant.model, eval_items, pad)
+    res["eval_loss_after"] = eval_loss(variant.eval_model(), eval_items, pad)
     res["gen_adapter_tok_s"], adapter_tokens = gen_speed(variant.model, prompt, pad, args.new_tokens, args.gen_reps)
     res["adapter_changes_output"] = adapter_tokens != base_tokens
     if handle.capabilities.mergeable:
