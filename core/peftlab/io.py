@@ -222,13 +222,13 @@ def load_adapter(model: torch.nn.Module, path: str | os.PathLike, name: str | No
     files = read_adapter(path, method=method)
     check_base(files, model)
     name = name or files.meta.get("adapter_name") or "default"
-    head_keys = {k for k in files.weights.tensors if _head_param(k, files.peft_config) is not None}
-    weights = AdapterWeights({k: v for k, v in files.weights.tensors.items() if k not in head_keys},
+    heads = {k: p for k in files.weights.tensors if (p := _head_param(k, files.peft_config)) is not None}
+    weights = AdapterWeights({k: v for k, v in files.weights.tensors.items() if k not in heads},
                              files.weights.extra)
     add_adapter(model, files.method, files.config, name, activate=activate)
     files.method.hook("load")(model=model, config=files.config, adapter_name=name, weights=weights)
-    if head_keys:
-        _load_head(model, {_head_param(k, files.peft_config): files.weights.tensors[k] for k in head_keys}, files.path)
+    if heads:
+        _load_head(model, {param: files.weights.tensors[k] for k, param in heads.items()}, files.path)
     return name
 
 

@@ -41,12 +41,11 @@ class MethodHandle:
         """A caller for hook ``name`` that only reaches this method's implementation."""
         # the caller excludes the plugins registered *now*: one registered later (another method, a test's)
         # would otherwise reach this method's calls, so the cache is keyed by the current set of plugins
-        others = frozenset(id(p) for p in self._pm.get_plugins() if p is not self.obj)
+        others = [p for p in self._pm.get_plugins() if p is not self.obj]
+        key = frozenset(map(id, others))
         cached = self._callers.get(name)
-        if cached is None or cached[0] != others:
-            caller = self._pm.subset_hook_caller(name, remove_plugins=[p for p in self._pm.get_plugins()
-                                                                       if p is not self.obj])
-            self._callers[name] = cached = (others, caller)
+        if cached is None or cached[0] != key:
+            cached = self._callers[name] = (key, self._pm.subset_hook_caller(name, remove_plugins=others))
         return cached[1]
 
     def implements(self, name: str) -> bool:
