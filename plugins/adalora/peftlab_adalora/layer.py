@@ -84,24 +84,14 @@ class AdaLoraLayer(LoraLayer):
         delta = (P @ (Q * E)) * self.svd_scaling(name)
         return delta.T if self.fan_in_fan_out else delta
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        h = self.base_layer(x, *args, **kwargs)
-        for name in self.lora_A:
-            rows = self.state.select(name, x.device)  # None: off; True: all rows; bool[batch]: some rows
-            if rows is None:
-                continue
-            A, B, dropout = self.lora_A[name].weight, self.lora_B[name].weight, self.lora_dropout[name]
-            x_in = dropout(x.to(A.dtype))
-            if name in self.lora_E:
-                if A.shape[0] == 0:  # every triplet pruned: the adapter is the identity here
-                    continue
-                update = F.linear(F.linear(x_in, A * self.lora_E[name]), B) * self.svd_scaling(name)  # P Λ Q x · α/r₀
-            else:
-                update = F.linear(F.linear(x_in, A), B) * self.scaling[name]  # a LoRA adapter: B A x · α/r
-            if rows is not True:
-                update = update * rows.view(-1, *([1] * (update.dim() - 1))).to(update.dtype)
-            h = h + update.to(h.dtype)
-        return h
+    def update(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
+        if name not in self.lora_E:
+            return super().update(name, x)  # a LoRA adapter: B A x · α/r
+        A, B = self.lora_A[name].weight, self.lora_B[name].weight
+        if A.shape[0] == 0:  # every triplet pruned: the adapter is the identity here
+            return None
+        x_in = self.lora_dropout[name](x.to(A.dtype))
+        return F.linear(F.linear(x_in, A * self.lora_E[name]), B) * self.svd_scaling(name)  # P Λ Q x · α/r₀
 
 
 def svd_layers(model: nn.Module, name: str) -> dict[str, AdaLoraLayer]:

@@ -82,12 +82,19 @@ class LoraLayer(nn.Module):
             rows = self.state.select(name, x.device)  # None: off; True: all rows; bool[batch]: some rows
             if rows is None:
                 continue
-            A, B, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
-            update = B(A(dropout(x.to(A.weight.dtype)))) * self.scaling[name]
+            update = self.update(name, x)
+            if update is None:
+                continue
             if rows is not True:
                 update = update * rows.view(-1, *([1] * (update.dim() - 1))).to(update.dtype)
             h = h + update.to(h.dtype)
         return h
+
+    def update(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
+        """ΔW x for adapter ``name``: B A x · scaling (``None`` when it adds nothing). Subclasses (AdaLoRA) override
+        this; ``forward`` does the routing for all of them."""
+        A, B, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
+        return B(A(dropout(x.to(A.weight.dtype)))) * self.scaling[name]
 
     def merge(self, name: str) -> None:
         with torch.no_grad():
