@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 
 from .errors import AdapterMismatchError, ConfigError
 from .hookspecs import hookimpl
+from .schema import FieldSpec, fields_of, option  # noqa: F401
 
 TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS")
 
@@ -54,89 +52,6 @@ class AdapterWeights:
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: typing.Sequence | None = None,
-           default_factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with its help text (shown by ``--help``, the UI form and ``methods --json``)."""
-    meta = {"help": help}
-    if choices is not None:
-        meta["choices"] = list(choices)
-    if isinstance(default, (list, dict, set)):
-        value = default
-        default, default_factory = dataclasses.MISSING, (lambda: type(value)(value))
-    return field(default=default, default_factory=default_factory, metadata=meta)
-
-
-@dataclass
-class FieldSpec:
-    """One config field as the CLI, the UI and ``methods --json`` see it."""
-
-    name: str
-    kind: str  # "int" | "float" | "bool" | "str" | "choice" | "list"
-    default: Any
-    help: str
-    optional: bool  # None is allowed
-    choices: list | None = None
-
-    def parse(self, text: str | None) -> Any:
-        """Turn user text (a CLI flag, a UI textbox) into a value of this field's type."""
-        if text is None or (self.optional and str(text).strip().lower() in ("", "none", "null")):
-            return None
-        text = str(text).strip()
-        try:
-            if self.kind == "int":
-                return int(text)
-            if self.kind == "float":
-                return float(text)
-            if self.kind == "bool":
-                if text.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if text.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(text)
-            if self.kind == "dict":
-                value = json.loads(text)
-                if not isinstance(value, dict):
-                    raise ValueError(text)
-                return value
-            if self.kind == "list":
-                items = [t.strip() for t in text.split(",") if t.strip()]
-                return items[0] if len(items) == 1 and self.choices is None and _is_special(items[0]) else items
-        except ValueError:  # json.JSONDecodeError is one too
-            raise ConfigError(f"{self.name}: cannot read {text!r} as {self.kind}") from None
-        return text
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "type": self.kind, "default": self.default, "help": self.help,
-                "optional": self.optional, "choices": self.choices}
-
-
-def _is_special(item: str) -> bool:
-    # a single "all-linear" or a regex stays a string rather than a one-item list
-    return item == "all-linear" or any(c in item for c in "^$*+?[]()|\\")
-
-
-def _kind(tp: Any) -> tuple[str, bool, list | None]:
-    """Map an annotation to (kind, optional, choices)."""
-    args = typing.get_args(tp)
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        non_none = [a for a in args if a is not type(None)]
-        optional = len(non_none) < len(args)
-        if any(typing.get_origin(a) in (list, tuple) for a in non_none):
-            return "list", optional, None
-        if str in non_none and len(non_none) > 1:  # e.g. bool | str: free text, the config validates it
-            return "str", optional, None
-        kind, _, choices = _kind(non_none[0])
-        return kind, optional, choices
-    if origin is Literal:
-        return "choice", False, list(args)
-    if origin in (list, tuple):
-        return "list", False, None
-    if origin is dict or tp is dict:
-        return "dict", False, None
-    return {int: "int", float: "float", bool: "bool", str: "str"}.get(tp, "str"), False, None
-
-
 @dataclass
 class MethodConfig:
     """Base class of every method's config dataclass: the schema for CLI, UI and adapter_config.json.
@@ -150,21 +65,7 @@ class MethodConfig:
 
     @classmethod
     def fields(cls) -> list[FieldSpec]:
-        hints = typing.get_type_hints(cls)
-        specs = []
-        for f in dataclasses.fields(cls):
-            kind, optional, choices = _kind(hints[f.name])
-            choices = f.metadata.get("choices", choices)
-            if choices is not None and kind == "str":
-                kind = "choice"
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-            else:
-                default = None
-            specs.append(FieldSpec(f.name, kind, default, f.metadata.get("help", ""), optional, choices))
-        return specs
+        return fields_of(cls)
 
     def to_dict(self) -> dict[str, Any]:
         """The method's keys of ``adapter_config.json`` (JSON-ready)."""
