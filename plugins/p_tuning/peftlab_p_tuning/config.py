@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from peftlab import ConfigError, option
-from peftlab_prompt_tuning import PromptLearningConfig
+from peftlab.kit import PromptLearningConfig
 
 ENCODERS = ("MLP", "LSTM")
 

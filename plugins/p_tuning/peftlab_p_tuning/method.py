@@ -1,7 +1,7 @@
 """P-Tuning's registration: the hooks core calls for adapters of method ``p_tuning``.
 
-Built on Prompt Tuning's virtual-token machinery (the declared dependency ``peftlab-prompt-tuning``):
-only how the ``[k, d]`` prompt is made differs.
+Built on the virtual-token machinery in ``peftlab.kit`` (as Prompt Tuning is): only how the ``[k, d]`` prompt
+is made differs.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import warnings
 from torch import nn
 
 from peftlab import AdapterMismatchError, AdapterWeights, copy_into, hookimpl
-from peftlab_prompt_tuning import VirtualTokenMethod, VirtualTokens, check_prompt_tensor, prompt_of, token_dim
+from peftlab.kit import PROMPT_KEY as KEY
+from peftlab.kit import VirtualTokenMethod, VirtualTokens, check_prompt_tensor, prompt_of, token_dim
 
 from .config import PromptEncoderConfig
 from .encoder import PromptEncoder
 
-KEY = "prompt_embeddings"  # what peft saves for P-Tuning: the encoder's output
 EXTRA = "prompt_encoder."  # the encoder's own state, in peftlab_extra.safetensors, so training can resume
 
 

@@ -1,4 +1,4 @@
-"""P-Tuning v2 as a peftlab plugin: deep prompts, built on the KV-prefix machinery of peftlab-prefix-tuning."""
+"""P-Tuning v2 as a peftlab plugin: deep prompts, built on the KV-prefix machinery in peftlab.kit."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from peftlab_prefix_tuning import KVPrefixConfig
+from peftlab.kit import KVPrefixConfig
 
 
 @dataclass

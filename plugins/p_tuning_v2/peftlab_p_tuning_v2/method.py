@@ -1,11 +1,12 @@
-"""P-Tuning v2's registration: the shared KV-prefix hooks with deep prompts as the prefix encoder."""
+"""P-Tuning v2's registration: the shared KV-prefix hooks (``peftlab.kit.KVPrefixMethod``) with deep prompts as
+the prefix encoder."""
 
 from __future__ import annotations
 
 import torch
 
 from peftlab import copy_into
-from peftlab_prefix_tuning import PROMPT_KEY, KVGeometry, KVPrefixMethod
+from peftlab.kit import PROMPT_KEY, KVGeometry, KVPrefixMethod
 
 from .config import PTuningV2Config
 from .prompts import DeepPrompts

@@ -1,17 +1,17 @@
-"""Prefix tuning as a peftlab plugin: trainable keys/values ``P = MLP(P')`` before every layer's attention."""
+"""Prefix tuning as a peftlab plugin: trainable keys/values ``P = MLP(P')`` before every layer's attention.
+
+The KV-prefix machinery it runs on (``KVPrefix``, ``KVPrefixMethod``) is in ``peftlab.kit``, shared with P-Tuning v2.
+"""
 
 from __future__ import annotations
 
 from peftlab import hookimpl
 
-from .cache import KVPrefix, PrefixSlots
-from .config import KVPrefixConfig, PrefixTuningConfig
+from .config import PrefixTuningConfig
 from .encoder import PrefixEncoder
-from .geometry import KVGeometry
-from .method import PROMPT_KEY, KVPrefixMethod, PrefixTuning, prefix_encoder
+from .method import PrefixTuning
 
-__all__ = ["PROMPT_KEY", "KVGeometry", "KVPrefix", "KVPrefixConfig", "KVPrefixMethod", "PrefixEncoder",
-           "PrefixSlots", "PrefixTuning", "PrefixTuningConfig", "prefix_encoder"]
+__all__ = ["PrefixEncoder", "PrefixTuning", "PrefixTuningConfig"]
 
 
 @hookimpl

@@ -6,41 +6,10 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from peftlab import ConfigError, MethodConfig, option
+from peftlab import ConfigError, option
+from peftlab.kit import PromptLearningConfig
 
 INITS = ("RANDOM", "SAMPLE_VOCAB", "TEXT")
-
-
-def _positive_or_none(name: str, value: object) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise ConfigError(f"{name} must be a positive integer or empty, got {value!r}")
-
-
-@dataclass
-class PromptLearningConfig(MethodConfig):
-    """The keys PEFT's ``PromptLearningConfig`` writes for every virtual-token method.
-
-    ``token_dim``, ``num_attention_heads`` and ``num_layers`` are filled in from the model when the
-    adapter is injected (as ``peft`` does); ``token_dim`` is then checked against the model.
-    """
-
-    num_virtual_tokens: int = option(20, help="Number of virtual tokens k prepended to every input")
-    token_dim: int | None = option(None, help="Hidden size of the model's input embeddings (empty = read from "
-                                              "the model; a different value means the adapter is for another model)")
-    num_transformer_submodules: int | None = option(
-        None, help="1 for decoder-only and encoder-only models (empty = 1); encoder-decoder models are not supported")
-    num_attention_heads: int | None = option(None, help="Recorded for PEFT compatibility (empty = from the model)")
-    num_layers: int | None = option(None, help="Recorded for PEFT compatibility (empty = from the model)")
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.num_virtual_tokens, int) or isinstance(self.num_virtual_tokens, bool) \
-                or self.num_virtual_tokens < 1:
-            raise ConfigError(f"num_virtual_tokens must be a positive integer, got {self.num_virtual_tokens!r}")
-        for name in ("token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"):
-            _positive_or_none(name, getattr(self, name))
-        if self.num_transformer_submodules not in (None, 1):
-            raise ConfigError(f"num_transformer_submodules={self.num_transformer_submodules} is for encoder-decoder "
-                              "models, which peftlab's virtual-token methods do not support; use 1")
 
 
 @dataclass

@@ -7,13 +7,11 @@ import functools
 from torch import nn
 
 from peftlab import AdapterWeights, MethodError, copy_into, hookimpl
+from peftlab.kit import PROMPT_KEY as KEY
+from peftlab.kit import VirtualTokenMethod, VirtualTokens, check_prompt_tensor, token_dim
 
 from .config import PromptTuningConfig
 from .embedding import PromptEmbedding, initialise, load_init_tokenizer
-from .virtual_method import VirtualTokenMethod, check_prompt_tensor, token_dim
-from .virtual_tokens import VirtualTokens
-
-KEY = "prompt_embeddings"  # PEFT's one tensor for every virtual-token method
 
 
 class PromptTuning(VirtualTokenMethod):

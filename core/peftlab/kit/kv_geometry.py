@@ -6,9 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from peftlab import AdapterMismatchError, MethodError
-
-from .config import KVPrefixConfig
+from ..errors import AdapterMismatchError, MethodError
 
 
 def _first(cfg, *names: str) -> int | None:
@@ -53,7 +51,7 @@ class KVGeometry:
         return (f"num_layers={self.num_layers}, key/value heads={self.num_kv_heads}, head_dim={self.head_dim} "
                 f"(token_dim={self.token_dim})")
 
-    def check(self, config: KVPrefixConfig, model_name: str) -> None:
+    def check(self, config, model_name: str) -> None:
         """Refuse a config recorded for another model: name every number that differs."""
         expected = {"num_layers": self.num_layers, "num_attention_heads": self.num_kv_heads,
                     "token_dim": self.token_dim}

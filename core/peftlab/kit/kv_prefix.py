@@ -25,9 +25,10 @@ import torch
 from torch import nn
 from transformers import Cache, DynamicCache
 
-from peftlab import MethodError, adapter_state
-
-from .geometry import KVGeometry
+from ..errors import MethodError
+from ..state import adapter_state
+from .kv_geometry import KVGeometry
+from .modules import context_size
 
 ATTR = "_peftlab_kv_prefix"  # on the model: its KVPrefix (a plain attribute, not a submodule)
 STORE = "peftlab_prefix"  # on the model: the ModuleDict of prefix encoders, one per adapter
@@ -48,15 +49,6 @@ class PrefixSlots:
         return self.valid.shape[1]
 
 
-def context_length(model: nn.Module) -> int | None:
-    cfg = model.config
-    for name in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 class KVPrefix:
     """The prefixes of one model and the hooks that feed them through its KV cache."""
 
@@ -71,7 +63,7 @@ class KVPrefix:
                           if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         self.takes_positions = "position_ids" in params
         self.geometry = KVGeometry.of(model)
-        self.n_ctx = context_length(model)
+        self.n_ctx = context_size(model)
         self.cache_config = model.config
         self.state = adapter_state(model)
         if not isinstance(getattr(model, STORE, None), nn.ModuleDict):

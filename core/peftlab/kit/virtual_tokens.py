@@ -32,7 +32,10 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from peftlab import MethodError, adapter_state, model_task
+from ..adapters import model_task
+from ..errors import MethodError
+from ..state import adapter_state
+from .modules import context_size
 
 ATTR = "_peftlab_virtual_tokens"  # the controller, a plain attribute of the model (not a submodule)
 SOURCES = "peftlab_prompt_encoder"  # nn.ModuleDict {adapter name: source}: moves and saves with the model
@@ -77,17 +80,6 @@ def _cache_length(cache) -> int:
     if isinstance(cache, (tuple, list)) and cache and cache[0] is not None:  # legacy (key, value) tuples
         return int(cache[0][0].shape[-2])
     return 0
-
-
-def context_size(model: nn.Module) -> int | None:
-    """The model's context in positions (``max_position_embeddings`` / GPT-2's ``n_positions``)."""
-    cfg = model.config
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    for key in ("max_position_embeddings", "n_positions"):
-        value = getattr(cfg, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 class VirtualTokens:

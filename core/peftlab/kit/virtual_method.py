@@ -1,18 +1,59 @@
-"""What every virtual-token method shares: inject a prompt source, train it, check shapes, show the prompt.
+"""What every virtual-token method shares: the config keys peft writes for them, and a ``Method`` base that
+injects a prompt source, trains it, checks shapes and shows the prompt.
 
-A method subclasses ``VirtualTokenMethod`` and implements ``make_source`` (its ``nn.Module`` whose
-``forward()`` returns ``[k, d]``) plus ``save``/``load``; P-Tuning builds on this from its own plugin.
+A method (Prompt Tuning, P-Tuning) subclasses ``VirtualTokenMethod`` and implements ``make_source`` (its
+``nn.Module`` whose ``forward()`` returns the ``[k, d]`` prompt) plus ``save``/``load``; ``VirtualTokens``
+(``virtual_tokens.py``) puts the prompt in front of the input.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
-from peftlab import AdapterMismatchError, Capabilities, Method, hookimpl
-
-from .config import PromptLearningConfig
+from ..errors import AdapterMismatchError, ConfigError
+from ..hookspecs import hookimpl
+from ..method import Capabilities, Method, MethodConfig
+from ..schema import option
 from .virtual_tokens import SOURCES, VirtualTokens
+
+PROMPT_KEY = "prompt_embeddings"  # peft's one tensor for every prompt-learning adapter
+
+def positive_or_none(name: str, value: Any) -> None:
+    """Refuse a config value that must be a positive integer or empty (empty: read from the model)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{name} must be a positive integer or empty (taken from the model), got {value!r}")
+
+
+@dataclass
+class PromptLearningConfig(MethodConfig):
+    """The keys PEFT's ``PromptLearningConfig`` writes for every virtual-token method.
+
+    ``token_dim``, ``num_attention_heads`` and ``num_layers`` are filled in from the model when the
+    adapter is injected (as ``peft`` does); ``token_dim`` is then checked against the model.
+    """
+
+    num_virtual_tokens: int = option(20, help="Number of virtual tokens k prepended to every input")
+    token_dim: int | None = option(None, help="Hidden size of the model's input embeddings (empty = read from "
+                                              "the model; a different value means the adapter is for another model)")
+    num_transformer_submodules: int | None = option(
+        None, help="1 for decoder-only and encoder-only models (empty = 1); encoder-decoder models are not supported")
+    num_attention_heads: int | None = option(None, help="Recorded for PEFT compatibility (empty = from the model)")
+    num_layers: int | None = option(None, help="Recorded for PEFT compatibility (empty = from the model)")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_virtual_tokens, int) or isinstance(self.num_virtual_tokens, bool) \
+                or self.num_virtual_tokens < 1:
+            raise ConfigError(f"num_virtual_tokens must be a positive integer, got {self.num_virtual_tokens!r}")
+        for name in ("token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"):
+            positive_or_none(name, getattr(self, name))
+        if self.num_transformer_submodules not in (None, 1):
+            raise ConfigError(f"num_transformer_submodules={self.num_transformer_submodules} is for encoder-decoder "
+                              "models, which peftlab's virtual-token methods do not support; use 1")
+
 
 VIRTUAL_TOKEN_CAPABILITIES = Capabilities(
     mergeable=False, stackable=True, kv_cache=False, virtual_tokens=True, mixed_batch=True,
@@ -46,7 +87,7 @@ def fill_from_model(model: nn.Module, config: PromptLearningConfig, method: str)
 def check_prompt_tensor(saved: torch.Tensor | None, config: PromptLearningConfig, d: int, method: str) -> None:
     """A clear error for a ``prompt_embeddings`` tensor that cannot be this adapter's."""
     if saved is None:
-        raise AdapterMismatchError(f"{method} adapter has no prompt_embeddings tensor")
+        raise AdapterMismatchError(f"{method} adapter has no {PROMPT_KEY} tensor")
     if saved.dim() != 2:
         raise AdapterMismatchError(f"{method} adapter tensor prompt_embeddings has shape {tuple(saved.shape)}, "
                                    f"expected [num_virtual_tokens, hidden size]")
