@@ -14,6 +14,7 @@ import torch
 
 from peftlab import data as D
 from peftlab.data import DatasetError
+from peftlab.evaluate import exact_match, normalize_answer
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 IM_END = "<|im_end|>"
@@ -479,11 +480,11 @@ def test_prompt_and_reference():
     ],
 )
 def test_exact_match_normalisation(pred, ref, same):
-    assert D.exact_match(pred, ref) is same
+    assert exact_match(pred, ref) is same
 
 
 def test_normalize_answer():
-    assert D.normalize_answer(" a \n b\t<|im_end|>") == "a b"
+    assert normalize_answer(" a \n b\t<|im_end|>") == "a b"
 
 
 # ---------------------------------------------------------------------------

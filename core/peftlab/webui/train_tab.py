@@ -9,7 +9,8 @@ from pathlib import Path
 import gradio as gr
 
 from .. import jobs
-from ..data import DatasetError, builtin_datasets, dataset_task, load_rows
+from ..data.rows import DatasetError, dataset_task
+from ..data.sources import builtin_datasets, load_rows
 from ..errors import PeftlabError
 from ..plugins import MethodHandle, methods
 from . import forms

@@ -1,0 +1,28 @@
+"""Datasets for training and evaluation: read, normalise, render, tokenise and collate rows.
+
+One module a job: ``sources`` (built-ins, files, saved folders, Hub ids), ``rows`` (the three row
+kinds, validation, splits), ``templates`` (chat templates), ``encode`` (tokenising with loss labels)
+and ``collate`` (padding a batch). The names below are the public ones.
+"""
+
+from .collate import collate
+from .encode import encode_rows
+from .rows import DatasetError, dataset_task, label_names, normalize_rows, prompt_and_reference, split_rows
+from .sources import BUILTIN_DIR, BuiltinDataset, builtin_datasets, load_rows
+from .templates import prompt_text
+
+__all__ = [
+    "BUILTIN_DIR",
+    "BuiltinDataset",
+    "DatasetError",
+    "builtin_datasets",
+    "collate",
+    "dataset_task",
+    "encode_rows",
+    "label_names",
+    "load_rows",
+    "normalize_rows",
+    "prompt_and_reference",
+    "prompt_text",
+    "split_rows",
+]
