@@ -132,6 +132,12 @@ class Method:
     # modules_to_save: "base_model.model." for tuner methods (LoRA), "base_model." for prompt-learning ones
     module_prefix: str = "base_model.model."
 
+    def peft_key(self, path: str, tensor: str = "") -> str:
+        """The PEFT on-disk key of ``tensor`` (e.g. ``"lora_A.weight"``) of the module at ``path``:
+        ``module_prefix + path + "." + tensor``, with wrapper parts (``.base_layer``) left out, as peft writes it."""
+        key = ".".join(part for part in f"{path}.{tensor}".strip(".").split(".") if part != "base_layer")
+        return self.module_prefix + key
+
     def claims_peft_config(self, data: dict[str, Any]) -> bool:
         """Whether this method should load a PEFT ``adapter_config.json`` of its ``peft_type``
         written without peftlab's metadata (i.e. by ``peft``). Several methods may share a

@@ -70,3 +70,13 @@ def context_size(model: nn.Module) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """``(path, ModuleList)`` of the model's transformer layers (the list of ``num_hidden_layers`` modules), or
+    ``None`` when its config does not say how many there are or no list has that many."""
+    n = getattr(model.config, "num_hidden_layers", None)
+    for path, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return path, module
+    return None

@@ -12,7 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from peftlab import adapter_state
-from peftlab_lora.layer import LoraLayer, match_targets
+from peftlab.kit import replace_module
+from peftlab_lora.layer import LoraLayer, lora_targets
 
 EPS = 1e-5  # peft divides by (ranknum + 1e-5); kept so outputs match peft's to the last bit we can
 
@@ -103,13 +104,11 @@ def inject_adalora(model: nn.Module, name: str, r: int, alpha: float, dropout: f
                    targets: list[str] | str | None) -> list[str]:
     """Wrap every targeted layer in an ``AdaLoraLayer`` (taking over a ``LoraLayer``); return the paths."""
     state = adapter_state(model)
-    paths = match_targets(model, targets)
+    paths = lora_targets(model, targets)
     for path in paths:
         module = model.get_submodule(path)
         if not isinstance(module, AdaLoraLayer):
-            parent_path, _, child = path.rpartition(".")
-            parent = model.get_submodule(parent_path) if parent_path else model
             module = AdaLoraLayer.from_lora(module) if isinstance(module, LoraLayer) else AdaLoraLayer(module, state)
-            setattr(parent, child, module)
+            replace_module(model, path, module)
         module.add_svd(name, r, alpha, dropout, init)
     return paths

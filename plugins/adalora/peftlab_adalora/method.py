@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from peftlab import AdapterMismatchError, AdapterWeights, Capabilities, Method, copy_into, hookimpl
-from peftlab_lora.layer import match_targets
+from peftlab.kit import replace_module
+from peftlab_lora import resolve_targets
 
 from .budget import PARTS, RankAllocator, part_param, pattern_key
 from .config import AdaLoraConfig, check_schedule
 from .layer import AdaLoraLayer, inject_adalora, svd_layers
 
-PREFIX = "base_model.model."  # PEFT's key prefix: PeftModel → AdaLoraModel → the transformers model
 ALLOCATORS = "_peftlab_adalora_allocators"  # model attribute: {adapter name: RankAllocator} while training
 
 
@@ -46,9 +46,7 @@ class AdaLoRA(Method):
 
     @hookimpl
     def inject(self, model, config: AdaLoraConfig, adapter_name: str) -> None:
-        if config.target_modules is None:
-            # record the resolved targets so the saved config says what was adapted
-            config.target_modules = sorted({p.rsplit(".", 1)[-1] for p in match_targets(model, None)})
+        resolve_targets(model, config)
         paths = inject_adalora(model, adapter_name, config.init_r, config.lora_alpha, config.lora_dropout,
                                config.init_lora_weights, config.target_modules)
         if any(type(model.get_submodule(p).base_layer).__name__ == "Conv1D" for p in paths):
@@ -65,7 +63,7 @@ class AdaLoRA(Method):
 
     def tensor_map(self, model, config, adapter_name: str) -> dict[str, torch.Tensor]:
         """The live P, Λ, Q under peft's key names (``...q_proj.lora_A``: no ``.weight``)."""
-        return {f"{PREFIX}{path}.{part}": part_param(layer, part, adapter_name)
+        return {self.peft_key(path, part): part_param(layer, part, adapter_name)
                 for path, layer in svd_layers(model, adapter_name).items() for part in PARTS}
 
     # --- training: the trainer calls these; the user never does -------------------------------------------
@@ -114,7 +112,7 @@ class AdaLoRA(Method):
                 elif keep is not None and sum(keep) != r:
                     raise AdapterMismatchError(f"AdaLoRA rank_pattern for {path} has {len(keep)} entries but the "
                                                f"layer has rank {r}")
-                tensors[f"{PREFIX}{path}.{part}"] = kept.clone().contiguous()
+                tensors[self.peft_key(path, part)] = kept.clone().contiguous()
                 if alloc is not None:  # trained through the hooks: keep the unpruned tensors too (below)
                     extra[f"{path}.{part}"] = full.clone().contiguous()
         if alloc is None:  # never trained through the hooks: the PEFT tensors say everything
@@ -165,8 +163,7 @@ class AdaLoRA(Method):
         for path, layer in svd_layers(model, adapter_name).items():
             layer.remove(adapter_name)
             if not len(layer.lora_A):
-                parent, _, child = path.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, child, layer.base_layer)
+                replace_module(model, path, layer.base_layer)
 
 
 def _own_keys(pattern: dict[str, list[bool]], adapter_name: str) -> dict[str, list[bool]]:

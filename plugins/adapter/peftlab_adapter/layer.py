@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peftlab import MethodError, adapter_state
+from peftlab import MethodError
+from peftlab.kit import for_rows, placement, rows, share_state
 
 ATTR = "bottleneck"  # the ModuleDict on each adapted sublayer: sublayer.bottleneck[adapter_name]
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -42,26 +43,17 @@ class Bottleneck(nn.Module):
 def add_bottlenecks(sublayer: nn.Module, args: tuple, output):
     """Forward hook: ``h ← h + f(h W_down) W_up`` for each active adapter, on this sublayer's output."""
     h = output[0] if isinstance(output, tuple) else output  # attention blocks return (h, attn_weights)
-    state = sublayer.__dict__["_peftlab_state"]
     for name, adapter in sublayer.bottleneck.items():
-        rows = state.select(name, h.device)  # None: off; True: all rows; bool[batch]: some rows
-        if rows is None:
+        acting = rows(sublayer, name, h.device)  # None: off; True: all rows; bool[batch]: some rows
+        if acting is None:
             continue
         if h.shape[-1] != adapter.adapter_down.in_features:
             raise MethodError(f"bottleneck adapter: the output of {type(sublayer).__name__} has size {h.shape[-1]}, "
                               f"not the hidden size {adapter.adapter_down.in_features}; point attn_module / "
                               f"ffn_module at a sublayer whose output joins the residual stream")
         update = adapter(h.to(adapter.adapter_down.weight.dtype))
-        if rows is not True:
-            update = update * rows.view(-1, *([1] * (update.dim() - 1))).to(update.dtype)
-        h = h + update.to(h.dtype)
+        h = h + for_rows(update, acting).to(h.dtype)
     return (h, *output[1:]) if isinstance(output, tuple) else h
-
-
-def _device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for p in module.parameters():
-        return p.device, (p.dtype if p.dtype.is_floating_point else torch.float32)  # 4-bit bases: fp32 adapters
-    return torch.device("cpu"), torch.float32
 
 
 def bottlenecks(model: nn.Module, name: str | None = None) -> dict[str, nn.ModuleDict]:
@@ -73,16 +65,15 @@ def bottlenecks(model: nn.Module, name: str | None = None) -> dict[str, nn.Modul
 def inject_bottlenecks(model: nn.Module, name: str, paths: list[str], d: int, m: int, activation: str,
                        init_scale: float, zero_init_up: bool) -> None:
     """Give each sublayer in ``paths`` a ``Bottleneck`` for adapter ``name`` (and the hook, once)."""
-    state = adapter_state(model)
     for path in paths:
         sublayer = model.get_submodule(path)
         if not isinstance(getattr(sublayer, ATTR, None), nn.ModuleDict):
             if hasattr(sublayer, ATTR):
                 raise MethodError(f"{path} already has an attribute {ATTR!r}; cannot add a bottleneck adapter")
             sublayer.add_module(ATTR, nn.ModuleDict())
-            sublayer.__dict__["_peftlab_state"] = state  # shared routing state; a plain attribute
+            share_state(sublayer, model)  # the routing state, as a plain attribute
             sublayer.register_forward_hook(add_bottlenecks)
-        device, dtype = _device_dtype(sublayer)
+        device, dtype = placement(sublayer)  # 4-bit bases: float32 adapters
         adapter = Bottleneck(d, m, activation, device=device, dtype=dtype)
         adapter.reset(init_scale, zero_init_up)
         getattr(sublayer, ATTR)[name] = adapter

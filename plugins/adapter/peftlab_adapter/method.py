@@ -10,8 +10,6 @@ from .config import BottleneckAdapterConfig
 from .layer import bottlenecks, inject_bottlenecks
 from .sublayers import hidden_size, sublayer_paths
 
-PREFIX = "base_model.model."  # PEFT's key prefix: PeftModel → tuner model → the transformers model
-
 
 def bottleneck_width(config: BottleneckAdapterConfig, d: int) -> int:
     """m: ``bottleneck_size`` if set, else ``hidden_size // reduction_factor``; never wider than d."""
@@ -51,6 +49,6 @@ class BottleneckAdapter(Method):
 
     def tensor_map(self, model, config, adapter_name: str) -> dict[str, torch.Tensor]:
         # base_model.model.<sublayer>.adapter_down.weight etc.; a LoRA wrapper's base_layer is not part of the key
-        return {f"{PREFIX}{path.replace('.base_layer', '')}.{n}": p
+        return {self.peft_key(path, n): p
                 for path, adapters in bottlenecks(model, adapter_name).items()
                 for n, p in adapters[adapter_name].named_parameters()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from peftlab import MethodError
+from peftlab.kit import layer_stack
 
 _DECODER = ("self_attn", "mlp")  # Llama-family decoder layers: attention then MLP
 _BERT = ("attention.output.dense", "output.dense")  # the projections before each residual add + LayerNorm
@@ -33,12 +34,11 @@ def hidden_size(model: nn.Module) -> int:
 
 def find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """``(path, ModuleList)`` of the transformer layers: the list with ``num_hidden_layers`` entries."""
-    n = getattr(model.config, "num_hidden_layers", None)
-    for path, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return path, module
-    raise MethodError(f"cannot find the transformer layers of {type(model).__name__}: no ModuleList of "
-                      f"num_hidden_layers={n} modules")
+    found = layer_stack(model)
+    if found is None:
+        raise MethodError(f"cannot find the transformer layers of {type(model).__name__}: no ModuleList of "
+                          f"num_hidden_layers={getattr(model.config, 'num_hidden_layers', None)} modules")
+    return found
 
 
 def _children(layer: nn.Module) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peftlab import adapter_state
+from peftlab.kit import for_rows, keep, placement, rows, share_state
 
 from .select import bias_size, owner
 
@@ -20,23 +20,12 @@ ATTR = "bitfit_bias"  # the ParameterDict on each adapted layer: layer.bitfit_bi
 
 def add_bias_deltas(layer: nn.Module, args: tuple, y: torch.Tensor) -> torch.Tensor:
     """Forward hook: ``y = W x + b + Δb`` for each active adapter (a bias acts on the last dimension)."""
-    state = layer.__dict__["_peftlab_state"]
     for name, delta_b in layer.bitfit_bias.items():
-        rows = state.select(name, y.device)  # None: off (or merged); True: all rows; bool[batch]: some rows
-        if rows is None:
+        acting = rows(layer, name, y.device)  # None: off (or merged); True: all rows; bool[batch]: some rows
+        if acting is None:
             continue
-        if rows is True:
-            y = y + delta_b.to(y.dtype)
-        else:
-            y = y + rows.view(-1, *([1] * (y.dim() - 1))).to(y.dtype) * delta_b.to(y.dtype)
+        y = y + for_rows(delta_b.to(y.dtype).expand_as(y), acting)
     return y
-
-
-def _device_dtype(layer: nn.Module) -> tuple[torch.device, torch.dtype]:
-    w = getattr(owner(layer), "weight", None)
-    if w is None:
-        w = next(layer.parameters(), torch.empty(0))
-    return w.device, (w.dtype if w.dtype.is_floating_point else torch.float32)  # 4-bit bases: fp32 deltas
 
 
 def bias_layers(model: nn.Module, name: str | None = None) -> dict[str, nn.Module]:
@@ -47,16 +36,16 @@ def bias_layers(model: nn.Module, name: str | None = None) -> dict[str, nn.Modul
 
 def inject_bias_deltas(model: nn.Module, name: str, paths: list[str]) -> None:
     """Give each layer in ``paths`` a zero ``Δb`` for adapter ``name`` (and the hook, once)."""
-    state = adapter_state(model)
     for path in paths:
         layer = model.get_submodule(path)
         if not isinstance(getattr(layer, ATTR, None), nn.ParameterDict):
             layer.add_module(ATTR, nn.ParameterDict())
-            layer.__dict__["_peftlab_state"] = state  # shared routing state; a plain attribute
-            layer.__dict__["_bitfit_base_has_bias"] = getattr(owner(layer), "bias", None) is not None
-            layer.__dict__["_bitfit_merged"] = set()  # adapter names whose Δb is folded into the bias
+            share_state(layer, model)  # the routing state, as a plain attribute
+            keep(layer, "_bitfit_base_has_bias", getattr(owner(layer), "bias", None) is not None)
+            keep(layer, "_bitfit_merged", set())  # adapter names whose Δb is folded into the bias
             layer.register_forward_hook(add_bias_deltas)
-        device, dtype = _device_dtype(layer)
+        weight = getattr(owner(layer), "weight", None)
+        device, dtype = placement(layer if weight is None else weight)  # 4-bit bases: float32 deltas
         getattr(layer, ATTR)[name] = nn.Parameter(torch.zeros(bias_size(layer), device=device, dtype=dtype))
 
 

@@ -10,8 +10,6 @@ from . import layer as bitfit
 from .config import BitFitConfig
 from .select import select_modules
 
-PREFIX = "base_model.model."  # PEFT's key prefix: PeftModel → tuner model → the transformers model
-
 
 class BitFit(Method):
     name = "bitfit"
@@ -37,12 +35,12 @@ class BitFit(Method):
         tensors = {}
         for path, layer in bitfit.bias_layers(model, adapter_name).items():
             delta_b = getattr(layer, bitfit.ATTR)[adapter_name]
-            tensors[f"{PREFIX}{path}.bias"] = (bitfit.base_bias(layer) + delta_b.detach().float()).to(delta_b.dtype)
+            tensors[self.peft_key(path, "bias")] = (bitfit.base_bias(layer) + delta_b.detach().float()).to(delta_b.dtype)
         return AdapterWeights({k: v.contiguous() for k, v in tensors.items()})
 
     @hookimpl
     def load(self, model, adapter_name: str, weights: AdapterWeights) -> None:
-        layers = {f"{PREFIX}{path}.bias": layer for path, layer in bitfit.bias_layers(model, adapter_name).items()}
+        layers = {self.peft_key(path, "bias"): layer for path, layer in bitfit.bias_layers(model, adapter_name).items()}
         saved = {key: torch.empty(getattr(layer, bitfit.ATTR)[adapter_name].shape) for key, layer in layers.items()}
         copy_into(saved, weights.tensors, what=self.name)  # refuses missing keys and other shapes, by name
         with torch.no_grad():

@@ -7,21 +7,14 @@ bias (``add_missing_biases``). RMSNorm and friends have no bias and cannot get o
 
 from __future__ import annotations
 
-import re
-
 from torch import nn
 
 from peftlab import MethodError
+from peftlab.kit import is_linear, layer_stack, output_heads, target_matches
 
 # parts of the path that belong to adapters (ours and other methods'), never BitFit targets themselves
 ADAPTER_PARTS = (".base_layer", ".lora_", ".bottleneck.", ".bitfit_bias")
 FFN_NAMES = {"mlp", "ffn", "feed_forward", "intermediate", "output", "fc1", "fc2", "block_sparse_moe"}
-
-
-def is_linear(module: nn.Module) -> bool:
-    """Linear-like: ``nn.Linear``, GPT-2's ``Conv1D``, or a wrapper with in/out features (LoRA, 4-bit)."""
-    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf")) or (
-        hasattr(module, "in_features") and hasattr(module, "out_features"))
 
 
 def owner(module: nn.Module) -> nn.Module:
@@ -48,14 +41,6 @@ def bias_size(module: nn.Module) -> int:
     return base.out_features if isinstance(base, nn.Linear) else base.normalized_shape[-1]
 
 
-def _layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    n = getattr(model.config, "num_hidden_layers", None)
-    for path, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return path, module
-    return None
-
-
 def group_of(relative: str) -> str | None:
     """'attention' or 'ffn' for a module path relative to one transformer layer, by its first part."""
     first = relative.split(".", 1)[0]
@@ -66,26 +51,11 @@ def group_of(relative: str) -> str | None:
     return None  # e.g. GPT-2's ln_1/ln_2: only in "all"
 
 
-def _heads(model: nn.Module) -> set[str]:
-    """The output head and a new task head: they are not BitFit's (a task head trains anyway)."""
-    out = set(getattr(model, "peftlab_new_modules", []) or [])
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None:
-        out |= {p for p, m in model.named_modules() if m is head}
-    return out
-
-
-def _matches(path: str, targets: list[str] | str) -> bool:
-    if isinstance(targets, str):
-        return re.fullmatch(targets, path) is not None
-    return any(path == t or path.endswith("." + t) for t in targets)
-
-
 def select_modules(model: nn.Module, biases: str, targets: list[str] | str | None,
                    add_missing: bool) -> list[str]:
     """Paths of the modules whose bias terms train (existing biases, or new zero ones)."""
-    heads = _heads(model)
-    stack = _layer_stack(model)
+    heads = output_heads(model)
+    stack = layer_stack(model)
     if biases != "all" and stack is None:
         raise MethodError(f"BitFit biases={biases!r} needs the transformer layers, but {type(model).__name__} has "
                           f"no ModuleList of num_hidden_layers modules; use biases='all' with target_modules")
@@ -103,7 +73,7 @@ def select_modules(model: nn.Module, biases: str, targets: list[str] | str | Non
                 continue
         candidates[path] = module
     if targets is not None:
-        chosen = {p: m for p, m in candidates.items() if _matches(p, targets)}
+        chosen = {p: m for p, m in candidates.items() if target_matches(p, targets)}
         if not chosen:
             names = sorted({p.rsplit(".", 1)[-1] for p, m in candidates.items() if has_bias(m) or can_get_bias(m)})
             raise MethodError(f"BitFit target_modules={targets!r} matched no module of the biases={biases!r} group; "

@@ -5,10 +5,10 @@ from __future__ import annotations
 from peftlab import hookimpl
 
 from .config import LoraConfig
-from .layer import LoraLayer, inject_lora, lora_layers
+from .layer import LoraLayer, inject_lora, lora_layers, lora_targets, resolve_targets
 from .method import LoRA
 
-__all__ = ["LoRA", "LoraConfig", "LoraLayer", "inject_lora", "lora_layers"]
+__all__ = ["LoRA", "LoraConfig", "LoraLayer", "inject_lora", "lora_layers", "lora_targets", "resolve_targets"]
 
 
 @hookimpl

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch import nn
 
-from peftlab import MethodError, adapter_state
+from peftlab import adapter_state
+from peftlab.kit import for_rows, is_conv1d, keep, match_targets, placement, replace_module
 
 # the attention projections LoRA adapts by default, per model family (as in the LoRA paper: W_q, W_v)
 DEFAULT_TARGETS = {
@@ -19,13 +19,9 @@ DEFAULT_TARGETS = {
 }
 
 
-def _is_conv1d(module: nn.Module) -> bool:
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
-
-
 def in_out_features(module: nn.Module) -> tuple[int, int] | None:
     """(in, out) of a linear-like module, or None when LoRA cannot wrap it."""
-    if _is_conv1d(module):
+    if is_conv1d(module):
         return module.weight.shape[0], module.weight.shape[1]  # Conv1D stores (in, out)
     if isinstance(module, nn.Linear) or (hasattr(module, "in_features") and hasattr(module, "out_features")):
         return int(module.in_features), int(module.out_features)
@@ -39,12 +35,12 @@ class LoraLayer(nn.Module):
         super().__init__()
         self.base_layer = base_layer
         self.in_features, self.out_features = in_out_features(base_layer)
-        self.fan_in_fan_out = _is_conv1d(base_layer)
+        self.fan_in_fan_out = is_conv1d(base_layer)
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
         self.scaling: dict[str, float] = {}
-        self.__dict__["state"] = state  # shared routing state; a plain attribute, not a submodule
+        keep(self, "state", state)  # shared routing state; a plain attribute, not a submodule
 
     # PyTorch code that reaches for the wrapped layer's weight/bias keeps working
     @property
@@ -56,10 +52,9 @@ class LoraLayer(nn.Module):
         return getattr(self.base_layer, "bias", None)
 
     def add(self, name: str, r: int, alpha: float, dropout: float, rslora: bool, init: bool | str) -> None:
-        weight = self.base_layer.weight
-        dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32  # 4-bit bases train in fp32
-        self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, device=weight.device, dtype=dtype)
-        self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, device=weight.device, dtype=dtype)
+        device, dtype = placement(self.base_layer.weight)  # 4-bit bases train float32 adapters
+        self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, device=device, dtype=dtype)
+        self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, device=device, dtype=dtype)
         self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling[name] = alpha / math.sqrt(r) if rslora else alpha / r
         with torch.no_grad():
@@ -85,9 +80,7 @@ class LoraLayer(nn.Module):
             update = self.update(name, x)
             if update is None:
                 continue
-            if rows is not True:
-                update = update * rows.view(-1, *([1] * (update.dim() - 1))).to(update.dtype)
-            h = h + update.to(h.dtype)
+            h = h + for_rows(update, rows).to(h.dtype)
         return h
 
     def update(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
@@ -113,64 +106,28 @@ def lora_layers(model: nn.Module, name: str | None = None) -> dict[str, LoraLaye
             if isinstance(m, LoraLayer) and (name is None or name in m.lora_A)}
 
 
-def _excluded_heads(model: nn.Module) -> set[str]:
-    """Output layers 'all-linear' must skip: the LM head and a new classification head."""
-    out = set(getattr(model, "peftlab_new_modules", []) or [])
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None:
-        out |= {p for p, m in model.named_modules() if m is head}
-    return out
+def resolve_targets(model: nn.Module, config) -> None:
+    """Record the default targets in ``config.target_modules`` (by name) so the saved config says what was adapted."""
+    if config.target_modules is None:
+        config.target_modules = sorted({p.rsplit(".", 1)[-1] for p in lora_targets(model, None)})
 
 
-def match_targets(model: nn.Module, targets: list[str] | str | None) -> list[str]:
-    """Module paths ``targets`` selects (PEFT's matching rules), before any LoRA wrapping."""
-    if targets is None:
-        model_type = getattr(model.config, "model_type", "")
-        targets = DEFAULT_TARGETS.get(model_type, "all-linear")
-    candidates = {}
-    for path, module in model.named_modules():
-        if isinstance(module, LoraLayer) or ".base_layer" in path or ".lora_" in path:
-            continue
-        candidates[path] = module
-    excluded = _excluded_heads(model)
-    if targets == "all-linear":
-        chosen = [p for p, m in candidates.items() if in_out_features(m) and p not in excluded
-                  and not any(p.startswith(e + ".") for e in excluded)]
-    elif isinstance(targets, str):
-        pattern = re.compile(targets)
-        chosen = [p for p in candidates if pattern.fullmatch(p)]
-    else:
-        chosen = [p for p in candidates if any(p == t or p.endswith("." + t) for t in targets)]
-    wrapped = [p for p, m in model.named_modules() if isinstance(m, LoraLayer)]
-    if targets != "all-linear":
-        chosen += [p for p in wrapped if _selected(p, targets)]
-    if not chosen:
-        linear = sorted({p.rsplit(".", 1)[-1] for p, m in candidates.items() if in_out_features(m)})
-        raise MethodError(f"LoRA target_modules={targets!r} matched no module; linear layers here: {linear}")
-    bad = [p for p in chosen if not in_out_features(model.get_submodule(p))]
-    if bad:
-        kind = type(model.get_submodule(bad[0])).__name__
-        raise MethodError(f"LoRA cannot adapt {bad[0]} ({kind}); it supports Linear and Conv1D layers")
-    return sorted(set(chosen))
-
-
-def _selected(path: str, targets: list[str] | str) -> bool:
-    if isinstance(targets, str):
-        return re.fullmatch(targets, path) is not None
-    return any(path == t or path.endswith("." + t) for t in targets)
+def lora_targets(model: nn.Module, targets: list[str] | str | None) -> list[str]:
+    """Module paths ``targets`` selects (peft's rules; ``None``: the family's default, else all-linear)."""
+    default = DEFAULT_TARGETS.get(getattr(model.config, "model_type", ""), "all-linear")
+    return match_targets(model, targets, default=default, accepts=lambda m: in_out_features(m) is not None,
+                         method="LoRA")
 
 
 def inject_lora(model: nn.Module, name: str, r: int, alpha: float, dropout: float, rslora: bool,
                 init: bool | str, targets: list[str] | str | None) -> list[str]:
     """Wrap every targeted layer in a ``LoraLayer`` (or extend an existing one); return the paths."""
     state = adapter_state(model)
-    paths = match_targets(model, targets)
+    paths = lora_targets(model, targets)
     for path in paths:
         module = model.get_submodule(path)
         if not isinstance(module, LoraLayer):
-            parent_path, _, child = path.rpartition(".")
-            parent = model.get_submodule(parent_path) if parent_path else model
             module = LoraLayer(module, state)
-            setattr(parent, child, module)
+            replace_module(model, path, module)
         module.add(name, r, alpha, dropout, rslora, init)
     return paths

@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 
 from peftlab import Capabilities, Method, hookimpl
+from peftlab.kit import replace_module
 
 from .config import LoraConfig
-from .layer import inject_lora, lora_layers, match_targets
-
-PREFIX = "base_model.model."  # PEFT's key prefix: PeftModel → LoraModel → the transformers model
+from .layer import inject_lora, lora_layers, resolve_targets
 
 
 class LoRA(Method):
@@ -24,9 +23,7 @@ class LoRA(Method):
 
     @hookimpl
     def inject(self, model, config: LoraConfig, adapter_name: str) -> None:
-        if config.target_modules is None:
-            # record the resolved targets so the saved config says what was adapted
-            config.target_modules = sorted({p.rsplit(".", 1)[-1] for p in match_targets(model, None)})
+        resolve_targets(model, config)
         inject_lora(model, adapter_name, config.r, config.lora_alpha, config.lora_dropout, config.use_rslora,
                     config.init_lora_weights, config.target_modules)
 
@@ -49,10 +46,10 @@ class LoRA(Method):
     def tensor_map(self, model, config: LoraConfig, adapter_name: str) -> dict[str, torch.Tensor]:
         out = {}
         for path, layer in lora_layers(model, adapter_name).items():
-            out[f"{PREFIX}{path}.lora_A.weight"] = layer.lora_A[adapter_name].weight
-            out[f"{PREFIX}{path}.lora_B.weight"] = layer.lora_B[adapter_name].weight
+            out[self.peft_key(path, "lora_A.weight")] = layer.lora_A[adapter_name].weight
+            out[self.peft_key(path, "lora_B.weight")] = layer.lora_B[adapter_name].weight
         for n, p in self._biases(model, config, adapter_name).items():
-            out[PREFIX + n.replace(".base_layer.", ".")] = p  # PEFT names a wrapped bias by its layer path
+            out[self.peft_key(n)] = p  # PEFT names a wrapped bias by its layer path
         return out
 
     @hookimpl
@@ -73,5 +70,4 @@ class LoRA(Method):
                 del d[adapter_name]
             layer.scaling.pop(adapter_name)
             if not len(layer.lora_A):
-                parent, _, child = path.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, child, layer.base_layer)
+                replace_module(model, path, layer.base_layer)
