@@ -1,23 +1,30 @@
-"""Every hook peftlab calls. Read this file first when writing a plugin.
+"""The whole plugin contract: every hook peftlab calls and every attribute it reads. Read this file first.
 
-There are two kinds of hook:
+A plugin is a package with an entry point in the group ``peftlab`` naming a module that implements
+``register_methods``. It calls ``register(method)`` once per PEFT method it provides. ``method`` is an
+object (subclass ``peftlab.Method``) with
 
-* ``register_methods`` is called on every installed plugin (entry-point group ``peftlab``).
-  A plugin calls ``register(...)`` once per PEFT method it provides.
-* The *method hooks* below it are implemented by the object handed to ``register``. Core calls
-  them **only on the object that owns the method in use** (one registration per method), so an
-  implementation never checks which method it is serving, and one plugin cannot answer for
-  another's method. Each method hook returns one value (pluggy ``firstresult``).
+* the **declarations** in ``ATTRIBUTES`` below (name, config class, capabilities, ...): core reads these and
+  nothing else from it, and checks them when it registers the method;
+* ``@hookimpl`` methods for the **method hooks** below. Core calls them **only on the object that owns the
+  method in use** (one registration per method), so an implementation never checks which method it is
+  serving, and one plugin cannot answer for another's method. Each returns one value (pluggy ``firstresult``).
+  ``inject``, ``trainable_params``, ``save`` and ``load`` are required (``peftlab.Method`` gives ``save``/``load``
+  for a method that implements ``tensor_map``); a method whose capabilities say ``mergeable`` needs ``merge``.
 
-Arguments every method hook may receive:
+Arguments a method hook may receive:
 
-* ``model`` – the ``transformers`` model (``PreTrainedModel``) being adapted. A hook changes only
-  this model. ``peftlab.adapter_state(model)`` gives the shared routing state (which adapters are
-  active, and per-row adapter choice for mixed batches).
+* ``model`` – the ``transformers`` model (``PreTrainedModel``) being adapted. A hook changes only this model.
+  ``peftlab.adapter_state(model)`` gives the shared routing state (which adapters are active, and per-row
+  adapter choice for mixed batches). Core records on the model, for plugins to read: ``peftlab_base_id`` (the
+  base model's id, written to saved adapters), ``peftlab_source`` (the folder or Hub id it was loaded from: load
+  its tokenizer from here) and ``peftlab_new_modules`` (paths of task heads core added, which train anyway).
 * ``config`` – an instance of the method's config dataclass (a ``peftlab.MethodConfig``).
 * ``adapter_name`` – the name of the adapter slot (``"default"`` unless several are loaded).
 
-An implementation may declare any subset of a hook's arguments (pluggy passes what it asks for).
+An implementation may declare any subset of a hook's arguments (pluggy passes what it asks for). The kit in
+``peftlab.kit`` has what most methods need to implement them (module swap, per-row routing, target matching,
+virtual tokens, KV prefixes); ``peftlab.testing.check_method`` checks a method against this contract.
 """
 
 from __future__ import annotations
@@ -27,16 +34,39 @@ import pluggy
 hookspec = pluggy.HookspecMarker("peftlab")
 hookimpl = pluggy.HookimplMarker("peftlab")
 
+# --- what a method declares: the attributes core reads from the registered object ----------------------
+# name → (type, what it is for). ``peftlab.Method`` declares each with this type and a default.
+ATTRIBUTES: dict[str, tuple[str, str]] = {
+    "name": ("str", "Unique across installed plugins (a clash fails at load, naming both plugins): the "
+                    "method's name in `peftlab train --method`, the app and `peftlab.json`."),
+    "config_class": ("type[MethodConfig]", "The method's config dataclass (subclass `peftlab.MethodConfig`, fields "
+                                           "made with `peftlab.option`): the schema of the CLI flags, the app's form "
+                                           "and the method's keys in `adapter_config.json`."),
+    "peft_type": ("str", "Written to `adapter_config.json`; peft's own name where peft has the method (`LORA`), "
+                         "else one of the method's own (`BOTTLENECK_ADAPTER`)."),
+    "capabilities": ("Capabilities", "What the method can do (`peftlab.Capabilities`): mergeable, stackable, "
+                                     "kv_cache, virtual_tokens, needs_quantized_base, mixed_batch, task_types, and "
+                                     "the sentences shown when merge or stacking is refused. Core and the app act "
+                                     "on these; the kit checks the promises."),
+    "description": ("str", "One line, shown by `peftlab methods` and in the app."),
+    "train_defaults": ("dict[str, Any]", "`TrainArgs` settings that suit the method, e.g. `{\"learning_rate\": "
+                                         "3e-1}` for prompt tuning; the user's own settings win. Keys must be "
+                                         "`TrainArgs` fields."),
+    "module_prefix": ("str", "What PEFT writes before a module path in this method's files: `base_model.model.` "
+                             "for tuner methods (LoRA), `base_model.` for prompt-learning ones. Core saves a "
+                             "trained task head under it; `Method.peft_key(path, tensor)` builds a tensor's key "
+                             "with it."),
+}
+
 
 @hookspec
 def register_methods(register):
     """Declare the PEFT methods a plugin provides.
 
-    ``register(method)`` takes an object with the attributes ``name`` (str, unique across all
-    installed plugins), ``config_class`` (a ``peftlab.MethodConfig`` dataclass), ``peft_type``
-    (the value written to ``adapter_config.json``), ``capabilities`` (``peftlab.Capabilities``)
-    and ``description`` (one line), plus ``@hookimpl`` methods for the method hooks below.
-    Subclass ``peftlab.Method`` to get sensible defaults. Called once when plugins load.
+    ``register(method)`` takes an object with the declarations in ``ATTRIBUTES`` plus ``@hookimpl`` methods for
+    the method hooks below. Subclass ``peftlab.Method`` to get the defaults. Called once when plugins load; a
+    malformed declaration (no name, a config class that is not a ``MethodConfig`` dataclass, a required hook
+    missing, ...) is refused with ``peftlab.PluginConflictError`` naming the plugin and the problem.
     """
 
 
@@ -57,7 +87,8 @@ def inject(model, config, adapter_name):
 def trainable_params(model, config, adapter_name):
     """Return ``{qualified_name: nn.Parameter}`` of the parameters this adapter trains. Required.
 
-    Core freezes every other parameter of the model before training, so this is the whole
+    Each name must be the parameter's name in ``model.named_parameters()`` (the trainer, checkpoints and the kit
+    rely on it). Core freezes every other parameter of the model before training, so this is the whole
     trainable set for the method.
     """
 
@@ -66,9 +97,10 @@ def trainable_params(model, config, adapter_name):
 def save(model, config, adapter_name):
     """Return a ``peftlab.AdapterWeights`` holding this adapter's tensors. Required.
 
-    ``tensors`` use the PEFT on-disk key format (no adapter name in the keys, e.g.
-    ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``) and are written to
-    ``adapter_model.safetensors``; ``extra`` holds state PEFT does not keep (an encoder, an MLP
+    ``tensors`` use the PEFT on-disk key format: the full key, ``module_prefix`` included, adapter name and
+    wrapper parts (``.base_layer``) left out, e.g. ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``
+    (``Method.peft_key(path, "lora_A.weight")`` builds it); core writes them to ``adapter_model.safetensors`` as
+    they are; ``extra`` holds state PEFT does not keep (an encoder, an MLP
     reparameterisation) and is written beside it so training can resume.
     """
 
@@ -144,3 +176,12 @@ def on_train_step(model, config, adapter_name, step, total_steps):
 def soft_prompt(model, config, adapter_name):
     """Return the learned virtual-token embeddings ``[num_virtual_tokens, hidden]`` in the model's
     input-embedding space, or ``None`` when the method has none (used for "nearest tokens")."""
+
+
+@hookspec(firstresult=True)
+def claims_peft_config(data):
+    """Whether this method loads a PEFT ``adapter_config.json`` (``data``, a dict) of its ``peft_type`` that was
+    written without peftlab's metadata, i.e. by ``peft``. Optional: without it, the method claims every config
+    of its ``peft_type``. Several methods may share a ``peft_type`` (prefix tuning and P-Tuning v2 are both
+    ``PREFIX_TUNING``; QLoRA writes ``LORA``): exactly one should claim a given config. Returns a bool.
+    """

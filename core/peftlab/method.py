@@ -114,11 +114,11 @@ class MethodConfig:
 
 
 class Method:
-    """Base for a method's registration object. Set the class attributes, add ``@hookimpl`` methods.
+    """Base for a method's registration object. Set the declarations, add ``@hookimpl`` methods.
 
-    Gives a default ``save``/``load`` pair for methods that implement ``tensor_map`` — the live
-    tensors of an adapter under their PEFT key names. Override ``save``/``load`` (decorated with
-    ``@hookimpl``) for anything else.
+    The declarations are those of ``peftlab.hookspecs.ATTRIBUTES`` (documented there), with these defaults.
+    Gives a default ``save``/``load`` pair for methods that implement ``tensor_map``; override ``save``/``load``
+    (decorated with ``@hookimpl``) for anything else.
     """
 
     name: str = ""
@@ -126,10 +126,7 @@ class Method:
     peft_type: str = ""
     capabilities: Capabilities = Capabilities()
     description: str = ""
-    # trainer settings that suit the method (e.g. {"learning_rate": 3e-2} for prompt tuning); users override
     train_defaults: dict[str, Any] = {}
-    # what PEFT writes before a module path in this method's files, e.g. for a classification head in
-    # modules_to_save: "base_model.model." for tuner methods (LoRA), "base_model." for prompt-learning ones
     module_prefix: str = "base_model.model."
 
     def peft_key(self, path: str, tensor: str = "") -> str:
@@ -138,13 +135,10 @@ class Method:
         key = ".".join(part for part in f"{path}.{tensor}".strip(".").split(".") if part != "base_layer")
         return self.module_prefix + key
 
-    def claims_peft_config(self, data: dict[str, Any]) -> bool:
-        """Whether this method should load a PEFT ``adapter_config.json`` of its ``peft_type``
-        written without peftlab's metadata (i.e. by ``peft``). Several methods may share a
-        ``peft_type``; exactly one should claim a given config."""
-        return True
-
     def tensor_map(self, model, config, adapter_name) -> dict[str, torch.Tensor]:
+        """``{PEFT key: live tensor}`` of adapter ``adapter_name``, keys as ``save`` documents them (build them with
+        ``peft_key``). The default ``save`` copies these tensors out; the default ``load`` copies saved ones in,
+        refusing missing keys and other shapes by name."""
         raise NotImplementedError(f"{type(self).__name__} must implement tensor_map or save/load")
 
     @hookimpl

@@ -15,9 +15,15 @@ from .errors import PluginConflictError, UnknownMethodError
 from .method import Capabilities, Method, MethodConfig
 
 ENTRY_POINT_GROUP = "peftlab"
-METHOD_HOOKS = ("inject", "trainable_params", "save", "load", "merge", "unmerge", "unload",
-                "load_base_model", "extra_loss", "make_optimizer", "on_train_step", "soft_prompt")
+# every hook spec but register_methods is a method hook (hookspecs.py, in the order written there)
+METHOD_HOOKS = tuple(name for name, fn in vars(hookspecs).items()
+                     if callable(fn) and hasattr(fn, "peftlab_spec") and name != "register_methods")
 REQUIRED_HOOKS = ("inject", "trainable_params", "save", "load")
+
+
+def _declared(obj: Any, attr: str) -> Any:
+    """A method's declaration ``attr`` (``hookspecs.ATTRIBUTES``), ``peftlab.Method``'s default when it has none."""
+    return getattr(obj, attr, getattr(Method, attr))
 
 
 class MethodHandle:
@@ -29,13 +35,14 @@ class MethodHandle:
         self._pm = pm
         self._callers: dict[str, tuple[frozenset, Any]] = {}
 
-    name = property(lambda self: self.obj.name)
-    config_class = property(lambda self: self.obj.config_class)
-    peft_type = property(lambda self: self.obj.peft_type)
-    capabilities = property(lambda self: self.obj.capabilities)
-    description = property(lambda self: getattr(self.obj, "description", ""))
-    module_prefix = property(lambda self: getattr(self.obj, "module_prefix", "base_model.model."))
-    train_defaults = property(lambda self: dict(getattr(self.obj, "train_defaults", {}) or {}))
+    # the declarations of hookspecs.ATTRIBUTES, read from the registered object
+    name = property(lambda self: _declared(self.obj, "name"))
+    config_class = property(lambda self: _declared(self.obj, "config_class"))
+    peft_type = property(lambda self: _declared(self.obj, "peft_type"))
+    capabilities = property(lambda self: _declared(self.obj, "capabilities"))
+    description = property(lambda self: _declared(self.obj, "description"))
+    module_prefix = property(lambda self: _declared(self.obj, "module_prefix"))
+    train_defaults = property(lambda self: dict(_declared(self.obj, "train_defaults") or {}))
 
     def hook(self, name: str):
         """A caller for hook ``name`` that only reaches this method's implementation."""
@@ -52,8 +59,10 @@ class MethodHandle:
         return any(impl.plugin is self.obj for impl in getattr(self._pm.hook, name).get_hookimpls())
 
     def claims(self, data: dict) -> bool:
-        fn = getattr(self.obj, "claims_peft_config", None)
-        return True if fn is None else bool(fn(data))
+        """The ``claims_peft_config`` hook (a method without it claims every config of its ``peft_type``)."""
+        if not self.implements("claims_peft_config"):
+            return True
+        return bool(self.hook("claims_peft_config")(data=data))
 
     def make_config(self, **kwargs: Any) -> MethodConfig:
         return self.config_class(**kwargs)
@@ -68,6 +77,28 @@ class MethodHandle:
             "train_defaults": self.train_defaults,
             "fields": [f.to_json() for f in self.config_class.fields()],
         }
+
+
+def _declaration_problem(obj: Any) -> str | None:
+    """What is wrong with the declarations other than name, config_class and capabilities (checked above)."""
+    from .train import TrainArgs  # train imports plugins: import here
+
+    peft_type = _declared(obj, "peft_type")
+    if not isinstance(peft_type, str) or not peft_type:
+        return "peft_type must be a non-empty string (written to adapter_config.json)"
+    for attr in ("description", "module_prefix"):
+        if not isinstance(_declared(obj, attr), str):
+            return f"{attr} must be a string"
+    prefix = _declared(obj, "module_prefix")
+    if prefix and not prefix.endswith("."):
+        return f"module_prefix must end with '.', got {prefix!r}"
+    defaults = _declared(obj, "train_defaults")
+    if not isinstance(defaults, dict):
+        return "train_defaults must be a dict of TrainArgs settings"
+    unknown = sorted(set(defaults) - {f.name for f in dataclasses.fields(TrainArgs)})
+    if unknown:
+        return f"train_defaults has {unknown}, which are not trainer settings (TrainArgs fields)"
+    return None
 
 
 class Registry:
@@ -100,6 +131,9 @@ class Registry:
             raise PluginConflictError(f"method {name!r} ({plugin}): config_class must be a MethodConfig dataclass")
         if not isinstance(getattr(obj, "capabilities", None), Capabilities):
             raise PluginConflictError(f"method {name!r} ({plugin}): capabilities must be a peftlab.Capabilities")
+        problem = _declaration_problem(obj)
+        if problem:
+            raise PluginConflictError(f"method {name!r} ({plugin}): {problem}")
         try:
             self.pm.register(obj, name=f"{plugin}:{name}")
         except pluggy.PluginValidationError as e:

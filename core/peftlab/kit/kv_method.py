@@ -89,6 +89,7 @@ class KVPrefixMethod(Method):
         merge_note="prefixes live in the KV cache, not in any weight: there is nothing to fold them into")
     module_prefix = "base_model."  # peft's prompt-learning layout: a task head is saved as base_model.<head>.*
 
+    @hookimpl
     def claims_peft_config(self, data: dict) -> bool:
         # peft writes PREFIX_TUNING for both methods; prefix_projection says which one made it
         return bool(data.get("prefix_projection", False)) == self.config_class.prefix_projection

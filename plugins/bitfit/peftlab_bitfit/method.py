@@ -35,7 +35,8 @@ class BitFit(Method):
         tensors = {}
         for path, layer in bitfit.bias_layers(model, adapter_name).items():
             delta_b = getattr(layer, bitfit.ATTR)[adapter_name]
-            tensors[self.peft_key(path, "bias")] = (bitfit.base_bias(layer) + delta_b.detach().float()).to(delta_b.dtype)
+            fine_tuned = bitfit.base_bias(layer) + delta_b.detach().float()
+            tensors[self.peft_key(path, "bias")] = fine_tuned.to(delta_b.dtype)
         return AdapterWeights({k: v.contiguous() for k, v in tensors.items()})
 
     @hookimpl

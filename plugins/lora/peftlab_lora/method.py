@@ -18,6 +18,7 @@ class LoRA(Method):
     description = "LoRA: low-rank updates B·A added to linear layers"
     capabilities = Capabilities(mergeable=True, stackable=True, mixed_batch=True)
 
+    @hookimpl
     def claims_peft_config(self, data: dict) -> bool:
         return not data.get("use_dora")  # DoRA is a different computation
 

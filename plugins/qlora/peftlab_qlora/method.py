@@ -21,6 +21,7 @@ class QLoRA(LoRA):
         mergeable=True, stackable=True, mixed_batch=True, needs_quantized_base=True, task_types=("CAUSAL_LM",),
         merge_note="merging into a 4-bit base requantizes W+ΔW, which rounds part of the update away")
 
+    @hookimpl
     def claims_peft_config(self, data: dict) -> bool:
         return False  # a peft LORA adapter is method 'lora' unless the user names qlora (our sidecar does)
 

@@ -1,8 +1,4 @@
-"""A third-party peftlab method, written as docs/writing-a-plugin.md explains.
-
-"scale" learns one factor per output channel of the chosen linear layers: h = W x ⊙ (1 + s),
-with s starting at zero (so training starts from the base model). Mergeable: diag(1 + s) W.
-"""
+"""peftlab-scale: a learned per-channel output scale, h = W x ⊙ (1 + s) (core/docs/writing-a-plugin.md builds it)."""
 
 from __future__ import annotations
 
@@ -11,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-import peftlab
-from peftlab import Capabilities, ConfigError, Method, MethodConfig, MethodError, hookimpl, option
+from peftlab import Capabilities, ConfigError, Method, MethodConfig, hookimpl, option
+from peftlab.kit import for_rows, match_targets, placement, replace_module, rows, share_state
 
 
 @dataclass
@@ -24,26 +20,28 @@ class ScaleConfig(MethodConfig):
             raise ConfigError("target_modules must name at least one layer")
 
 
-def _scales(model: nn.Module, name: str) -> dict[str, nn.Parameter]:
-    return {path: m.scale[name] for path, m in model.named_modules() if isinstance(m, ScaledLinear) and name in m.scale}
-
-
 class ScaledLinear(nn.Module):
-    def __init__(self, base: nn.Linear, state) -> None:
+    """Wraps a linear layer: h = W x ⊙ (1 + s), with one scale s per adapter name, starting at zero."""
+
+    def __init__(self, base_layer: nn.Linear) -> None:
         super().__init__()
-        self.base_layer = base
+        self.base_layer = base_layer
         self.scale = nn.ParameterDict()
-        self.__dict__["state"] = state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.base_layer(x)
         for name, s in self.scale.items():
-            rows = self.state.select(name, x.device)
-            if rows is None:
+            acting = rows(self, name, x.device)  # None: off · True: every row · bool[batch]: some rows
+            if acting is None:
                 continue
-            gain = 1 + s if rows is True else 1 + s * rows.view(-1, *([1] * (h.dim() - 1)))
-            h = h * gain
+            h = h * (1 + for_rows(s.expand_as(h), acting))
         return h
+
+
+def scales(model: nn.Module, adapter_name: str) -> dict[str, nn.Parameter]:
+    """``{path of a ScaledLinear: its s}`` for one adapter."""
+    return {path: m.scale[adapter_name] for path, m in model.named_modules()
+            if isinstance(m, ScaledLinear) and adapter_name in m.scale}
 
 
 class Scale(Method):
@@ -56,40 +54,40 @@ class Scale(Method):
 
     @hookimpl
     def inject(self, model, config: ScaleConfig, adapter_name: str) -> None:
-        state = peftlab.adapter_state(model)
-        paths = [p for p, m in model.named_modules()
-                 if isinstance(m, (nn.Linear, ScaledLinear)) and p.rsplit(".", 1)[-1] in config.target_modules]
-        if not paths:
-            raise MethodError(f"scale: target_modules={config.target_modules} matched no Linear layer")
+        paths = match_targets(model, config.target_modules, accepts=lambda m: isinstance(m, (nn.Linear, ScaledLinear)),
+                              method="scale", supports="it scales the outputs of nn.Linear layers")
         for path in paths:
-            module = model.get_submodule(path)
-            if not isinstance(module, ScaledLinear):
-                parent, _, child = path.rpartition(".")
-                module = ScaledLinear(module, state)
-                setattr(model.get_submodule(parent), child, module)
-            w = module.base_layer.weight
-            module.scale[adapter_name] = nn.Parameter(torch.zeros(w.shape[0], device=w.device, dtype=w.dtype))
+            layer = model.get_submodule(path)
+            if not isinstance(layer, ScaledLinear):  # a second adapter joins the wrapper the first one made
+                layer = ScaledLinear(layer)
+                share_state(layer, model)  # the routing state `rows` reads, kept off the module tree
+                replace_module(model, path, layer)
+            device, dtype = placement(layer.base_layer)
+            s = torch.zeros(layer.base_layer.out_features, device=device, dtype=dtype)
+            layer.scale[adapter_name] = nn.Parameter(s)
 
     @hookimpl
     def trainable_params(self, model, adapter_name: str) -> dict[str, nn.Parameter]:
-        return {f"{p}.scale.{adapter_name}": s for p, s in _scales(model, adapter_name).items()}
+        # names as model.named_parameters() gives them
+        return {f"{path}.scale.{adapter_name}": s for path, s in scales(model, adapter_name).items()}
 
     def tensor_map(self, model, config, adapter_name: str) -> dict[str, torch.Tensor]:
-        return {f"base_model.model.{p}.scale": s for p, s in _scales(model, adapter_name).items()}
+        # PEFT keys: "base_model.model.<path>.scale", no adapter name (save and load come from this)
+        return {self.peft_key(path, "scale"): s for path, s in scales(model, adapter_name).items()}
 
     @hookimpl
     def merge(self, model, adapter_name: str) -> None:
         with torch.no_grad():
-            for path, s in _scales(model, adapter_name).items():
+            for path, s in scales(model, adapter_name).items():
                 base = model.get_submodule(path).base_layer
-                base.weight.mul_((1 + s).unsqueeze(1))
+                base.weight.mul_((1 + s).unsqueeze(1))  # diag(1 + s) W
                 if base.bias is not None:
                     base.bias.mul_(1 + s)
 
     @hookimpl
     def unmerge(self, model, adapter_name: str) -> None:
         with torch.no_grad():
-            for path, s in _scales(model, adapter_name).items():
+            for path, s in scales(model, adapter_name).items():
                 base = model.get_submodule(path).base_layer
                 base.weight.div_((1 + s).unsqueeze(1))
                 if base.bias is not None:
