@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -32,6 +33,97 @@ def test_train_help_shows_flags_generated_from_the_method_config():
     assert out.returncode == 0
     assert "--lora-alpha" in out.stdout and "Scaling numerator" in out.stdout
     assert "--max-steps" in out.stdout and "--learning-rate" in out.stdout
+
+
+# A non-default value for EVERY TrainArgs field, as typed on the command line, and the value it must become.
+# A field added to TrainArgs without a row here fails test_every_trainargs_field_parses_to_its_type.
+TRAIN_VALUES = {
+    "method": ("bitfit", "bitfit"), "base_model": ("/models/tiny", "/models/tiny"),
+    "dataset": ("iso-dates", "iso-dates"), "output_dir": ("runs/x", "runs/x"), "adapter_name": ("a1", "a1"),
+    "max_steps": ("7", 7), "learning_rate": ("5e-3", 5e-3), "batch_size": ("3", 3), "grad_accum": ("2", 2),
+    "warmup_ratio": ("0.25", 0.25), "lr_scheduler": ("linear", "linear"), "weight_decay": ("0.01", 0.01),
+    "max_grad_norm": ("0.5", 0.5), "seed": ("3", 3), "eval_every": ("5", 5), "save_every": ("6", 6),
+    "max_length": ("64", 64), "eval_fraction": ("0.2", 0.2), "max_eval_samples": ("9", 9), "loss_on": ("all", "all"),
+    "dtype": ("float32", "float32"), "device": ("cpu", "cpu"), "threads": ("2", 2), "resume": ("true", True),
+}
+
+
+def parse_train(*argv: str):
+    from peftlab.cli import build_parser, train_args
+
+    argv = ["train", *argv]
+    return train_args(build_parser(argv).parse_args(argv))
+
+
+def test_every_trainargs_field_parses_to_its_type():
+    from peftlab.schema import fields_of
+    from peftlab.train import TrainArgs
+
+    specs = {s.name: s for s in fields_of(TrainArgs) if s.name != "method_config"}  # method flags stand for it
+    assert set(specs) == set(TRAIN_VALUES)
+    defaults = TrainArgs()
+    for name, (text, value) in TRAIN_VALUES.items():
+        assert getattr(defaults, name) != value, name
+        args = parse_train(specs[name].option_string, text)  # one flag at a time, the others keep defaults
+        assert getattr(args, name) == value and type(getattr(args, name)) is type(value), name
+        assert {k: v for k, v in vars(args).items() if k != name} == \
+            {k: v for k, v in vars(defaults).items() if k != name}, name
+    argv = [a for name, (text, _) in TRAIN_VALUES.items() for a in (specs[name].option_string, text)]
+    args = parse_train(*argv)  # all at once
+    assert {name: getattr(args, name) for name in TRAIN_VALUES} == {k: v for k, (_, v) in TRAIN_VALUES.items()}
+    assert parse_train("--resume").resume is True and parse_train("--resume", "false").resume is False
+    assert parse_train("--threads", "none").threads is None
+
+
+def test_method_flags_parse_to_their_types():
+    args = parse_train("--method", "lora", "--r", "4", "--use-rslora", "--target-modules", "q_proj, v_proj",
+                       "--lora-alpha", "8")
+    cfg = args.method_config
+    assert cfg["r"] == 4 and cfg["use_rslora"] is True and cfg["target_modules"] == ["q_proj", "v_proj"]
+    assert cfg["lora_alpha"] == 8.0 and isinstance(cfg["lora_alpha"], float)
+    assert parse_train("--method", "lora").method_config == {}  # no flags: the method's defaults at train time
+
+
+def test_one_name_per_concept_and_old_spellings_still_work():
+    from peftlab.cli import build_parser
+
+    parser = build_parser(["train"])
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in ("train", "generate", "chat", "eval", "merge", "nearest-tokens", "compare"):
+        assert "--base" in commands[name]._option_string_actions, name
+    for name in ("train", "merge", "compare"):
+        assert "--output" in commands[name]._option_string_actions, name
+    old = parse_train("--base-model", "/m", "--output-dir", "runs/old")  # hidden aliases: scripts keep working
+    assert (old.base_model, old.output_dir) == ("/m", "runs/old")
+    new = parse_train("--base", "/m", "--output", "runs/old")
+    assert (new.base_model, new.output_dir) == (old.base_model, old.output_dir)
+    compare = commands["compare"]
+    assert compare.parse_args(["--out-dir", "x"]).out_dir == compare.parse_args(["--output", "x"]).out_dir == "x"
+    helps = {name: p.format_help() for name, p in commands.items()}
+    assert "--base-model" not in helps["train"] and "--output-dir" not in helps["train"]
+    assert "--out-dir" not in helps["compare"]
+
+
+def test_every_default_is_shown_in_help():
+    from peftlab.cli import _HelpFormatter, build_parser
+    from peftlab.schema import fields_of
+    from peftlab.train import TrainArgs
+
+    parser = build_parser(["train", "--method", "lora"])
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, p in commands.items():
+        formatter = _HelpFormatter(p.prog)
+        for action in p._actions:
+            if (not action.option_strings or action.help == argparse.SUPPRESS or action.required
+                    or action.nargs == 0):  # --help, store_true flags
+                continue
+            assert "default" in formatter._get_help_string(action).lower(), (name, action.option_strings)
+    text = " ".join(run("train", "--method", "lora", "--help").stdout.split("options:", 1)[1].split())  # unwrapped
+    for spec in fields_of(TrainArgs):
+        if spec.name != "method_config":
+            block = text.split(spec.option_string + " ", 1)[1].split(" --", 1)[0]
+            assert "(default: " in block, spec.name
+    assert "(default: 100)" in text and "(default: cosine)" in text and "(default: 8)" in text  # max-steps, r
 
 
 def test_unknown_method_is_a_clear_error():

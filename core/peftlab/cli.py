@@ -1,23 +1,81 @@
 """``peftlab`` command line: methods, train, eval, generate, chat, merge, nearest-tokens, compare.
 
-Method config flags are generated from the method's config dataclass: ``peftlab train --method lora --help``.
+The trainer's flags and the method config flags are generated from their dataclasses (``peftlab.schema``):
+``peftlab train --method lora --help``. Every flag arrives as text and is parsed by its field's type.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import PeftlabError
 from .plugins import get_method, methods
+from .schema import FieldSpec, fields_of
+
+if TYPE_CHECKING:
+    from .train import TrainArgs
+
+TRAINER, METHOD = "t__", "m__"  # dest prefixes of the trainer's flags and the method config's
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (unless the help already says what the default is)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or action.required
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def _default_text(value: Any) -> str:
+    """A default as one would type it on the command line."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _field_help(spec: FieldSpec) -> str:
+    text = spec.help  # choices are in the metavar: --bias {none,all,lora_only}
+    if "default" not in spec.help.lower():
+        text += f" (default: {_default_text(spec.default)})"
+    return text.strip().replace("%", "%%")  # argparse %-formats help texts
+
+
+def _add_field(p: argparse.ArgumentParser | argparse._ArgumentGroup, spec: FieldSpec, dest: str,
+               flag: str | None = None, default: Any = argparse.SUPPRESS) -> None:
+    """One flag for one schema field, as text (``FieldSpec.parse`` reads it); a bool flag alone means true.
+    The field's other spellings (``--base-model`` for ``--base``) are accepted but not listed."""
+    kw: dict[str, Any] = {"dest": dest, "default": default, "metavar": spec.kind.upper()}
+    if spec.kind == "bool":
+        kw.update(nargs="?", const="true", metavar="BOOL")
+    elif spec.choices:
+        kw["metavar"] = "{" + ",".join(map(str, spec.choices)) + "}"
+    p.add_argument(flag or spec.option_string, help=_field_help(spec), **kw)
+    for alias in spec.aliases if flag is None else []:
+        p.add_argument(alias, help=argparse.SUPPRESS, **kw)
+
+
+def _trainer_specs() -> dict[str, FieldSpec]:
+    from .train import TrainArgs
+
+    return {s.name: s for s in fields_of(TrainArgs)}
 
 
 def _print(obj: Any, as_json: bool) -> None:
@@ -46,51 +104,35 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    from .train import TrainArgs
-
-    for f in dataclasses.fields(TrainArgs):
-        if f.name in ("method", "method_config"):
-            continue
-        kw: dict[str, Any] = {"help": f.metadata.get("help", ""), "dest": f.name}
-        if f.type in ("bool", bool):
-            kw["action"] = "store_true"
-        else:
-            kw["default"] = argparse.SUPPRESS
-        flags = [_flag(f.name)] + (["--output"] if f.name == "output_dir" else [])
-        p.add_argument(*flags, **kw)
+    for spec in _trainer_specs().values():
+        if spec.name != "method_config":  # the method's own flags stand for it
+            _add_field(p, spec, TRAINER + spec.name)
 
 
-def _add_method_flags(p: argparse.ArgumentParser, method: str, taken: set[str]) -> list[str]:
+def _add_method_flags(p: argparse.ArgumentParser, method: str) -> list[str]:
     """One flag per config field (``--lora-alpha``); a clash with a trainer flag gets the method prefix."""
     names = []
     group = p.add_argument_group(f"{method} options")
     for spec in get_method(method).config_class.fields():
-        flag = _flag(spec.name) if spec.name not in taken else _flag(f"{method}_{spec.name}")
-        default = ",".join(spec.default) if isinstance(spec.default, list) else spec.default
-        help_ = f"{spec.help} (default: {default})"
-        if spec.choices:
-            help_ += f" choices: {', '.join(map(str, spec.choices))}"
-        group.add_argument(flag, dest=f"m__{spec.name}", default=None, metavar=spec.kind.upper(), help=help_)
+        clash = any(f in p._option_string_actions for f in [spec.option_string, *spec.aliases])
+        _add_field(group, spec, METHOD + spec.name, flag=_flag(f"{method}_{spec.name}") if clash else None)
         names.append(spec.name)
     return names
 
 
-def _method_config(args: argparse.Namespace, method: str) -> dict[str, Any]:
-    cls = get_method(method).config_class
-    given = {k[3:]: v for k, v in vars(args).items() if k.startswith("m__") and v is not None}
-    return dataclasses.asdict(cls.from_strings(given)) if given else {}
+def train_args(args: argparse.Namespace) -> TrainArgs:
+    """The ``TrainArgs`` that parsed ``peftlab train`` flags describe (validated; nothing is loaded)."""
+    from .train import TrainArgs
+
+    given = vars(args)
+    return TrainArgs.from_strings({k[len(TRAINER):]: v for k, v in given.items() if k.startswith(TRAINER)},
+                                  {k[len(METHOD):]: v for k, v in given.items() if k.startswith(METHOD)})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import StopFlag, TrainArgs, install_signal_handlers, train
+    from .train import StopFlag, install_signal_handlers, train
 
-    fields = {f.name for f in dataclasses.fields(TrainArgs)}
-    kwargs = {k: v for k, v in vars(args).items() if k in fields and k != "method"}
-    for f in dataclasses.fields(TrainArgs):  # flags arrive as text: coerce to the field's type
-        if f.name in kwargs and isinstance(kwargs[f.name], str) and f.type not in ("str", "str | None"):
-            kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
-            kwargs[f.name] = kind(kwargs[f.name])
-    targs = TrainArgs(method=args.method, method_config=_method_config(args, args.method), **kwargs)
+    targs = train_args(args)
     stop = StopFlag()
     install_signal_handlers(stop)
 
@@ -207,68 +249,68 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser, adapter: bool = True, required: bool = False) -> None:
     if adapter:
-        p.add_argument("--adapter", required=required, help="adapter folder (PEFT format)")
-    p.add_argument("--base", default=None, help="base model: Hub id, folder, or empty for SmolLM2 (offline)")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+        p.add_argument("--adapter", required=required,
+                       help="adapter folder (PEFT format)" + ("" if required else " (default: none, the base model)"))
+    specs = _trainer_specs()  # the same names, help and defaults as on `peftlab train`
+    for name, dest in (("base_model", "base"), ("dtype", "dtype"), ("device", "device")):
+        _add_field(p, specs[name], dest, default=specs[name].default)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peftlab",
+    parser = argparse.ArgumentParser(prog="peftlab", formatter_class=_HelpFormatter,
                                      description="Parameter-efficient fine-tuning; every method a plugin.")
     sub = parser.add_subparsers(dest="command", required=True)
+    add = functools.partial(sub.add_parser, formatter_class=_HelpFormatter)  # defaults in every --help
 
-    p = sub.add_parser("methods", help="list installed methods and their config fields")
+    p = add("methods", help="list installed methods and their config fields")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_methods)
 
-    p = sub.add_parser("train", help="train an adapter", description="Train an adapter. Method flags appear "
+    p = add("train", help="train an adapter", description="Train an adapter. Method flags appear "
                        "with --method: `peftlab train --method lora --help`.")
-    p.add_argument("--method", default="lora", help="PEFT method (see `peftlab methods`)")
     p.add_argument("--json", action="store_true", help="progress as JSON lines")
     _add_train_flags(p)
     method = _peek_method(argv)
-    taken = {f.dest for f in p._actions}
     try:
-        _add_method_flags(p, method, taken)
+        _add_method_flags(p, method)
     except PeftlabError:
         pass  # unknown method: reported when the command runs
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("generate", help="greedy reply from the base model or an adapter")
+    p = add("generate", help="greedy reply from the base model or an adapter")
     _common(p)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--prompt", required=True, help="the user message (with --raw: the text to continue)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
     p.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
     p.set_defaults(fn=cmd_generate)
 
-    p = sub.add_parser("chat", help="chat on stdin; with --adapter, adapted and base replies side by side")
+    p = add("chat", help="chat on stdin; with --adapter, adapted and base replies side by side")
     _common(p)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens per reply at most")
     p.set_defaults(fn=cmd_chat)
 
-    p = sub.add_parser("eval", help="eval loss, perplexity and exact match / accuracy, base vs adapted")
+    p = add("eval", help="eval loss, perplexity and exact match / accuracy, base vs adapted")
     _common(p)
     p.add_argument("--dataset", required=True, help="built-in name or data file/folder")
-    p.add_argument("--max-samples", type=int, default=64)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-samples", type=int, default=64, help="rows evaluated at most")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per row for exact match")
     p.add_argument("--no-base", action="store_true", help="skip the base model")
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("merge", help="merge an adapter into the base weights and save the full model")
+    p = add("merge", help="merge an adapter into the base weights and save the full model")
     _common(p, required=True)
     p.add_argument("--output", required=True, help="folder for the merged model")
     p.set_defaults(fn=cmd_merge)
 
-    p = sub.add_parser("nearest-tokens", help="vocabulary tokens nearest each learned virtual token")
+    p = add("nearest-tokens", help="vocabulary tokens nearest each learned virtual token")
     _common(p, required=True)
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, help="tokens listed per virtual token")
     p.set_defaults(fn=cmd_nearest_tokens)
 
     from .compare import add_arguments as compare_arguments
 
-    p = sub.add_parser("compare", help="every method on the same task and budget: params, memory, speed, loss",
+    p = add("compare", help="every method on the same task and budget: params, memory, speed, loss",
                        description="Train each method (default: all installed) on the same dataset for the same "
                        "number of steps, each in its own process, and print one table row per method.")
     compare_arguments(p)

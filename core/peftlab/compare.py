@@ -126,7 +126,7 @@ def run_comparison(methods: list[str] | None = None, dataset: str = "capitals-js
         file = out / f"{name}.json"
         file.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "peftlab.compare", "--one", name, "--dataset", dataset, "--steps", str(steps),
-               "--out-dir", str(out), "--max-eval-samples", str(max_eval_samples), "--batch-size", str(batch_size),
+               "--output", str(out), "--max-eval-samples", str(max_eval_samples), "--batch-size", str(batch_size),
                "--max-length", str(max_length), "--json", str(file)]
         if base is not None:
             cmd += ["--base", str(base)]
@@ -180,11 +180,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", help="comma-separated methods (default: all installed)")
     p.add_argument("--dataset", default="capitals-json", help="built-in name or data file/folder")
     p.add_argument("--steps", type=int, default=30, help="optimizer steps per method (the same budget for all)")
-    p.add_argument("--base", default=None, help="base model: Hub id, folder, or empty for SmolLM2 (offline)")
-    p.add_argument("--out-dir", default="runs/compare", help="where each method's adapter and the table go")
-    p.add_argument("--max-eval-samples", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--base", default=None,
+                   help="base model: Hub id or local folder (default: the offline SmolLM2-135M-Instruct)")
+    p.add_argument("--output", dest="out_dir", metavar="OUTPUT", default="runs/compare",
+                   help="folder each method's adapter and the table are written to")
+    p.add_argument("--out-dir", dest="out_dir", default="runs/compare", help=argparse.SUPPRESS)  # the old name
+    p.add_argument("--max-eval-samples", type=int, default=32, help="cap on eval rows")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per micro-batch")
+    p.add_argument("--max-length", type=int, default=128, help="max tokens per row")
     p.add_argument("--timeout", type=float, default=None, help="seconds one method may take (default: no limit)")
 
 

@@ -1,8 +1,9 @@
 """The one field description that the CLI flags, the web forms and ``adapter_config.json`` are read from.
 
 Config dataclasses (``TrainArgs`` and every ``MethodConfig``) declare fields with ``option(...)``;
-``fields_of(cls)`` turns them into ``FieldSpec``s, and ``FieldSpec.parse`` turns user text into a
-value of the field's type.
+``fields_of(cls)`` turns them into ``FieldSpec``s, ``FieldSpec.parse`` turns user text into a value of the
+field's type, and ``from_values(cls, {...})`` builds the dataclass from text (or typed) values, so its
+``__post_init__`` is the one place that validates them.
 """
 
 from __future__ import annotations
@@ -11,18 +12,33 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .errors import ConfigError
 
+T = TypeVar("T")
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: typing.Sequence | None = None,
-           default_factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with its help text (shown by ``--help``, the UI form and ``methods --json``)."""
-    meta = {"help": help}
+
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    choices: typing.Sequence | None = None,
+    default_factory: Any = dataclasses.MISSING,
+    flag: str | None = None,
+) -> Any:
+    """A config field with its help text (shown by ``--help``, the UI form and ``methods --json``).
+
+    ``flag`` names the command-line flag when it differs from the field name (``flag="base"`` gives
+    ``--base``; ``--<field-name>`` then stays accepted, unlisted, as an alias).
+    """
+    meta: dict[str, Any] = {"help": help}
     if choices is not None:
         meta["choices"] = list(choices)
+    if flag is not None:
+        meta["flag"] = flag
     if isinstance(default, (list, dict, set)):
         value = default
         default, default_factory = dataclasses.MISSING, (lambda: type(value)(value))
@@ -39,6 +55,18 @@ class FieldSpec:
     help: str
     optional: bool  # None is allowed
     choices: list | None = None
+    flag: str = ""  # the command-line name when it is not the field's own
+
+    @property
+    def option_string(self) -> str:
+        """The command-line flag: ``--lora-alpha``, or ``--base`` for a field declared with ``flag="base"``."""
+        return "--" + (self.flag or self.name).replace("_", "-")
+
+    @property
+    def aliases(self) -> list[str]:
+        """Other accepted spellings of the flag (unlisted in ``--help``): ``--<field-name>`` when renamed."""
+        own = "--" + self.name.replace("_", "-")
+        return [own] if own != self.option_string else []
 
     def parse(self, text: str | None) -> Any:
         """Turn user text (a CLI flag, a UI textbox) into a value of this field's type."""
@@ -69,8 +97,14 @@ class FieldSpec:
         return text
 
     def to_json(self) -> dict:
-        return {"name": self.name, "type": self.kind, "default": self.default, "help": self.help,
-                "optional": self.optional, "choices": self.choices}
+        return {
+            "name": self.name,
+            "type": self.kind,
+            "default": self.default,
+            "help": self.help,
+            "optional": self.optional,
+            "choices": self.choices,
+        }
 
 
 def _is_special(item: str) -> bool:
@@ -121,5 +155,26 @@ def fields_of(cls: type) -> list[FieldSpec]:
             default = f.default_factory()
         else:
             default = None
-        specs.append(FieldSpec(f.name, kind, default, f.metadata.get("help", ""), optional, choices))
+        specs.append(
+            FieldSpec(f.name, kind, default, f.metadata.get("help", ""), optional, choices, f.metadata.get("flag", ""))
+        )
     return specs
+
+
+def parse_values(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``{field: value}`` with text values (CLI flags, form text) parsed to their field's type; other values
+    pass as they are. A name that is not a field of ``cls`` is a ``ConfigError`` listing the fields."""
+    specs = {s.name: s for s in fields_of(cls)}
+    unknown = set(values) - set(specs)
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no field(s) {sorted(unknown)}; fields: {sorted(specs)}")
+    return {k: specs[k].parse(v) if isinstance(v, str) else v for k, v in values.items()}
+
+
+def from_values(cls: type[T], values: Mapping[str, Any]) -> T:
+    """Build ``cls`` from ``parse_values``; missing fields keep their defaults and ``__post_init__`` validates."""
+    kwargs = parse_values(cls, values)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{cls.__name__}: {e}") from None

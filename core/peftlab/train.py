@@ -26,6 +26,7 @@ from . import adapters as ad
 from . import data as pdata
 from .errors import ConfigError, PeftlabError
 from .io import load_adapter, save_adapter
+from .schema import fields_of, from_values, option, parse_values
 
 PROGRESS_FILE = "progress.jsonl"
 STOP_FILE = "STOP"
@@ -33,46 +34,59 @@ STOP_FILE = "STOP"
 
 @dataclass
 class TrainArgs:
-    """Everything a training run needs; the CLI flags and the app's form are generated from it."""
+    """Everything a training run needs; the CLI flags and the app's form are generated from it (``schema``)."""
 
-    method: str = field(default="lora", metadata={"help": "PEFT method (see `peftlab methods`)"})
-    method_config: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's config fields"})
-    base_model: str | None = field(default=None, metadata={"help": "model id, folder, or empty for SmolLM2"})
-    dataset: str = field(default="capitals-json", metadata={"help": "built-in name or data file/folder"})
-    output_dir: str = field(default="runs/adapter", metadata={"help": "where the adapter is written"})
-    adapter_name: str = field(default="default", metadata={"help": "adapter slot name"})
-    max_steps: int = field(default=100, metadata={"help": "optimizer steps"})
-    learning_rate: float | None = field(default=None, metadata={"help": "peak LR (default: the method's)"})
-    batch_size: int = field(default=8, metadata={"help": "rows per micro-batch"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps spent warming up the LR"})
-    lr_scheduler: str = field(default="cosine", metadata={"help": "LR schedule after warm-up",
-                                                           "choices": ["cosine", "linear", "constant"]})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
-    seed: int = field(default=0, metadata={"help": "random seed (data order, init)"})
-    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0 = start and end only)"})
-    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = at the end only)"})
-    max_length: int = field(default=256, metadata={"help": "max tokens per row"})
-    eval_fraction: float = field(default=0.1, metadata={"help": "held-out share when the data has no split"})
-    max_eval_samples: int = field(default=64, metadata={"help": "cap on eval rows"})
-    loss_on: str = field(default="assistant", metadata={"help": "assistant (reply tokens only) or all",
-                                                        "choices": ["assistant", "all"]})
-    dtype: str = field(default="auto", metadata={"help": "weights dtype (auto: bf16 on CUDA, else fp32)",
-                                                "choices": ["auto", "float32", "bfloat16", "float16"]})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, mps (default: best available)"})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's)"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
+    method: str = option("lora", "PEFT method (see `peftlab methods`)")
+    method_config: dict[str, Any] = option({}, "the method's config fields (on the command line: one flag each)")
+    base_model: str | None = option(None, "base model: Hub id or local folder (default: the offline "
+                                    "SmolLM2-135M-Instruct)", flag="base")
+    dataset: str = option("capitals-json", "built-in name or data file/folder")
+    output_dir: str = option("runs/adapter", "folder the adapter, checkpoints and progress are written to",
+                             flag="output")
+    adapter_name: str = option("default", "adapter slot name")
+    max_steps: int = option(100, "optimizer steps")
+    learning_rate: float | None = option(None, "peak LR (default: the method's)")
+    batch_size: int = option(8, "rows per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    warmup_ratio: float = option(0.1, "share of steps spent warming up the LR")
+    lr_scheduler: str = option("cosine", "LR schedule after warm-up", choices=["cosine", "linear", "constant"])
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)")
+    seed: int = option(0, "random seed (data order, init)")
+    eval_every: int = option(0, "evaluate every N steps (0 = start and end only)")
+    save_every: int = option(0, "checkpoint every N steps (0 = at the end only)")
+    max_length: int = option(256, "max tokens per row")
+    eval_fraction: float = option(0.1, "held-out share when the data has no split")
+    max_eval_samples: int = option(64, "cap on eval rows")
+    loss_on: str = option("assistant", "assistant (reply tokens only) or all", choices=["assistant", "all"])
+    dtype: str = option("auto", "weights dtype (auto: bf16 on CUDA, else fp32)",
+                        choices=["auto", "float32", "bfloat16", "float16"])
+    device: str | None = option(None, "cpu, cuda, mps (default: best available)")
+    threads: int | None = option(None, "CPU threads for torch (default: torch's)")
+    resume: bool = option(False, "continue from the last checkpoint in the output folder")
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("max_steps, batch_size and grad_accum must be at least 1")
-        if self.lr_scheduler not in ("cosine", "linear", "constant"):
-            raise ConfigError(f"lr_scheduler must be cosine, linear or constant, got {self.lr_scheduler!r}")
-        if self.loss_on not in ("assistant", "all"):
-            raise ConfigError(f"loss_on must be assistant or all, got {self.loss_on!r}")
+        for spec in fields_of(type(self)):
+            value = getattr(self, spec.name)
+            if spec.choices and value not in spec.choices:
+                raise ConfigError(f"{spec.name} must be one of {', '.join(spec.choices)}, got {value!r}")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise ConfigError("learning_rate must be positive")
+
+    @classmethod
+    def from_strings(cls, values: dict[str, Any], method_flags: dict[str, Any] | None = None) -> TrainArgs:
+        """Build from CLI flags or form fields (text is parsed by field type; typed values pass as they are)
+        and the method's config fields (``{"r": "4"}``), so both ``__post_init__``s validate (``ConfigError``)
+        exactly as for ``peftlab train``. Without method flags, ``method_config`` stays as given (the defaults)."""
+        kwargs = parse_values(cls, values)
+        method = kwargs.get("method", cls.__dataclass_fields__["method"].default)
+        config_class = ad.resolve_method(method).config_class
+        config = config_class.from_strings({**kwargs.get("method_config", {}), **(method_flags or {})})
+        if method_flags:
+            kwargs["method_config"] = asdict(config)
+        return from_values(cls, kwargs)
 
 
 @dataclass
