@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from peftlab import jobs
+from peftlab.errors import ConfigError, UnknownMethodError
 
 # A fast job on the tiny base: small rows, few eval rows; tiny llama has 256 positions.
 FAST = {"batch_size": 2, "max_length": 48, "max_eval_samples": 4, "device": "cpu", "dataset": "capitals-json"}
@@ -49,12 +50,28 @@ def test_train_command_passes_settings_and_method_flags(tmp_path):
                               {"r": "4", "target_modules": "q_proj, v_proj"}, tmp_path)
     assert argv[:4] == [sys.executable, "-m", "peftlab", "train"]
     assert argv[argv.index("--method") + 1] == "lora" and "--json" in argv
-    assert argv[argv.index("--output-dir") + 1] == str(tmp_path)
+    assert argv[argv.index("--output") + 1] == str(tmp_path)  # the flag names `peftlab train --help` lists
     assert argv[argv.index("--max-steps") + 1] == "5"
-    assert "--learning-rate" not in argv and "--base-model" not in argv  # empty = the trainer's default
+    assert "--learning-rate" not in argv and "--base" not in argv  # empty = the trainer's default
     assert "--resume" in argv  # a true bool is a bare flag
     assert argv[argv.index("--r") + 1] == "4"
     assert argv[argv.index("--target-modules") + 1] == "q_proj, v_proj"
+
+
+def test_bad_settings_are_refused_before_a_process_starts(tmp_path):
+    """start_job checks settings as `peftlab train` does (TrainArgs.from_strings): no run folder, no process."""
+    runs = tmp_path / "runs"
+    with pytest.raises(ConfigError, match="max_steps"):
+        jobs.start_job(runs, "lora", {**FAST, "max_steps": "0"})
+    with pytest.raises(ConfigError, match="cannot read 'fast' as float"):
+        jobs.start_job(runs, "lora", {**FAST, "learning_rate": "fast"})
+    with pytest.raises(ConfigError, match="r must be a positive integer"):
+        jobs.start_job(runs, "lora", FAST, {"r": "0"})
+    with pytest.raises(UnknownMethodError, match="nope"):
+        jobs.start_job(runs, "nope", FAST)
+    with pytest.raises(jobs.JobError, match="Dataset: .*missing.jsonl"):
+        jobs.start_job(runs, "lora", {**FAST, "dataset": str(tmp_path / "missing.jsonl")}, check_data=True)
+    assert not runs.exists() or not list(runs.iterdir())
 
 
 def test_job_progress_reattach_and_stop(tiny_base, tmp_path):

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import peftlab
-from peftlab.errors import AdapterError, AdapterMismatchError
+from peftlab.errors import AdapterError, AdapterMismatchError, ConfigError
 from peftlab.generate import generate_text
 from peftlab.jobs import Job
-from peftlab.method import FieldSpec
+from peftlab.schema import FieldSpec, fields_of
+from peftlab.train import TrainArgs
 from peftlab.webui import build_app, forms
 from peftlab.webui.engine import ChatEngine
 from peftlab.webui.plots import loss_frame
@@ -79,15 +80,40 @@ def test_switching_method_shows_only_its_form(demo):
 
 def test_trainer_settings_form_comes_from_trainargs(demo):
     ids = by_elem_id(demo)
-    for spec in forms.train_fields():
+    for spec in forms.train_specs():
         assert f"train-{spec.name}" in ids
     assert "train-output_dir" not in ids and "train-method_config" not in ids  # the app sets those itself
-    lr = next(s for s in forms.train_fields() if s.name == "learning_rate")
-    assert forms.train_settings([lr], [""]) == {}  # empty = the method's default
-    steps = next(s for s in forms.train_fields() if s.name == "max_steps")
-    assert forms.train_settings([steps, lr], [6.0, "0.01"]) == {"max_steps": 6, "learning_rate": 0.01}
-    with pytest.raises(ValueError, match="learning_rate"):
-        forms.train_settings([lr], ["fast"])
+    assert forms.train_specs() == [s for s in fields_of(TrainArgs) if s.name not in forms.SKIP_TRAIN_FIELDS]
+    tab = demo.peftlab_train
+    assert forms.changed_flags(tab.train_specs, [w.value for w in tab.train_widgets]) == {}  # untouched: defaults
+    lr = next(s for s in forms.train_specs() if s.name == "learning_rate")
+    assert forms.changed_flags([lr], [""]) == {}  # empty = the method's default
+    steps = next(s for s in forms.train_specs() if s.name == "max_steps")
+    flags = forms.changed_flags([steps, lr], [6.0, "0.01"])
+    assert flags == {"max_steps": "6", "learning_rate": "0.01"}
+    args = TrainArgs.from_strings(flags)  # what `peftlab train --max-steps 6 --learning-rate 0.01` builds
+    assert args.max_steps == 6 and isinstance(args.max_steps, int) and args.learning_rate == 0.01
+    with pytest.raises(ConfigError, match="learning_rate"):
+        TrainArgs.from_strings(forms.changed_flags([lr], ["fast"]))
+    with pytest.raises(ConfigError, match="max_steps"):  # TrainArgs.__post_init__ is the one check
+        TrainArgs.from_strings(forms.changed_flags([steps], [0]))
+
+
+def test_start_shows_the_trainers_own_errors(demo, tmp_path):
+    """Start hands the form to jobs.start_job; a bad setting is refused there, by the schema's checks."""
+    tab = demo.peftlab_train
+    values = {tab.method: "lora", tab.inputs["base"]: "", tab.inputs["dataset"]: "capitals-json",
+              tab.inputs["upload"]: None, **{w: w.value for ws in tab.forms.values() for w in ws},
+              **{w: w.value for w in tab.train_widgets}}
+    name, settings, flags = tab.read_form(values)
+    assert (name, flags) == ("lora", {}) and settings == {"dataset": "capitals-json", "base_model": None}
+    r = tab.forms["lora"][[s.name for s in tab.specs["lora"]].index("r")]
+    steps = tab.train_widgets[[s.name for s in tab.train_specs].index("max_steps")]
+    for bad, match in (({r: 0}, "r must be a positive integer"), ({steps: 0}, "max_steps"),
+                       ({tab.inputs["upload"]: str(tmp_path / "missing.jsonl")}, "Dataset: .*missing.jsonl")):
+        with pytest.raises(gr.Error, match=match):
+            tab.on_start({**values, **bad})
+    assert not list(tab.runs_dir.iterdir())  # nothing was started
 
 
 def test_changed_flags_sends_only_edited_fields(demo):

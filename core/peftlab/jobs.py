@@ -1,6 +1,6 @@
 """Training jobs in a child process: start, find again after a page reload, stop.
 
-A job is ``python -m peftlab train ... --json --output-dir RUNS/<run>`` in its own process group. Its folder
+A job is ``python -m peftlab train ... --json --output RUNS/<run>`` in its own process group. Its folder
 holds ``job.json`` (pid, command, status), ``train.log`` (the child's stdout and stderr) and what the trainer
 writes: ``progress.jsonl``, ``checkpoints/``, ``adapter/``. Anything that can read the folder can follow the job
 (``events()``), so a reloaded page, or a restarted app, reattaches with ``current_job(runs_dir)``.
@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PeftlabError
-from .train import PROGRESS_FILE, read_progress
+from .schema import fields_of
+from .train import PROGRESS_FILE, TrainArgs, read_progress
 
 JOB_FILE = "job.json"
 LOG_FILE = "train.log"
@@ -152,16 +153,19 @@ def _outcome(events: list[dict], returncode: int | None, log: str) -> tuple[str,
 
 
 def train_command(method: str, settings: dict[str, Any], method_flags: dict[str, str], output_dir: Path) -> list[str]:
-    """``python -m peftlab train`` argv: trainer settings (``TrainArgs`` names) and method config flags (text)."""
-    argv = [sys.executable, "-m", "peftlab", "train", "--method", method, "--json", "--output-dir", str(output_dir)]
+    """``python -m peftlab train`` argv: trainer settings (``TrainArgs`` names, text or typed) and method config
+    flags (text), under the flag names ``peftlab train`` lists (``base_model`` → ``--base``)."""
+    flags = {s.name: s.option_string for s in fields_of(TrainArgs)}
+    argv = [sys.executable, "-m", "peftlab", "train", "--method", method, "--json", flags["output_dir"],
+            str(output_dir)]
     for key, value in settings.items():
         if value is None or value == "":
             continue  # the trainer's default
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            argv += [flag] if value else []
+        flag = flags.get(key, "--" + key.replace("_", "-"))
+        if value is True:
+            argv += [flag]
         else:
-            argv += [flag, str(value)]
+            argv += [flag, "false" if value is False else str(value)]
     for key, value in method_flags.items():
         argv += ["--" + key.replace("_", "-"), str(value)]
     return argv
@@ -177,17 +181,39 @@ def _run_name(runs_dir: Path, method: str) -> Path:
     return path
 
 
+def check_dataset(method: str, dataset: str) -> str:
+    """Read ``dataset`` with the trainer's reader and check that ``method`` supports its task: what the trainer
+    would refuse in its first seconds, said before a process starts. Returns the task."""
+    from .data import dataset_task, load_rows
+    from .plugins import get_method
+
+    try:
+        task = dataset_task(load_rows(dataset))
+    except (PeftlabError, OSError) as e:
+        raise JobError(f"Dataset: {e}") from None
+    supported = get_method(method).capabilities.task_types
+    if task not in supported:
+        raise JobError(f"{method} does not support {task} datasets (it supports {', '.join(supported)})")
+    return task
+
+
 def start_job(runs_dir: str | os.PathLike, method: str, settings: dict[str, Any] | None = None,
-              method_flags: dict[str, str] | None = None, *, env: dict[str, str] | None = None) -> Job:
+              method_flags: dict[str, str] | None = None, *, env: dict[str, str] | None = None,
+              check_data: bool = False) -> Job:
     """Start training in a child process (its own process group) under ``runs_dir/<timestamp>-<method>``.
 
-    ``settings`` are ``TrainArgs`` fields (``max_steps``, ``base_model``, ...); ``method_flags`` are config
-    fields as text (``{"r": "4"}``). One job at a time: raises ``JobError`` while another one runs.
+    ``settings`` are ``TrainArgs`` fields (``max_steps``, ``base_model``, ...), as text (a form's) or typed;
+    ``method_flags`` are config fields as text (``{"r": "4"}``). Both are checked first, the way ``peftlab train``
+    checks its flags (``TrainArgs.from_strings``: a ``ConfigError`` names the bad value); with ``check_data``
+    the dataset is read too (``check_dataset``). One job at a time: raises ``JobError`` while another one runs.
     """
     runs_dir = Path(runs_dir)
     running = current_job(runs_dir)
     if running is not None:
         raise JobError(f"job {running.name} is still running (pid {running.pid}); stop it first")
+    args = TrainArgs.from_strings({**(settings or {}), "method": method}, method_flags)
+    if check_data:
+        check_dataset(method, args.dataset)
     run_dir = _run_name(runs_dir, method)
     run_dir.mkdir(parents=True)
     argv = train_command(method, dict(settings or {}), dict(method_flags or {}), run_dir.resolve())
@@ -266,5 +292,5 @@ def saved_adapters(runs_dir: str | os.PathLike) -> list[tuple[str, Path]]:
     return out
 
 
-__all__ = ["Job", "JobError", "start_job", "current_job", "list_jobs", "stop", "saved_adapters", "train_command",
-           "PROGRESS_FILE"]
+__all__ = ["Job", "JobError", "check_dataset", "start_job", "current_job", "list_jobs", "stop", "saved_adapters",
+           "train_command", "PROGRESS_FILE"]

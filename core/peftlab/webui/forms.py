@@ -1,26 +1,25 @@
-"""Form widgets generated from the schemas: a method's config fields and the trainer's ``TrainArgs``.
+"""Form widgets generated from the schema (``peftlab.schema``): a method's config fields and ``TrainArgs``.
 
 A widget shows a field's default and help; reading the form back gives text flags (``{"r": "4"}``) for only the
-fields the user changed, which is exactly what ``peftlab train --r 4`` takes, so the app and the CLI agree.
+fields the user changed, which is exactly what ``peftlab train --r 4`` takes, so the app and the CLI agree: the
+same ``FieldSpec.parse`` reads them and the same ``__post_init__`` validates them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from typing import Any
 
 import gradio as gr
 
-from ..method import FieldSpec
+from ..schema import FieldSpec, fields_of
 from ..train import TrainArgs
 
 # TrainArgs fields the form shows up front; the rest go under "More training settings".
 MAIN_TRAIN_FIELDS = ("max_steps", "learning_rate", "batch_size", "max_length")
 # TrainArgs fields the app sets itself (or that have their own widget).
 SKIP_TRAIN_FIELDS = ("method", "method_config", "base_model", "dataset", "output_dir", "resume")
-TRAIN_KINDS = {"int": "int", "float": "float", "bool": "bool", "str": "str"}
 
 
 def default_text(spec: FieldSpec) -> str:
@@ -92,33 +91,13 @@ def changed_flags(specs: list[FieldSpec], values: list[Any]) -> dict[str, str]:
     return out
 
 
-@dataclasses.dataclass
-class TrainField:
-    """A ``TrainArgs`` field as the form sees it."""
-
-    name: str
-    kind: str  # int, float, bool, str
-    default: Any
-    help: str
-    optional: bool
-    choices: list | None = None
+def train_specs() -> list[FieldSpec]:
+    """The trainer settings the form offers: ``TrainArgs``'s fields, less those the app sets itself."""
+    return [s for s in fields_of(TrainArgs) if s.name not in SKIP_TRAIN_FIELDS]
 
 
-def train_fields() -> list[TrainField]:
-    """The trainer settings the form offers, from ``TrainArgs`` (its field types, defaults and help)."""
-    out = []
-    for f in dataclasses.fields(TrainArgs):
-        if f.name in SKIP_TRAIN_FIELDS:
-            continue
-        type_text = str(f.type).replace(" ", "")
-        optional = type_text.endswith("|None")
-        kind = TRAIN_KINDS.get(type_text.removesuffix("|None"), "str")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        out.append(TrainField(f.name, kind, default, f.metadata.get("help", ""), optional, f.metadata.get("choices")))
-    return out
-
-
-def train_component(spec: TrainField) -> gr.components.Component:
+def train_component(spec: FieldSpec) -> gr.components.Component:
+    """A trainer setting's widget: like ``field_component``, laid out for the Training section."""
     elem_id, label, info = f"train-{spec.name}", spec.name.replace("_", " "), spec.help or None
     if spec.kind in ("int", "float") and not spec.optional:
         return gr.Number(value=spec.default, label=label, info=info, precision=0 if spec.kind == "int" else None,
@@ -127,24 +106,5 @@ def train_component(spec: TrainField) -> gr.components.Component:
         return gr.Checkbox(value=bool(spec.default), label=label, info=info, elem_id=elem_id)
     if spec.choices:
         return gr.Dropdown(choices=list(spec.choices), value=spec.default, label=label, info=info, elem_id=elem_id)
-    return gr.Textbox(value="" if spec.default is None else str(spec.default), label=label, info=info,
-                      elem_id=elem_id, placeholder="empty = default" if spec.optional else None, min_width=120)
-
-
-def train_settings(specs: list[TrainField], values: list[Any]) -> dict[str, Any]:
-    """Trainer settings for ``jobs.start_job``: empty widgets are left out (the trainer's default applies)."""
-    out: dict[str, Any] = {}
-    for spec, value in zip(specs, values, strict=True):
-        if value is None or (isinstance(value, str) and not value.strip()):
-            continue
-        try:
-            if spec.kind == "int":
-                value = int(value)
-            elif spec.kind == "float":
-                value = float(value)
-            elif isinstance(value, str):
-                value = value.strip()
-        except ValueError:
-            raise ValueError(f"{spec.name}: {value!r} is not a number") from None
-        out[spec.name] = value
-    return out
+    return gr.Textbox(value=default_text(spec), label=label, info=info, elem_id=elem_id,
+                      placeholder="empty = default" if spec.optional else None, min_width=120)

@@ -1,10 +1,15 @@
 """The Train tab: base model, dataset, method + its generated config form, trainer settings, Start / Stop, live
-progress and loss curve. Training runs in a child process (``peftlab.jobs``); a timer polls its progress file."""
+progress and loss curve. Training runs in a child process (``peftlab.jobs``); a timer polls its progress file.
+
+The ``_*_inputs`` / ``_progress_outputs`` functions only build widgets; ``build`` wires their events to the
+``TrainTab`` methods, which only read the form and call what the CLI calls: ``jobs.start_job`` checks the
+settings with ``TrainArgs.from_strings`` (so ``TrainArgs`` and the method config validate them, once)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -13,23 +18,86 @@ from ..data.rows import DatasetError, dataset_task
 from ..data.sources import builtin_datasets, load_rows
 from ..errors import PeftlabError
 from ..plugins import MethodHandle, methods
+from ..schema import FieldSpec
 from . import forms
 from .plots import COLORS, loss_frame
 from .progress import IDLE, STOPPING, job_view
 
 POLL_SECONDS = 1.0
 STOP_TIMEOUT = 120.0  # seconds the trainer gets to finish its step and save before it is killed
+N_OUTPUTS = 9  # what ``outputs_for`` returns: run, seen, status, progress, params, plot, timer, start, stop
+
+
+def outputs_for(job: jobs.Job | None, seen: int) -> list:
+    """Values for [run_state, seen_state, status, progress, params, plot, timer, start, stop]."""
+    view = job_view(job)
+    events = job.events() if job else []
+    frame = loss_frame(events)
+    # never an empty frame: gradio's plot then fixes an empty colour domain and later lines have no stroke
+    drawn = gr.skip() if len(events) == seen else (frame if len(frame) else None)
+    return [str(job.run_dir) if job else "", len(events), view.status, view.progress, view.params, drawn,
+            gr.Timer(active=view.running), gr.Button(interactive=not view.running),
+            gr.Button(interactive=view.running and not job.stop_requested)]
 
 
 @dataclass
 class TrainTab:
-    """The tab's widgets (tests and the browser test find them by these and by ``elem_id``)."""
+    """The tab's widgets (tests and the browser test find them by these and by ``elem_id``) and its handlers."""
 
     method: gr.Dropdown
     forms: dict[str, list] = field(default_factory=dict)  # method → widgets, in config field order
     groups: dict[str, gr.Group] = field(default_factory=dict)
     specs: dict[str, list] = field(default_factory=dict)  # method → FieldSpecs
-    train_widgets: list = field(default_factory=list)
+    train_widgets: list = field(default_factory=list)  # in ``train_specs`` order
+    train_specs: list[FieldSpec] = field(default_factory=list)
+    handles: dict[str, MethodHandle] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)  # "base", "dataset", "upload" widgets
+    runs_dir: Path = Path("runs")
+
+    def on_method(self, name: str) -> list:
+        """[method info, learning-rate placeholder, one visibility per method form]."""
+        m = self.handles.get(name)
+        return [capability_text(m) if m else "", gr.Textbox(placeholder=lr_hint(m) if m else ""),
+                *[gr.Group(visible=n == name) for n in self.handles]]
+
+    def read_form(self, v: dict) -> tuple[str, dict[str, Any], dict[str, str]]:
+        """(method, trainer settings, method flags) as text, only what differs from the defaults."""
+        name = v[self.method]
+        if name not in self.handles:
+            raise gr.Error("Pick a method first.")
+        flags = forms.changed_flags(self.specs[name], [v[w] for w in self.forms[name]])
+        settings: dict[str, Any] = forms.changed_flags(self.train_specs, [v[w] for w in self.train_widgets])
+        settings["dataset"] = v[self.inputs["upload"]] or v[self.inputs["dataset"]]
+        settings["base_model"] = (v[self.inputs["base"]] or "").strip() or None
+        return name, settings, flags
+
+    def on_start(self, v: dict) -> list:
+        name, settings, flags = self.read_form(v)
+        if not settings["dataset"]:
+            raise gr.Error("Pick a built-in dataset or upload a file.")
+        try:  # checks every setting as `peftlab train` does, and reads the dataset, before a process starts
+            job = jobs.start_job(self.runs_dir, name, settings, flags, check_data=True)
+        except PeftlabError as e:
+            raise gr.Error(str(e)) from None
+        return outputs_for(job, -1)
+
+    def on_poll(self, run_dir: str, seen: int) -> list:
+        job = jobs.Job.load(run_dir).refresh() if run_dir and Path(run_dir, jobs.JOB_FILE).exists() else None
+        return outputs_for(job, seen)
+
+    def on_stopping(self) -> tuple:
+        return f"**Stopping…** {STOPPING}", gr.Button(interactive=False)
+
+    def on_stop(self, run_dir: str) -> list:
+        if not run_dir:
+            return [gr.skip()] * 2 + ["Nothing to stop."] + [gr.skip()] * (N_OUTPUTS - 3)
+        return outputs_for(jobs.stop(jobs.Job.load(run_dir), timeout=STOP_TIMEOUT), -1)
+
+    def on_load(self) -> list:
+        """A page (re)load reattaches to the job still running, if any (else leaves the page as it is, so a
+        Start pressed before this ran is not undone)."""
+        job = jobs.current_job(self.runs_dir)
+        return outputs_for(job, -1) if job is not None else [gr.skip()] * N_OUTPUTS
 
 
 def capability_text(m: MethodHandle) -> str:
@@ -76,147 +144,97 @@ def upload_text(path: str | None) -> str:
            f"the built-in dataset; clear it to go back)"
 
 
-def build(demo: gr.Blocks, runs_dir: Path) -> TrainTab:
-    all_methods = methods()
-    names = [m.name for m in all_methods]
-    first = "lora" if "lora" in names else (names[0] if names else None)
+def _model_and_data_inputs() -> dict[str, Any]:
     datasets = builtin_datasets()
     default_ds = "capitals-json" if "capitals-json" in datasets else next(iter(datasets), None)
+    gr.Markdown("### 1 · Model and data")
+    return {
+        "base": gr.Textbox(label="Base model", placeholder="empty = SmolLM2-135M-Instruct (offline)",
+                           info="A Hub id or a local model folder", elem_id="train-base"),
+        "dataset": gr.Dropdown(choices=list(datasets), value=default_ds, label="Built-in dataset",
+                               elem_id="train-dataset"),
+        "upload": gr.File(label="…or upload a JSONL / CSV / Parquet file", height=150, elem_id="train-upload",
+                          file_types=[".jsonl", ".json", ".csv", ".parquet"]),
+        "dataset_info": gr.Markdown(dataset_text(default_ds, None), elem_id="train-dataset-info"),
+    }
 
+
+def _method_inputs(handles: dict[str, MethodHandle], first: str | None) -> tuple[TrainTab, gr.Markdown]:
+    """The method dropdown, its capabilities, and one generated config form per method (only ``first`` shown)."""
+    gr.Markdown("### 2 · Method")
+    method = gr.Dropdown(choices=list(handles), value=first, label="Method", elem_id="train-method",
+                         info="Every installed plugin's method; its settings appear below")
+    info = gr.Markdown(capability_text(handles[first]) if first else "No method plugin installed.",
+                       elem_id="train-method-info")
+    tab = TrainTab(method, handles=handles)
+    for m in handles.values():
+        specs = m.config_class.fields()
+        with gr.Group(visible=m.name == first, elem_id=f"method-form-{m.name}") as group:
+            widgets = []
+            for i in range(0, len(specs), 2):
+                with gr.Row():
+                    widgets += [forms.field_component(s, f"cfg-{m.name}-{s.name}") for s in specs[i:i + 2]]
+        tab.forms[m.name], tab.groups[m.name], tab.specs[m.name] = widgets, group, specs
+    return tab, info
+
+
+def _training_inputs(tab: TrainTab, first: str | None) -> gr.Textbox:
+    """``TrainArgs``'s settings: the main ones in a row, the rest in an accordion. Returns the LR box."""
+    gr.Markdown("### 3 · Training")
+    tab.train_specs = forms.train_specs()
+    main = [s for s in tab.train_specs if s.name in forms.MAIN_TRAIN_FIELDS]
+    more = [s for s in tab.train_specs if s.name not in forms.MAIN_TRAIN_FIELDS]
+    widgets = {}
+    with gr.Row():
+        for s in main:
+            widgets[s.name] = forms.train_component(s)
+    with gr.Accordion("More training settings", open=False, elem_id="train-more"):
+        for i in range(0, len(more), 3):
+            with gr.Row():
+                for s in more[i:i + 3]:
+                    widgets[s.name] = forms.train_component(s)
+    tab.train_widgets = [widgets[s.name] for s in tab.train_specs]
+    if first:
+        widgets["learning_rate"].placeholder = lr_hint(tab.handles[first])
+    return widgets["learning_rate"]
+
+
+def _progress_outputs() -> list:
+    gr.Markdown("### Progress")
+    return [gr.Markdown(IDLE, elem_id="train-status"), gr.Markdown("", elem_id="train-progress"),
+            gr.Markdown("", elem_id="train-params"),
+            gr.LinePlot(None, x="step", y="loss", color="series", title="Loss", x_title="step", y_title="loss",
+                        height=320, elem_id="loss-plot", color_map=COLORS)]
+
+
+def build(demo: gr.Blocks, runs_dir: Path) -> TrainTab:
+    handles = {m.name: m for m in methods()}
+    first = "lora" if "lora" in handles else next(iter(handles), None)
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=380):
-            gr.Markdown("### 1 · Model and data")
-            base = gr.Textbox(label="Base model", placeholder="empty = SmolLM2-135M-Instruct (offline)",
-                              info="A Hub id or a local model folder", elem_id="train-base")
-            dataset = gr.Dropdown(choices=list(datasets), value=default_ds, label="Built-in dataset",
-                                  elem_id="train-dataset")
-            upload = gr.File(label="…or upload a JSONL / CSV / Parquet file", file_types=[".jsonl", ".json", ".csv",
-                             ".parquet"], height=150, elem_id="train-upload")
-            dataset_info = gr.Markdown(dataset_text(default_ds, None), elem_id="train-dataset-info")
-
-            gr.Markdown("### 2 · Method")
-            method = gr.Dropdown(choices=names, value=first, label="Method",
-                                 info="Every installed plugin's method; its settings appear below",
-                                 elem_id="train-method")
-            by_name = {m.name: m for m in all_methods}
-            method_info = gr.Markdown(capability_text(by_name[first]) if first else "No method plugin installed.",
-                                      elem_id="train-method-info")
-            tab = TrainTab(method)
-            for m in all_methods:
-                specs = m.config_class.fields()
-                with gr.Group(visible=m.name == first, elem_id=f"method-form-{m.name}") as group:
-                    widgets = []
-                    for i in range(0, len(specs), 2):
-                        with gr.Row():
-                            widgets += [forms.field_component(s, f"cfg-{m.name}-{s.name}") for s in specs[i:i + 2]]
-                tab.forms[m.name], tab.groups[m.name], tab.specs[m.name] = widgets, group, specs
-
-            gr.Markdown("### 3 · Training")
-            tspecs = forms.train_fields()
-            main = [s for s in tspecs if s.name in forms.MAIN_TRAIN_FIELDS]
-            more = [s for s in tspecs if s.name not in forms.MAIN_TRAIN_FIELDS]
-            widgets_by_name = {}
-            with gr.Row():
-                for s in main:
-                    widgets_by_name[s.name] = forms.train_component(s)
-            with gr.Accordion("More training settings", open=False, elem_id="train-more"):
-                for i in range(0, len(more), 3):
-                    with gr.Row():
-                        for s in more[i:i + 3]:
-                            widgets_by_name[s.name] = forms.train_component(s)
-            tab.train_widgets = [widgets_by_name[s.name] for s in tspecs]
-            if first:
-                widgets_by_name["learning_rate"].placeholder = lr_hint(by_name[first])
+            inputs = _model_and_data_inputs()
+            tab, method_info = _method_inputs(handles, first)
+            lr = _training_inputs(tab, first)
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="train-stop")
-
         with gr.Column(scale=6, min_width=380):
-            gr.Markdown("### Progress")
-            status = gr.Markdown(IDLE, elem_id="train-status")
-            progress = gr.Markdown("", elem_id="train-progress")
-            params = gr.Markdown("", elem_id="train-params")
-            plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss",
-                               x_title="step", y_title="loss", height=320, elem_id="loss-plot",
-                               color_map=COLORS)
-
+            status, progress, params, plot = _progress_outputs()
+    tab.inputs, tab.runs_dir = inputs, Path(runs_dir)
     run_state = gr.State("")  # the run folder this page follows
     seen_state = gr.State(-1)  # events already drawn (skip redrawing an unchanged plot)
     timer = gr.Timer(POLL_SECONDS, active=False)
-    groups = [tab.groups[n] for n in names]
-
-    def on_method(name: str):
-        m = by_name.get(name)
-        return [capability_text(m) if m else "", gr.Textbox(placeholder=lr_hint(m) if m else ""),
-                *[gr.Group(visible=n == name) for n in names]]
-
-    method.change(on_method, method, [method_info, widgets_by_name["learning_rate"], *groups])
-    dataset.change(dataset_text, [dataset, upload], dataset_info)
-    upload.change(dataset_text, [dataset, upload], dataset_info)
-
-    def outputs_for(job: jobs.Job | None, seen: int):
-        """Values for [run_state, seen_state, status, progress, params, plot, timer, start, stop]."""
-        view = job_view(job)
-        events = job.events() if job else []
-        frame = loss_frame(events)
-        # never an empty frame: gradio's plot then fixes an empty colour domain and later lines have no stroke
-        drawn = gr.skip() if len(events) == seen else (frame if len(frame) else None)
-        return [str(job.run_dir) if job else "", len(events), view.status, view.progress, view.params, drawn,
-                gr.Timer(active=view.running), gr.Button(interactive=not view.running),
-                gr.Button(interactive=view.running and not job.stop_requested)]
-
     outs = [run_state, seen_state, status, progress, params, plot, timer, start, stop]
-    form_inputs = {base, dataset, upload, method, *tab.train_widgets, *(w for ws in tab.forms.values() for w in ws)}
+    form = {tab.method, inputs["base"], inputs["dataset"], inputs["upload"], *tab.train_widgets,
+            *(w for ws in tab.forms.values() for w in ws)}
 
-    def on_start(v: dict):
-        name = v[method]
-        if name not in by_name:
-            raise gr.Error("Pick a method first.")
-        flags = forms.changed_flags(tab.specs[name], [v[w] for w in tab.forms[name]])
-        try:
-            by_name[name].config_class.from_strings(flags)  # the CLI's own check, before a process starts
-        except (PeftlabError, ValueError, TypeError) as e:
-            raise gr.Error(f"{name} settings: {e}") from None
-        data = v[upload] or v[dataset]
-        if not data:
-            raise gr.Error("Pick a built-in dataset or upload a file.")
-        try:
-            task = dataset_task(load_rows(data))
-        except (PeftlabError, OSError) as e:
-            raise gr.Error(f"Dataset: {e}") from None
-        if task not in by_name[name].capabilities.task_types:
-            raise gr.Error(f"{name} does not support {task} datasets")
-        try:
-            settings = forms.train_settings(forms.train_fields(), [v[w] for w in tab.train_widgets])
-        except ValueError as e:
-            raise gr.Error(f"Training settings: {e}") from None
-        settings.update(dataset=data, base_model=(v[base] or "").strip() or None)
-        try:
-            job = jobs.start_job(runs_dir, name, settings, flags)
-        except PeftlabError as e:
-            raise gr.Error(str(e)) from None
-        return outputs_for(job, -1)
-
-    def on_poll(run_dir: str, seen: int):
-        job = jobs.Job.load(run_dir).refresh() if run_dir and Path(run_dir, jobs.JOB_FILE).exists() else None
-        return outputs_for(job, seen)
-
-    def on_stop(run_dir: str):
-        if not run_dir:
-            return [gr.skip()] * 2 + ["Nothing to stop."] + [gr.skip()] * (len(outs) - 3)
-        return outputs_for(jobs.stop(jobs.Job.load(run_dir), timeout=STOP_TIMEOUT), -1)
-
-    def on_load():
-        """A page (re)load reattaches to the job still running, if any (else leaves the page as it is, so a
-        Start pressed before this ran is not undone)."""
-        job = jobs.current_job(runs_dir)
-        return outputs_for(job, -1) if job is not None else [gr.skip()] * len(outs)
-
-    start.click(on_start, form_inputs, outs, concurrency_limit=1, show_progress="hidden")
-    timer.tick(on_poll, [run_state, seen_state], outs, show_progress="hidden")
-    stop.click(lambda: (f"**Stopping…** {STOPPING}", gr.Button(interactive=False)), None, [status, stop],
-               show_progress="hidden").then(on_stop, run_state, outs)
-    demo.load(on_load, None, outs, show_progress="hidden")
+    tab.method.change(tab.on_method, tab.method, [method_info, lr, *tab.groups.values()])
+    for source in (inputs["dataset"], inputs["upload"]):
+        source.change(dataset_text, [inputs["dataset"], inputs["upload"]], inputs["dataset_info"])
+    start.click(tab.on_start, form, outs, concurrency_limit=1, show_progress="hidden")
+    timer.tick(tab.on_poll, [run_state, seen_state], outs, show_progress="hidden")
+    stop.click(tab.on_stopping, None, [status, stop], show_progress="hidden").then(tab.on_stop, run_state, outs)
+    demo.load(tab.on_load, None, outs, show_progress="hidden")
     return tab
 
 
