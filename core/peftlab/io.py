@@ -101,13 +101,15 @@ def save_adapter(model: torch.nn.Module, path: str | os.PathLike, name: str = "d
     meta = {"method": handle.name, "plugin": handle.plugin, "peftlab_version": __version__,
             "adapter_name": name, "base_model": base, "base_fingerprint": fingerprint(model),
             "task_type": task, "extra_file": EXTRA_FILE if weights.extra else None}
+    if card:
+        meta["card"] = card  # what the Hub card is built from (metrics, training settings, loss curve)
 
     def write(tmp: Path) -> None:
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         save_file({**weights.tensors, **head}, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         if weights.extra:
             save_file(dict(weights.extra), str(tmp / EXTRA_FILE), metadata={"format": "pt"})
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         (tmp / CARD_FILE).write_text(model_card(handle, cfg, card or {}))
 
     return _atomic_dir(Path(path), write)

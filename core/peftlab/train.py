@@ -331,9 +331,16 @@ def _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_se
     if accelerator.is_main_process:
         path = _save_checkpoint(raw_model, optimizer, scheduler, args, step, out)
         emit({"event": "checkpoint", "step": step, "path": str(path)})
+        ppl = {k: None if v is None else math.exp(min(v, 50)) for k, v in (("after", last_eval), ("before", before))}
+        events = read_progress(out) if args.resume else history  # a resumed run's curve starts at step 1 too
+        curve = {e["step"]: e["loss"] for e in events if e.get("event") == "step"}  # a redone step: its last loss
         card = {"dataset": args.dataset, "metrics": {"eval_loss": last_eval, "eval_loss_before": before,
+                                                      "perplexity": ppl["after"], "perplexity_before": ppl["before"],
                                                       "steps": step},
-                "training": {k: v for k, v in asdict(args).items() if k not in ("output_dir",)}}
+                "training": {**{k: v for k, v in asdict(args).items() if k not in ("output_dir",)},
+                             "learning_rate": lr},
+                "parameters": {k: counts[k] for k in ("trainable", "total", "percent")},
+                "loss_curve": [[s, loss] for s, loss in sorted(curve.items())]}
         save_adapter(raw_model, out / "adapter", args.adapter_name, card=card)
     emit({"event": "stopped" if stopped else "done", "step": step, "eval_loss": last_eval,
           "adapter": str(out / "adapter")})
