@@ -156,6 +156,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hub():
+    """``peftlab_hub`` (the Hub, the local store), or ``None`` when that distribution is not installed."""
+    try:
+        import peftlab_hub
+    except ImportError:
+        return None
+    return peftlab_hub
+
+
+def _adapter_folder(args: argparse.Namespace) -> str:
+    """``--adapter`` as a folder: a folder as is; a store name or a Hub id (owner/name[@rev]) through peftlab-hub,
+    which checks it and says where it came from (the commit sha of a Hub adapter) on stderr."""
+    hub = _hub()
+    if hub is None:
+        return args.adapter
+    resolved = hub.resolve_adapter(args.adapter, base=args.base, token=getattr(args, "token", None))
+    if resolved.source != "folder" or resolved.provenance:
+        print(f"adapter: {resolved.describe()}", file=sys.stderr, flush=True)
+    return str(resolved.path)
+
+
 def _load(args: argparse.Namespace):
     from .io import load_adapter, read_adapter
     from .models import load_model
@@ -163,6 +184,7 @@ def _load(args: argparse.Namespace):
     method = None
     task = "CAUSAL_LM"
     if getattr(args, "adapter", None):
+        args.adapter = _adapter_folder(args)
         files = read_adapter(args.adapter)
         method, task = files.method, files.peft_config.get("task_type") or "CAUSAL_LM"
     kw = {}
@@ -250,7 +272,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser, adapter: bool = True, required: bool = False) -> None:
     if adapter:
         p.add_argument("--adapter", required=required,
-                       help="adapter folder (PEFT format)" + ("" if required else " (default: none, the base model)"))
+                       help="adapter: a folder (PEFT format), a local store name, or a Hub id owner/name[@revision]"
+                            + ("" if required else " (default: none, the base model)"))
+        p.add_argument("--token", default=None, help="Hugging Face token for a private Hub adapter (default: "
+                                                     "HF_TOKEN, then the token `hf auth login` saved)")
     specs = _trainer_specs()  # the same names, help and defaults as on `peftlab train`
     for name, dest in (("base_model", "base"), ("dtype", "dtype"), ("device", "device")):
         _add_field(p, specs[name], dest, default=specs[name].default)
@@ -316,6 +341,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     compare_arguments(p)
     p.add_argument("--json", action="store_true", help="rows as JSON instead of the markdown table")
     p.set_defaults(fn=cmd_compare)
+
+    hub = _hub()
+    if hub is not None:  # push, pull, search, doctor, store: the hub distribution's commands
+        hub.add_commands(add)
     return parser
 
 

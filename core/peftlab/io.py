@@ -52,7 +52,7 @@ class AdapterFiles:
     meta: dict[str, Any]
 
 
-def _atomic_dir(path: Path, write) -> Path:
+def atomic_dir(path: Path, write) -> Path:
     """Write a folder with ``write(tmp)`` then swap it into place; the old one survives any failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def save_adapter(model: torch.nn.Module, path: str | os.PathLike, name: str = "d
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         (tmp / CARD_FILE).write_text(model_card(handle, cfg, card or {}))
 
-    return _atomic_dir(Path(path), write)
+    return atomic_dir(Path(path), write)
 
 
 def model_card(handle: MethodHandle, cfg: dict[str, Any], info: dict[str, Any]) -> str:

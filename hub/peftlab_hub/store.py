@@ -6,15 +6,22 @@ import json
 import os
 import re
 import shutil
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from peftlab import AdapterError, read_adapter
+from peftlab.io import atomic_dir
 from peftlab.models import cache_dir
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def _copy_files(src: Path, dst: Path) -> None:
+    for f in src.iterdir():
+        if f.is_file():
+            shutil.copyfile(f, dst / f.name)
 
 
 def default_store_dir() -> Path:
@@ -44,23 +51,15 @@ class AdapterStore:
 
     def add(self, folder: str | os.PathLike, name: str, *, overwrite: bool = False) -> AdapterInfo:
         """Validate ``folder`` as an adapter, then copy it in atomically under ``name``."""
+        files = read_adapter(folder)  # refuses pickles, corrupt files, unknown methods before anything is written
+        return self.add_with(name, lambda tmp: _copy_files(Path(files.path), tmp), overwrite=overwrite)
+
+    def add_with(self, name: str, write: Callable[[Path], None], *, overwrite: bool = False) -> AdapterInfo:
+        """Store the folder ``write(tmp)`` fills as ``name``, atomically: a failure leaves the store as it was."""
         target = self._path(name)
-        read_adapter(folder)  # refuses pickles, corrupt files, unknown methods before anything is written
         if target.exists() and not overwrite:
             raise AdapterError(f"the store already has an adapter named {name!r}; pass overwrite=True")
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            shutil.copytree(folder, tmp)
-            if target.exists():
-                old = self.root / f".{name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        atomic_dir(target, write)
         return self.info(name)
 
     def info(self, name: str) -> AdapterInfo:

@@ -107,7 +107,7 @@ class AdaLoRA(Method):
                 full = part_param(layer, part, adapter_name).detach()
                 kept = full
                 if keep is not None and len(keep) == r and sum(keep) != r:
-                    idx = torch.tensor(keep, device=full.device)
+                    idx = [i for i, kept in enumerate(keep) if kept]  # positions, not a bool mask: works on meta
                     kept = full[:, idx] if part == "lora_B" else full[idx]  # P keeps columns, Q and Λ rows
                 elif keep is not None and sum(keep) != r:
                     raise AdapterMismatchError(f"AdaLoRA rank_pattern for {path} has {len(keep)} entries but the "

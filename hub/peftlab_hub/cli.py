@@ -1,0 +1,171 @@
+"""``peftlab push | pull | search | doctor | store``: the hub's commands, added to core's CLI when this
+distribution is installed (core's ``build_parser`` calls ``add_commands``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from peftlab.models import DEFAULT_MODEL_ID
+
+TOKEN_HELP = "Hugging Face token (default: HF_TOKEN, then the token `hf auth login` saved); never stored or shown"
+
+
+def _out(obj: Any, as_json: bool, text: str) -> None:
+    print(json.dumps(obj, indent=2, default=str) if as_json else text, flush=True)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .push import push
+
+    print(
+        f"pushing {args.adapter_dir} to {args.repo_id}" + (f" ({args.revision})" if args.revision else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    r = push(
+        args.adapter_dir,
+        args.repo_id,
+        revision=args.revision,
+        private=args.private,
+        message=args.message,
+        token=args.token,
+        license=args.license,
+    )
+    _out(r.to_json(), args.json, f"{r.commit_url}\n{r.commit_sha}")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from .pull import pull
+
+    r = pull(args.repo_id, revision=args.revision, output=args.output, name=args.name, base=args.base, token=args.token)
+    _out(r.to_json(), args.json, f"pulled {r.repo_id} at {r.sha} into {r.path}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search import search
+
+    found = search(args.base, method=args.method, query=args.query, limit=args.limit, token=args.token)
+    if args.json:
+        _out([a.to_json() for a in found], True, "")
+        return 0
+    if not found:
+        print(f"no adapters of {args.base} found" + (f" for method {args.method}" if args.method else ""))
+        return 0
+    print(f"{'repo':<48} {'method':<14} {'downloads':>9} {'likes':>5}  last change")
+    for a in found:
+        print(f"{a.repo_id:<48} {a.method or '?':<14} {a.downloads:>9} {a.likes:>5}  {(a.last_modified or '')[:10]}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose
+    from .resolve import resolve_adapter
+
+    try:
+        folder = resolve_adapter(args.adapter, token=args.token, check=False).path  # the doctor reports, not raises
+    except Exception:  # noqa: BLE001 - e.g. a folder that is no adapter: the report says what is wrong with it
+        folder = args.adapter
+    report = diagnose(folder, args.base, load_weights=args.load)
+    _out(report.to_json(), args.json, report.format())
+    return 0 if report.ok else 1
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    from .store import AdapterStore
+
+    store = AdapterStore(args.store_dir)
+    if args.store_command == "list":
+        items = store.list()
+        if args.json:
+            _out([_info_json(i) for i in items], True, "")
+        elif not items:
+            print(f"the store ({store.root}) is empty: `peftlab store add FOLDER NAME` or `peftlab pull OWNER/NAME`")
+        for i in items if not args.json else []:
+            print(f"{i.name:<32} {i.method:<14} {i.base_model}")
+    elif args.store_command == "add":
+        info = store.add(args.folder, args.name, overwrite=args.overwrite)
+        _out(_info_json(info), args.json, f"added {info.name} ({info.method}) to {store.root}")
+    elif args.store_command == "rm":
+        store.remove(args.name)
+        _out({"removed": args.name}, args.json, f"removed {args.name}")
+    else:
+        info = store.info(args.name)
+        _out(_info_json(info), args.json, "\n".join(f"{k}: {v}" for k, v in _info_json(info).items()))
+    return 0
+
+
+def _info_json(info) -> dict:
+    from .pull import provenance
+
+    return {
+        "name": info.name,
+        "path": str(info.path),
+        "method": info.method,
+        "peft_type": info.peft_type,
+        "base_model": info.base_model,
+        "task_type": info.task_type,
+        "metrics": info.metrics,
+        "provenance": provenance(info.path),
+    }
+
+
+def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add the hub's subcommands with ``add`` (``subparsers.add_parser`` with core's help formatter)."""
+    p = add("push", help="push an adapter to the Hugging Face Hub (repo created when missing), with a model card")
+    p.add_argument("adapter_dir", help="adapter folder (or a training run's folder)")
+    p.add_argument("repo_id", help="owner/name on the Hub")
+    p.add_argument("--revision", default=None, help="branch to push to, created when missing (default: main)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--message", default=None, help="commit message (default: 'Upload <method> adapter with peftlab')")
+    p.add_argument("--license", default=None, help="license for the card's header, e.g. apache-2.0")
+    p.add_argument("--token", default=None, help=TOKEN_HELP)
+    p.add_argument("--json", action="store_true", help="commit url and sha as JSON")
+    p.set_defaults(fn=cmd_push)
+
+    p = add("pull", help="download a Hub adapter, check it, and copy it into the local store (or --output)")
+    p.add_argument("repo_id", help="owner/name, optionally owner/name@revision")
+    p.add_argument("--revision", default=None, help="branch, tag or commit sha (default: the default branch)")
+    p.add_argument("--output", default=None, help="folder to copy it to instead of the local store")
+    p.add_argument("--name", default=None, help="name in the local store (default: owner--name)")
+    p.add_argument("--base", default=None, help="base model to check it against (default: the one it records)")
+    p.add_argument("--token", default=None, help=TOKEN_HELP)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=cmd_pull)
+
+    p = add("search", help="adapters of a base model on the Hub")
+    p.add_argument("--base", default=DEFAULT_MODEL_ID, help="base model id")
+    p.add_argument("--method", default=None, help="only this method (lora, prompt_tuning, ...)")
+    p.add_argument("--query", default=None, help="only repos whose name contains this")
+    p.add_argument("--limit", type=int, default=20, help="adapters listed at most")
+    p.add_argument("--token", default=None, help=TOKEN_HELP)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=cmd_search)
+
+    p = add("doctor", help="check an adapter before loading it: files, method, base model, targets, shapes")
+    p.add_argument("adapter", help="adapter folder, local store name, or Hub id owner/name[@revision]")
+    p.add_argument("--base", default=None, help="base model to check against (default: the one it records)")
+    p.add_argument("--load", action="store_true", help="also load the base weights and the adapter for real")
+    p.add_argument("--token", default=None, help=TOKEN_HELP)
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+    p.set_defaults(fn=cmd_doctor)
+
+    p = add("store", help="the local adapter store (the offline hub): list, add, rm, show")
+    p.add_argument(
+        "--store-dir", default=None, help="store folder (default: PEFTLAB_STORE, else ~/.cache/peftlab/adapters)"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    verbs = p.add_subparsers(dest="store_command", required=True)
+    verbs.add_parser("list", help="adapters in the store")
+    a = verbs.add_parser("add", help="copy an adapter folder into the store (checked first)")
+    a.add_argument("folder")
+    a.add_argument("name")
+    a.add_argument("--overwrite", action="store_true", help="replace an adapter of that name")
+    verbs.add_parser("rm", help="remove an adapter").add_argument("name")
+    verbs.add_parser("show", help="an adapter's facts and where it came from").add_argument("name")
+    p.set_defaults(fn=cmd_store)

@@ -1,0 +1,58 @@
+"""What an adapter argument names — a folder, a local store name, or a Hub id (``owner/name[@rev]``) — as a
+checked local folder plus where it came from. The CLI and the app call this wherever they take an adapter."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peftlab import AdapterError
+
+from .remote import looks_like_hub_id, parse_ref
+from .store import AdapterStore
+
+
+@dataclass
+class ResolvedAdapter:
+    path: Path
+    source: str  # "folder" | "store" | "hub"
+    provenance: dict = field(default_factory=dict)  # for a Hub adapter: repo_id, revision, sha, endpoint
+
+    def describe(self) -> str:
+        """One line for logs and the app: the folder, or ``owner/name@<sha>``."""
+        p = self.provenance
+        if p.get("repo_id"):
+            rev = f" ({p['revision']})" if p.get("revision") else ""
+            return f"{p['repo_id']}@{p['sha'][:12]}{rev}"
+        return str(self.path)
+
+
+def resolve_adapter(
+    arg: str | os.PathLike,
+    *,
+    store: AdapterStore | None = None,
+    token: str | None = None,
+    base: str | None = None,
+    check: bool = True,
+) -> ResolvedAdapter:
+    """A folder wins, then a name in the local store, then a Hub id (downloaded to the Hub cache and checked by
+    the doctor; nothing is added to the store)."""
+    from .pull import provenance, pull
+
+    text = str(arg)
+    if Path(text).expanduser().is_dir():
+        path = Path(text).expanduser()
+        return ResolvedAdapter(path, "folder", provenance(path))
+    store = store or AdapterStore()
+    candidate = store.root / text
+    if "/" not in text and candidate.is_dir():
+        return ResolvedAdapter(candidate, "store", provenance(candidate))
+    if looks_like_hub_id(text):
+        parse_ref(text)  # a clear error for a malformed id
+        result = pull(text, base=base, token=token, keep_in_cache=True, check_first=check)
+        return ResolvedAdapter(result.path, "hub", result.provenance)
+    raise AdapterError(
+        f"no adapter {text!r}: not a folder, not in the local store ({store.root}), and not a Hub "
+        "id (owner/name[@revision])"
+    )

@@ -1,0 +1,291 @@
+"""Push, pull, search and every adapter argument, with the real ``huggingface_hub`` client against the local Hub
+server (tests/hub_server.py), on a tiny llama whose base model lives on that server as ``alice/tiny-llama``."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+import torch
+
+import peftlab
+from peftlab.cli import main as cli
+from peftlab.models import load_model
+from peftlab.train import TrainArgs, train
+from peftlab_hub import AdapterStore, HubError, pull, push, resolve_adapter, search
+from tests.hub_server import OTHER_TOKEN, READ_TOKEN, WRITE_TOKEN
+
+pytest_plugins = ["tests.hub_fixture"]
+
+BASE = "alice/tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_dir):
+    """A LoRA adapter trained for 3 steps on the tiny llama (its card records the Hub id of the base)."""
+    out = tmp_path_factory.mktemp("run") / "lora"
+    train(
+        TrainArgs(
+            method="lora",
+            base_model=str(tiny_dir),
+            dataset="capitals-json",
+            output_dir=str(out),
+            max_steps=3,
+            batch_size=4,
+            max_length=64,
+            max_eval_samples=8,
+            learning_rate=1e-2,
+            device="cpu",
+        )
+    )
+    folder = out / "adapter"
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = BASE  # as if trained on the Hub copy of the base
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    meta = json.loads((folder / "peftlab.json").read_text())
+    meta["base_model"] = BASE
+    (folder / "peftlab.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.fixture
+def online(hub_env, tiny_dir, tmp_path, monkeypatch):
+    """The Hub server with the tiny base model on it, and a fresh local store."""
+    hub_env.add_repo(BASE, {p.name: p.read_bytes() for p in Path(tiny_dir).iterdir() if p.is_file()})
+    monkeypatch.setenv("PEFTLAB_STORE", str(tmp_path / "store"))
+    return hub_env
+
+
+def _run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = cli(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def _logits(model, adapter: str | None = None) -> torch.Tensor:
+    ids = torch.tensor([[1, 5, 9, 23, 42, 7]])
+    with torch.no_grad(), peftlab.active_adapters(model, adapter):
+        return model(input_ids=ids).logits
+
+
+# --- push ---------------------------------------------------------------------------------------------------
+
+
+def test_push_makes_one_commit_with_the_adapter_and_its_card(online, trained):
+    result = push(trained, "alice/capitals-lora", license="apache-2.0")
+    files = online.files("alice/capitals-lora")
+    assert {"adapter_config.json", "adapter_model.safetensors", "peftlab.json", "README.md", "loss_curve.png"} <= set(
+        files
+    )
+    assert files["adapter_model.safetensors"] == (trained / "adapter_model.safetensors").read_bytes()
+    assert files["loss_curve.png"].startswith(b"\x89PNG")
+    card = files["README.md"].decode()
+    assert "library_name: peft" in card and BASE in card and "license: apache-2.0" in card
+    repo = online.repo("alice/capitals-lora")
+    assert repo.branches["main"] == result.commit_sha and result.commit_sha in result.commit_url
+    assert len(repo.history(result.commit_sha)) == 2  # the repo's first commit, then ours: one commit for all files
+    again = push(trained, "alice/capitals-lora", message="second")
+    assert again.commit_sha != result.commit_sha
+    assert repo.commits[again.commit_sha].title == "second"
+
+
+def test_push_to_a_branch_creates_it_and_leaves_main(online, trained):
+    first = push(trained, "alice/branchy")
+    on_dev = push(trained, "alice/branchy", revision="dev")
+    repo = online.repo("alice/branchy")
+    assert repo.branches["dev"] == on_dev.commit_sha and repo.branches["main"] == first.commit_sha
+
+
+def test_push_without_a_token_or_with_a_read_only_one_fails_before_any_work(online, trained, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(HubError, match="needs a Hugging Face token: log in with `hf auth login`"):
+        push(trained, "alice/nope")
+    with pytest.raises(HubError, match="read-only"):
+        push(trained, "alice/nope", token=READ_TOKEN)
+    with pytest.raises(HubError, match="403"):
+        push(trained, "alice/nope", token=OTHER_TOKEN)  # bob cannot write to alice's namespace
+    assert ("model", "alice/nope") not in online.repos
+
+
+@pytest.mark.parametrize("bad", ["alice/../x", "alice/has space", "a/b/c", "noslash"])
+def test_push_refuses_a_bad_repo_id_naming_it(online, trained, bad):
+    with pytest.raises(HubError, match="invalid Hub repo id"):
+        push(trained, bad)
+
+
+def test_push_refuses_a_folder_that_is_not_a_complete_adapter(online, trained, tmp_path):
+    half = tmp_path / "half"
+    half.mkdir()
+    shutil.copy(trained / "adapter_config.json", half)
+    with pytest.raises(peftlab.AdapterError, match="adapter_model.safetensors is missing"):
+        push(half, "alice/half")
+    assert ("model", "alice/half") not in online.repos
+
+
+# --- pull, and a Hub id wherever an adapter is taken ----------------------------------------------------------
+
+
+def test_pull_checks_copies_into_the_store_and_records_the_commit(online, trained):
+    pushed = push(trained, "alice/capitals-lora")
+    result = pull("alice/capitals-lora")
+    store = AdapterStore()
+    assert result.path == store.root / "alice--capitals-lora" and result.sha == pushed.commit_sha
+    assert json.loads((result.path / "provenance.json").read_text())["sha"] == pushed.commit_sha
+    assert (result.path / "adapter_model.safetensors").read_bytes() == (
+        trained / "adapter_model.safetensors"
+    ).read_bytes()
+    assert [i.name for i in store.list()] == ["alice--capitals-lora"]
+    assert result.report.ok
+
+
+def test_pull_at_a_branch_or_sha_and_bad_revisions(online, trained, tmp_path):
+    first = push(trained, "alice/revs")
+    push(trained, "alice/revs", revision="dev")
+    assert pull("alice/revs@dev", output=tmp_path / "dev").sha == online.repo("alice/revs").branches["dev"]
+    assert pull("alice/revs", revision=first.commit_sha, output=tmp_path / "old").sha == first.commit_sha
+    with pytest.raises(HubError, match="has no revision 'nope'"):
+        pull("alice/revs@nope", output=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_pull_refuses_repos_without_a_safe_adapter_and_keeps_the_store(online, trained):
+    store = AdapterStore()
+    store.add(trained, "keep")
+    before = sorted(p.name for p in store.root.rglob("*"))
+    online.add_repo("alice/readme-only", {"README.md": "# nothing here"})
+    with pytest.raises(HubError, match="holds no adapter"):
+        pull("alice/readme-only")
+    online.add_repo(
+        "alice/pickled",
+        {"adapter_config.json": (trained / "adapter_config.json").read_text(), "adapter_model.bin": b"\x80\x04pickle"},
+    )
+    with pytest.raises(HubError, match=r"only pickle weights \(adapter_model.bin\); peftlab never unpickles"):
+        pull("alice/pickled")
+    with pytest.raises(HubError, match="not found"):
+        pull("alice/missing")
+    assert sorted(p.name for p in store.root.rglob("*")) == before
+
+
+def test_a_private_repo_needs_a_token(online, trained, monkeypatch):
+    push(trained, "alice/secret", private=True)
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(HubError, match="not found .*if it is private: log in"):
+        pull("alice/secret")
+    assert pull("alice/secret", token=READ_TOKEN).repo_id == "alice/secret"
+
+
+def test_an_unreachable_hub_fails_fast_with_a_clear_message(online, monkeypatch, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(HubError, match=f"cannot reach the Hub at http://127.0.0.1:{port}"):
+        pull("alice/anything", output=tmp_path / "x")
+
+
+def test_resolve_takes_a_folder_a_store_name_or_a_hub_id(online, trained):
+    push(trained, "alice/capitals-lora")
+    AdapterStore().add(trained, "mine")
+    assert resolve_adapter(str(trained)).source == "folder"
+    assert resolve_adapter("mine").source == "store"
+    hub = resolve_adapter("alice/capitals-lora")
+    assert hub.source == "hub" and hub.describe().startswith("alice/capitals-lora@")
+    with pytest.raises(peftlab.AdapterError, match="not a folder, not in the local store"):
+        resolve_adapter("no-such-adapter")
+
+
+# --- search ---------------------------------------------------------------------------------------------------
+
+
+def test_search_lists_adapters_of_a_base_with_their_method(online, trained):
+    push(trained, "alice/capitals-lora")
+    push(trained, "alice/other-lora")
+    online.set_stats("alice/other-lora", downloads=50, likes=3)
+    online.add_repo("alice/unrelated", {"README.md": "---\nlibrary_name: peft\nbase_model: someone/else\n---\n"})
+    found = search(BASE)
+    assert [a.repo_id for a in found] == ["alice/other-lora", "alice/capitals-lora"]  # most downloaded first
+    assert found[0].method == "lora" and found[0].downloads == 50 and found[0].likes == 3 and found[0].last_modified
+    assert search(BASE, method="prompt_tuning") == []
+    assert [a.repo_id for a in search(BASE, query="capitals")] == ["alice/capitals-lora"]
+
+
+# --- the CLI, and the token never written anywhere -------------------------------------------------------------
+
+
+def test_cli_push_search_pull_generate_and_the_token_is_nowhere(online, trained, tiny_dir, tmp_path):
+    code, out, err = _run("push", str(trained), "alice/cli-lora", "--json")
+    assert code == 0, err
+    pushed = json.loads(out)
+    assert pushed["commit_sha"] in pushed["commit_url"]
+    code, out, err = _run("search", "--base", BASE, "--json")
+    assert code == 0 and [a["repo_id"] for a in json.loads(out)] == ["alice/cli-lora"]
+    code, out, err = _run("pull", "alice/cli-lora", "--json")
+    assert code == 0, err
+    assert json.loads(out)["sha"] == pushed["commit_sha"]
+    code, out, err = _run(
+        "generate",
+        "--adapter",
+        "alice/cli-lora",
+        "--base",
+        str(tiny_dir),
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    )
+    assert code == 0, err
+    assert f"adapter: alice/cli-lora@{pushed['commit_sha'][:12]}" in err
+    code, out, err = _run("pull", "alice/does-not-exist")
+    assert code == 2 and "not found" in err
+    written = [p for p in (tmp_path, Path(os.environ["HF_HOME"]), trained) if p.exists()]
+    for root in written:
+        for f in root.rglob("*"):
+            if f.is_file():
+                assert WRITE_TOKEN.encode() not in f.read_bytes(), f"the token was written to {f}"
+    for repo in online.repos.values():
+        for commit in repo.commits.values():
+            assert all(WRITE_TOKEN.encode() not in data for data in commit.files.values())
+
+
+# --- interop through the Hub protocol, both ways ---------------------------------------------------------------
+
+
+def test_a_peftlab_push_loads_in_peft_from_the_hub_with_the_same_logits(online, trained, tiny_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    push(trained, "alice/interop-lora")
+    model, _ = load_model(tiny_dir, dtype="float32", device="cpu")
+    name = peftlab.load_adapter(model, resolve_adapter("alice/interop-lora").path)
+    ours = _logits(model, name)
+    theirs_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), "alice/interop-lora")
+    with torch.no_grad():
+        theirs = theirs_model(input_ids=torch.tensor([[1, 5, 9, 23, 42, 7]])).logits
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+
+def test_a_peft_push_is_pulled_by_peftlab_with_the_same_logits(online, tiny_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    theirs = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_dir),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    theirs.push_to_hub("alice/from-peft")
+    result = pull("alice/from-peft", base=str(tiny_dir))
+    model, _ = load_model(tiny_dir, dtype="float32", device="cpu")
+    name = peftlab.load_adapter(model, result.path)
+    with torch.no_grad():
+        expected = theirs(input_ids=torch.tensor([[1, 5, 9, 23, 42, 7]])).logits
+    assert (_logits(model, name) - expected).abs().max().item() < 1e-4
