@@ -66,9 +66,13 @@ def gguf_path() -> Path:
     return path
 
 
+def _default_dir() -> Path:
+    return cache_dir() / "models" / "SmolLM2-135M-Instruct"
+
+
 def default_model_dir() -> Path:
     """The converted SmolLM2 folder, converting the GGUF once on first use (~20 s)."""
-    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    target = _default_dir()
     if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
         return target
     gguf = gguf_path()
@@ -104,6 +108,8 @@ def resolve_source(source: str | os.PathLike | None) -> tuple[str, str]:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise PeftlabError(f"{path} is not a model folder: config.json is missing")
+        if path.resolve() == _default_dir().resolve():  # the converted default: adapters record its Hub id
+            return str(path), DEFAULT_MODEL_ID
         return str(path), str(path)
     if path.suffix or str(source).startswith((".", "/", "~")):
         raise PeftlabError(f"model folder {source} does not exist")

@@ -289,3 +289,81 @@ def test_a_peft_push_is_pulled_by_peftlab_with_the_same_logits(online, tiny_dir)
     with torch.no_grad():
         expected = theirs(input_ids=torch.tensor([[1, 5, 9, 23, 42, 7]])).logits
     assert (_logits(model, name) - expected).abs().max().item() < 1e-4
+
+
+INTEROP = {  # method → peftlab config (small); the peft side reads the config peftlab pushed
+    "lora": {"r": 4, "init_lora_weights": False},
+    "adalora": {"init_r": 4, "target_r": 2, "total_step": 10},
+    "prompt_tuning": {"num_virtual_tokens": 4, "prompt_tuning_init": "RANDOM"},
+    "p_tuning": {"num_virtual_tokens": 4, "encoder_hidden_size": 16},
+    "prefix_tuning": {"num_virtual_tokens": 4, "encoder_hidden_size": 16},
+}
+IDS = torch.tensor([[1, 5, 9, 23, 42, 7, 11, 3]])
+
+
+def _peft_logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(input_ids=IDS, attention_mask=torch.ones_like(IDS)).logits
+    return out[:, -IDS.shape[1] :]  # peft's prompt methods also return the virtual tokens' positions
+
+
+@pytest.mark.parametrize("method", sorted(INTEROP))
+def test_interop_with_peft_through_the_hub_both_ways(online, tiny_dir, tmp_path, method):
+    """peftlab push → ``PeftModel.from_pretrained(repo)``; peft ``push_to_hub`` → ``peftlab pull``: same logits."""
+    from peft import PeftConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from peftlab.testing import randomize_adapter
+
+    ours, _ = load_model(tiny_dir, dtype="float32", device="cpu")
+    peftlab.add_adapter(ours, method, INTEROP[method])
+    randomize_adapter(ours, std=0.1, seed=1)
+    push(peftlab.save_adapter(ours, tmp_path / "ours"), f"alice/{method}-ours")
+    with torch.no_grad(), peftlab.active_adapters(ours, "default"):
+        want = ours(input_ids=IDS, attention_mask=torch.ones_like(IDS)).logits
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), f"alice/{method}-ours")
+    assert (_peft_logits(theirs.eval()) - want).abs().max().item() < 1e-4, f"{method}: peft reads our push"
+
+    cfg = PeftConfig.from_pretrained(f"alice/{method}-ours")
+    cfg.inference_mode = False
+    made = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), cfg)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in made.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    made.eval().push_to_hub(f"alice/{method}-peft")
+    expected = _peft_logits(made)
+    loaded, _ = load_model(tiny_dir, dtype="float32", device="cpu")
+    name = peftlab.load_adapter(loaded, pull(f"alice/{method}-peft", base=str(tiny_dir)).path)
+    with torch.no_grad(), peftlab.active_adapters(loaded, name):
+        got = loaded(input_ids=IDS, attention_mask=torch.ones_like(IDS)).logits
+    assert (got - expected).abs().max().item() < 1e-4, f"{method}: we read peft's push"
+    assert (got - want).abs().max().item() > 1e-3  # the two adapters differ: each direction proved something
+
+
+@pytest.mark.smollm2
+def test_smollm2_adapter_push_search_pull_generate(hub_env, smollm2, tmp_path, monkeypatch):
+    """The real model: an adapter of SmolLM2 goes up, is found under its base, comes back and replies as before."""
+    from peftlab.generate import generate_text
+    from peftlab.models import DEFAULT_MODEL_ID
+
+    monkeypatch.setenv("PEFTLAB_STORE", str(tmp_path / "store"))
+    model, tok = smollm2
+    peftlab.add_adapter(model, "lora", {"r": 4, "init_lora_weights": False})
+    local = generate_text(model, tok, "What is the capital of France?", max_new_tokens=8, adapter="default")
+    pushed = push(peftlab.save_adapter(model, tmp_path / "smol-lora"), "alice/smol-lora")
+    found = search(DEFAULT_MODEL_ID, method="lora")
+    assert [a.repo_id for a in found] == ["alice/smol-lora"]
+    code, out, err = _run(
+        "generate",
+        "--adapter",
+        "alice/smol-lora",
+        "--prompt",
+        "What is the capital of France?",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    )
+    assert code == 0, err
+    assert json.loads(out)["reply"] == local and f"alice/smol-lora@{pushed.commit_sha[:12]}" in err
