@@ -36,18 +36,19 @@ def resolve_adapter(
     base: str | None = None,
     check: bool = True,
 ) -> ResolvedAdapter:
-    """A folder wins, then a name in the local store, then a Hub id (downloaded to the Hub cache and checked by
-    the doctor; nothing is added to the store)."""
+    """A folder wins, then a name in the local store, then a Hub id (downloaded to the Hub cache; nothing is added
+    to the store). With ``check`` the doctor examines it (against ``base`` when given) before anything loads it."""
+    from .doctor import check as doctor_check
     from .pull import provenance, pull
 
     text = str(arg)
-    if Path(text).expanduser().is_dir():
-        path = Path(text).expanduser()
-        return ResolvedAdapter(path, "folder", provenance(path))
     store = store or AdapterStore()
-    candidate = store.root / text
-    if "/" not in text and candidate.is_dir():
-        return ResolvedAdapter(candidate, "store", provenance(candidate))
+    local = Path(text).expanduser()
+    if local.is_dir() or ("/" not in text and (store.root / text).is_dir()):
+        path, source = (local, "folder") if local.is_dir() else (store.root / text, "store")
+        if check:
+            doctor_check(path, base)
+        return ResolvedAdapter(path, source, provenance(path))
     if looks_like_hub_id(text):
         parse_ref(text)  # a clear error for a malformed id
         result = pull(text, base=base, token=token, keep_in_cache=True, check_first=check)

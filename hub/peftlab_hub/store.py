@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -65,12 +64,7 @@ class AdapterStore:
     def info(self, name: str) -> AdapterInfo:
         path = self._path(name)
         files = read_adapter(path)
-        metrics = {}
-        card = path / "README.md"
-        if card.exists():  # metrics live in the card's JSON block written by the trainer
-            m = re.search(r"## Metrics\s+```json\n(.*?)```", card.read_text(), re.S)
-            if m:
-                metrics = json.loads(m.group(1))
+        metrics = dict((files.meta.get("card") or {}).get("metrics") or {})  # what the trainer recorded
         return AdapterInfo(name, path, files.method.name, files.method.peft_type,
                            str(files.peft_config.get("base_model_name_or_path", "")),
                            str(files.peft_config.get("task_type", "")), metrics)

@@ -367,3 +367,75 @@ def test_smollm2_adapter_push_search_pull_generate(hub_env, smollm2, tmp_path, m
     )
     assert code == 0, err
     assert json.loads(out)["reply"] == local and f"alice/smol-lora@{pushed.commit_sha[:12]}" in err
+
+
+# --- bad input leaves everything as it was ----------------------------------------------------------------------
+
+
+def test_pull_of_an_adapter_for_another_base_fails_and_keeps_the_store(online, trained, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    push(trained, "alice/capitals-lora")
+    wider = tmp_path / "wider"
+    LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=96,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=49152,
+        )
+    ).save_pretrained(wider)
+    with pytest.raises(peftlab.AdapterError, match="hidden_size"):
+        pull("alice/capitals-lora", base=str(wider))
+    assert not AdapterStore().root.exists() or not any(AdapterStore().root.iterdir())
+
+
+def test_an_interrupted_push_or_pull_changes_nothing(online, trained, monkeypatch, tmp_path):
+    from huggingface_hub import HfApi
+
+    first = push(trained, "alice/steady")
+    store = AdapterStore()
+    pulled = pull("alice/steady")
+    before = {p.name: p.read_bytes() for p in pulled.path.iterdir()}
+
+    def cut(*args, **kwargs):
+        raise ConnectionError("connection reset by peer")
+
+    with monkeypatch.context() as m:
+        m.setattr(HfApi, "create_commit", cut)
+        with pytest.raises(HubError, match="cannot reach the Hub"):
+            push(trained, "alice/steady")
+    assert online.repo("alice/steady").branches["main"] == first.commit_sha
+    with monkeypatch.context() as m:
+        m.setattr("huggingface_hub.snapshot_download", cut)
+        with pytest.raises(HubError, match="cannot reach the Hub"):
+            pull("alice/steady")
+    assert {p.name: p.read_bytes() for p in pulled.path.iterdir()} == before
+    assert [i.name for i in store.list()] == ["alice--steady"]
+    assert not [p for p in store.root.iterdir() if p.name.startswith(".")], "no half-written folder is left"
+
+
+def test_cli_store_and_doctor(online, trained, tmp_path):
+    code, out, err = _run("store", "add", str(trained), "mine")
+    assert code == 0, err
+    code, out, _ = _run("store", "list", "--json")
+    assert [i["name"] for i in json.loads(out)] == ["mine"] and json.loads(out)[0]["method"] == "lora"
+    code, out, _ = _run("store", "show", "mine")
+    assert "base_model: alice/tiny-llama" in out
+    code, out, err = _run("store", "add", str(trained), "mine")
+    assert code == 2 and "already has an adapter named 'mine'" in err
+    code, out, err = _run("doctor", "mine", "--base", str(online.files and Path(os.environ["HF_HOME"]).parent))
+    assert code == 1 and "✗ base_model" in out  # that folder is no model
+    code, out, err = _run("doctor", str(trained), "--json")
+    report = json.loads(out)
+    assert code == 0 and {c["name"] for c in report["checks"]} >= {"files", "method", "shapes"}
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(trained / "adapter_config.json", pickled)
+    (pickled / "adapter_model.bin").write_bytes(b"\x80\x04")
+    code, out, _ = _run("doctor", str(pickled))
+    assert code == 1 and "adapter_model.bin" in out and "never unpickles" in out
+    code, out, _ = _run("store", "rm", "mine")
+    assert code == 0 and _run("store", "list", "--json")[1].strip() == "[]"
