@@ -1,4 +1,5 @@
-"""Shared fixtures: the real SmolLM2 folder, and a tiny llama that uses SmolLM2's tokenizer."""
+"""Shared fixtures: the real SmolLM2 (its folder, and a fresh model per test), a tiny llama that uses SmolLM2's
+tokenizer, and ``one_thread`` for tests of tiny models."""
 
 from __future__ import annotations
 
@@ -18,6 +19,30 @@ def smollm2_dir():
     from peftlab.models import default_model_dir
 
     return default_model_dir()
+
+
+@pytest.fixture
+def smollm2(smollm2_dir):
+    """``(model, tokenizer)``: SmolLM2-135M-Instruct loaded afresh for each test (about a second from the cached
+    folder), on the default device and dtype, so a test may train or add adapters to it freely."""
+    from peftlab.models import load_model
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    return load_model(smollm2_dir)
+
+
+@pytest.fixture
+def one_thread(request):
+    """Run the test on one CPU thread (tiny models run fastest so, and several test runs may share the machine's
+    cores); tests marked ``smollm2`` keep their threads. Use it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    if request.node.get_closest_marker("smollm2"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
