@@ -1,4 +1,5 @@
-"""The peftlab web app: a Train tab and a Chat tab over the same functions the CLI uses."""
+"""The peftlab web app: a Train tab, a Chat tab and (with ``peftlab-hub``) a Hub tab over the same functions the CLI
+uses."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from pathlib import Path
 import gradio as gr
 
 from . import chat_tab, train_tab
+from .adapters import HAS_HUB
 from .engine import ChatEngine
 
 CSS_FILE = Path(__file__).with_name("style.css")
 INTRO = ("# peftlab\nParameter-efficient fine-tuning where every method is a plugin. **Train** an adapter on "
          "a built-in or uploaded dataset (it runs in a background process: reload the page any time), then "
-         "**Chat** with it next to the base model.")
+         "**Chat** with it next to the base model" + (", or share it on the **Hub**." if HAS_HUB else "."))
 
 
 def theme() -> gr.themes.Base:
@@ -28,11 +30,16 @@ def build_app(runs_dir: str | os.PathLike = "runs") -> gr.Blocks:
     engine = ChatEngine()
     with gr.Blocks(title="peftlab") as demo:
         gr.Markdown(INTRO, elem_id="peftlab-title")
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Train", id="train", elem_id="tab-train"):
                 demo.peftlab_train = train_tab.build(demo, runs)
             with gr.Tab("Chat", id="chat", elem_id="tab-chat") as chat:
-                chat_tab.build(runs, engine, chat)
+                picker = chat_tab.build(runs, engine, chat)
+            if HAS_HUB:  # core never needs the hub; the app offers it when peftlab-hub is installed
+                from . import hub_tab
+
+                with gr.Tab("Hub", id="hub", elem_id="tab-hub") as hub:
+                    demo.peftlab_hub = hub_tab.build(runs, picker, tabs, hub)
     demo.peftlab_engine = engine
     return demo
 

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
-from .. import jobs
 from ..errors import PeftlabError
+from .adapters import HAS_HUB, adapter_choices, locate
 from .engine import ChatEngine, LoadedAdapter
 
-HELP = ("Pick an adapter trained in the **Train** tab (or type any adapter folder), then send a message. "
+HELP = ("Pick an adapter trained in the **Train** tab or kept in the local store (or type any adapter folder), then "
+        "send a message. "
         "Both replies are greedy and stream token by token; each message is answered on its own (no "
         "conversation memory), so base and adapted see exactly the same prompt.")
 
 
-def adapter_choices(runs_dir: Path) -> list[tuple[str, str]]:
-    return [(label, str(path)) for label, path in jobs.saved_adapters(runs_dir)]
+@dataclass
+class ChatPicker:
+    """The Chat tab's adapter widgets, for other tabs to select an adapter in it (the Hub tab's "Open in chat")."""
+
+    adapter: gr.Dropdown  # choices: ``adapters.adapter_choices``; choosing one loads it
+    path: gr.Textbox  # a typed adapter, which wins over the dropdown
 
 
 def describe(a: LoadedAdapter) -> str:
@@ -44,15 +50,17 @@ def _error(e: BaseException) -> str:
     return f"**Cannot use this adapter:** {e}"
 
 
-def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> None:
+def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> ChatPicker:
     gr.Markdown(HELP)
     with gr.Row(equal_height=True):
         choices = adapter_choices(runs_dir)
         adapter = gr.Dropdown(choices=choices, value=None, label="Saved adapter",
-                              info=f"Adapters under {runs_dir}/*/adapter, newest first", scale=4,
+                              info=f"Adapters under {runs_dir}/*/adapter, newest first"
+                              + (", then the local adapter store" if HAS_HUB else ""), scale=4,
                               elem_id="chat-adapter")
-        path = gr.Textbox(label="…or an adapter folder", placeholder="/path/to/adapter", scale=4,
-                          elem_id="chat-adapter-path")
+        path = gr.Textbox(label="…or an adapter folder" + (", store name or Hub id" if HAS_HUB else ""),
+                          placeholder="/path/to/adapter" + (" · name · owner/name@rev" if HAS_HUB else ""),
+                          scale=4, elem_id="chat-adapter-path")
         refresh = gr.Button("Refresh", scale=1, elem_id="chat-refresh")
     with gr.Row():
         base = gr.Textbox(label="Base model", placeholder="empty = the base the adapter was trained on",
@@ -81,7 +89,7 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> None:
         if not where:
             return None, "Pick a saved adapter or type an adapter folder."
         try:
-            loaded = engine.load(where, (base_id or "").strip() or None)
+            loaded = engine.load(locate(where), (base_id or "").strip() or None)
         except (PeftlabError, OSError, ValueError, KeyError) as e:
             return None, _error(e)
         return loaded, describe(loaded)
@@ -126,3 +134,4 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> None:
                      concurrency_id="chat-model")
     adapter.change(**pick_args)
     path.submit(**pick_args)
+    return ChatPicker(adapter, path)

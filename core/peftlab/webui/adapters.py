@@ -1,0 +1,57 @@
+"""The app's adapter pickers, in one place: trained runs (``RUNS/*/adapter``, newest first), then the local adapter
+store when ``peftlab-hub`` is installed (core never needs it), as ``(label, folder)`` dropdown choices."""
+
+from __future__ import annotations
+
+import functools
+import os
+from importlib.util import find_spec
+from pathlib import Path
+
+from .. import jobs
+
+HAS_HUB = find_spec("peftlab_hub") is not None
+
+
+def store_adapters(store_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """``(label, folder)`` of every adapter in the local store (``store_dir``, default ``PEFTLAB_STORE`` or
+    ``~/.cache/peftlab/adapters``), by name; ``[]`` without ``peftlab-hub``."""
+    if not HAS_HUB:
+        return []
+    from peftlab_hub import AdapterStore
+
+    return [(f"{info.name} ({info.method}, store)", info.path) for info in AdapterStore(store_dir).list()]
+
+
+def adapter_choices(runs_dir: str | os.PathLike, store_dir: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+    """Dropdown choices: the runs' adapters, newest first, then the store's; each value is the adapter folder."""
+    found = [*jobs.saved_adapters(runs_dir), *store_adapters(store_dir)]
+    return [(label, str(path)) for label, path in found]
+
+
+def locate(text: str, store_dir: str | os.PathLike | None = None) -> str:
+    """What a typed adapter names, as a folder: a folder as is; with ``peftlab-hub``, also a store name or a Hub id
+    (``owner/name[@rev]``, downloaded to the Hub cache and checked by the adapter doctor once per app process, since
+    chat asks again with every message)."""
+    if not HAS_HUB or Path(text).expanduser().is_dir():
+        return text
+    from peftlab_hub import AdapterStore
+
+    store = AdapterStore(store_dir)
+    if "/" not in text:  # a store name (or nothing: resolve_adapter says so)
+        return _resolve(text, str(store.root))
+    return _resolve_hub(text, str(store.root))
+
+
+def _resolve(text: str, store_root: str) -> str:
+    from peftlab_hub import AdapterStore, resolve_adapter
+
+    return str(resolve_adapter(text, store=AdapterStore(store_root)).path)
+
+
+@functools.lru_cache(maxsize=32)
+def _resolve_hub(text: str, store_root: str) -> str:  # a failure is not cached: the next message tries again
+    return _resolve(text, store_root)
+
+
+__all__ = ["HAS_HUB", "adapter_choices", "locate", "store_adapters"]
