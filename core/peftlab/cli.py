@@ -240,12 +240,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from .adapters import merge_and_unload
+    from .io import atomic_dir, check_output_dir
 
+    check_output_dir(args.output)  # before the model loads
     model, tok, name = _load(args)
     merge_and_unload(model, name)
     out = Path(args.output)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+
+    atomic_dir(out, write)  # all or nothing, with the usual file modes
     _print({"merged_model": str(out), "adapter": args.adapter}, args.json)
     return 0
 
@@ -363,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
-    except (PeftlabError, ValueError, KeyError, FileNotFoundError) as e:
-        print(f"peftlab {args.command}: error: {e}", file=sys.stderr)
+    except (PeftlabError, ValueError, KeyError, OSError) as e:
+        # a user's mistake (bad input, a missing or unwritable file): one line, no traceback
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"peftlab {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

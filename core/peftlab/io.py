@@ -52,14 +52,45 @@ class AdapterFiles:
     meta: dict[str, Any]
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows (``/proc``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _usual_modes(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes a plain ``mkdir``/``open`` would (0755/0644 under umask 022):
+    some writers (safetensors) create their files 0600, unreadable to others on a shared machine."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~mask)
+        for f in files:
+            file = os.path.join(root, f)
+            if not os.path.islink(file):
+                os.chmod(file, 0o666 & ~mask)
+
+
 def atomic_dir(path: Path, write) -> Path:
-    """Write a folder with ``write(tmp)`` then swap it into place; the old one survives any failure."""
+    """Write a folder with ``write(tmp)`` then swap it into place; the old one survives any failure.
+    Its files get the usual modes (``_usual_modes``). A ``path`` that is a file is refused, untouched."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AdapterError(f"{path} is a file, not a folder; choose another output folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         write(tmp)
+        _usual_modes(tmp)
         if path.exists():
             old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(path, old)
@@ -70,6 +101,22 @@ def atomic_dir(path: Path, write) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return path
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """``path`` if a folder can be made or written there, else a ``ConfigError`` naming the reason (checked before a
+    run or save starts, so a refused one leaves nothing behind)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output folder {path} is a file, not a folder; choose another output folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output folder {path} cannot be made: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output folder {path} cannot be written: {existing} is read-only (no write permission)")
     return path
 
 

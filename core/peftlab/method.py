@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -42,6 +43,8 @@ class Capabilities:
     task_types: tuple[str, ...] = TASK_TYPES
     merge_note: str = ""  # why it cannot merge, shown where "merge" is greyed out
     stack_note: str = ""  # why it cannot stack
+    combinations: tuple[str, ...] = ()  # weighted-merge types its combine() computes (peft's names: cat, svd, ...)
+    combine_note: str = ""  # why it cannot be combined, shown when a composition is refused
 
 
 @dataclass(frozen=True)
@@ -79,25 +82,31 @@ class MethodConfig:
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> MethodConfig:
         """Build a config from ``adapter_config.json`` keys (or CLI/UI values).
 
-        Core keys are skipped, keys in ``peft_ignored`` with a matching value are dropped, and
-        any other unknown key is an error naming it, since silently ignoring it could change
-        what the adapter computes.
+        Core keys are skipped, keys in ``peft_ignored`` with a matching value are dropped, and unset keys
+        (``None``, ``False``, empty) are harmless. A key in ``peft_ignored`` with another value is an error naming
+        it (the method knows that value changes what the adapter computes: LoRA's ``use_dora=True``). Any other
+        key is unknown: in an ``adapter_config.json`` (``data`` has a ``peft_type``) it comes from a newer peft and
+        is ignored with a warning naming it, as peft does; among values given by hand it is an error (a typo).
         """
         names = {f.name for f in dataclasses.fields(cls)}
-        kwargs, unknown = {}, []
+        kwargs, refused, unknown = {}, [], []
         for key, value in data.items():
             if key in names:
                 kwargs[key] = value
             elif key in CORE_KEYS:
                 continue
-            elif key in cls.peft_ignored and (cls.peft_ignored[key] is ... or cls.peft_ignored[key] == value):
-                continue
             elif value in (None, False, [], {}, ""):
-                continue  # an unset option of a newer peft: harmless
+                continue  # an unset option (of a newer peft, maybe): harmless
+            elif key in cls.peft_ignored:
+                if cls.peft_ignored[key] is not ... and cls.peft_ignored[key] != value:
+                    refused.append(f"{key}={value!r}")
             else:
                 unknown.append(f"{key}={value!r}")
+        if refused or (unknown and "peft_type" not in data):
+            raise ConfigError(f"{source}: {cls.__name__} does not support {', '.join(refused + unknown)}")
         if unknown:
-            raise ConfigError(f"{source}: {cls.__name__} does not support {', '.join(unknown)}")
+            warnings.warn(f"{source}: ignoring {', '.join(unknown)}: not {cls.__name__} options (written by a "
+                          "newer peft?)", UserWarning, stacklevel=2)
         try:
             return cls(**kwargs)
         except TypeError as e:

@@ -100,10 +100,39 @@ def default_model_dir() -> Path:
     return target
 
 
+def hub_offline() -> bool:
+    """Whether the Hugging Face Hub must not be contacted (``HF_HUB_OFFLINE`` set, now or when it was imported)."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return value.strip().lower() in ("1", "true", "yes", "on") or bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def _hub_cached(repo_id: str) -> bool:
+    """Whether the Hub cache holds model ``repo_id`` (its ``config.json``)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an id huggingface_hub refuses to read as one
+        return False
+
+
 def resolve_source(source: str | os.PathLike | None) -> tuple[str, str]:
-    """``(where to load from, the id to record in adapters)`` for a model name, Hub id or folder."""
+    """``(where to load from, the id to record in adapters)`` for a model name, Hub id or folder.
+
+    A folder that does not exist, a folder without ``config.json``, or (offline) a Hub id the local cache lacks is
+    a ``PeftlabError`` naming it, raised at once."""
     if source is None or str(source) in ALIASES:
         return str(default_model_dir()), DEFAULT_MODEL_ID
+    return check_source(source)
+
+
+def check_source(source: str | os.PathLike | None) -> tuple[str, str]:
+    """``resolve_source`` without loading anything (the offline default is not converted): the checks that say at
+    once that a base model cannot be had. ``TrainArgs`` runs it before a run makes its folder."""
+    if source is None or str(source) in ALIASES:
+        return str(_default_dir()), DEFAULT_MODEL_ID
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -111,19 +140,33 @@ def resolve_source(source: str | os.PathLike | None) -> tuple[str, str]:
         if path.resolve() == _default_dir().resolve():  # the converted default: adapters record its Hub id
             return str(path), DEFAULT_MODEL_ID
         return str(path), str(path)
-    if path.suffix or str(source).startswith((".", "/", "~")):
+    text = str(source)
+    if path.exists():
+        raise PeftlabError(f"base model {text} is a file, not a model folder or a Hub id")
+    if path.suffix or text.startswith((".", "/", "~")) or text.count("/") > 1 or not text.strip():
         raise PeftlabError(f"model folder {source} does not exist")
-    return str(source), str(source)  # a Hub id: transformers resolves it (cache or online)
+    if hub_offline() and not _hub_cached(text):
+        raise PeftlabError(f"base model {text!r} is not a local folder, and as a Hub model id it is not in the local "
+                           "cache and HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to download it, or pass a local "
+                           "model folder")
+    return text, text  # a Hub id: transformers resolves it (cache or online)
 
 
 def load_tokenizer(source: str | os.PathLike | None = None):
     from transformers import AutoTokenizer
 
     where, _ = resolve_source(source)
-    tok = AutoTokenizer.from_pretrained(where)
+    try:
+        tok = AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError) as e:
+        raise PeftlabError(f"cannot load the tokenizer of model {str(source)!r}: {_first_line(e)}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def load_model(source: str | os.PathLike | None = None, *, task: str = "CAUSAL_LM", dtype: Any = None,
@@ -165,7 +208,7 @@ def load_model(source: str | os.PathLike | None = None, *, task: str = "CAUSAL_L
         try:
             model, info = cls.from_pretrained(where, dtype=torch_dtype, output_loading_info=True, **kwargs)
         except OSError as e:
-            raise PeftlabError(f"cannot load model {source!r}: {e}") from None
+            raise PeftlabError(f"cannot load model {str(source)!r}: {_first_line(e)}") from None
         model.to(device)
         if task == "SEQ_CLS":
             new_modules = sorted({k.rsplit(".", 1)[0] for k in info.get("missing_keys", [])})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -66,14 +67,23 @@ class TrainArgs:
     resume: bool = option(False, "continue from the last checkpoint in the output folder")
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("max_steps, batch_size and grad_accum must be at least 1")
+        for name in ("max_steps", "batch_size", "grad_accum"):
+            if not getattr(self, name) >= 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for spec in fields_of(type(self)):
             value = getattr(self, spec.name)
             if spec.choices and value not in spec.choices:
                 raise ConfigError(f"{spec.name} must be one of {', '.join(spec.choices)}, got {value!r}")
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ConfigError("learning_rate must be positive")
+        if self.learning_rate is not None and not 0 < self.learning_rate < math.inf:
+            raise ConfigError(f"learning_rate must be a positive number, got {self.learning_rate}")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}", str(self.adapter_name)):
+            raise ConfigError(f"adapter_name {self.adapter_name!r}: use letters, digits, '_' and '-' (no '.', '/')")
+        # what would stop the run, checked before it makes its folder: a refused run leaves nothing behind
+        from .io import check_output_dir
+
+        ad.make_config(self.method, self.method_config)  # the method exists; its options are its own
+        check_output_dir(self.output_dir)
+        pdata.check_dataset(self.dataset)
 
     @classmethod
     def from_strings(cls, values: dict[str, Any], method_flags: dict[str, Any] | None = None) -> TrainArgs:

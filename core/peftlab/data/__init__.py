@@ -8,7 +8,7 @@ and ``collate`` (padding a batch). The names below are the public ones.
 from .collate import collate
 from .encode import encode_rows
 from .rows import DatasetError, dataset_task, label_names, normalize_rows, prompt_and_reference, split_rows
-from .sources import BUILTIN_DIR, BuiltinDataset, builtin_datasets, load_rows
+from .sources import BUILTIN_DIR, BuiltinDataset, builtin_datasets, check_dataset, load_rows
 from .templates import prompt_text
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "BuiltinDataset",
     "DatasetError",
     "builtin_datasets",
+    "check_dataset",
     "collate",
     "dataset_task",
     "encode_rows",

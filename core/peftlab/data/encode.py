@@ -54,8 +54,9 @@ def encode_rows(
 
     CAUSAL_LM items are ``{"input_ids", "labels"}`` (-100 marks tokens without loss); SEQ_CLS
     items are ``{"input_ids", "label"}`` with ``label`` an index into ``labels`` (default:
-    :func:`label_names`). Sequences keep their first ``max_length`` tokens; CAUSAL_LM rows left
-    with no labelled token are dropped (DatasetError if that drops every row).
+    :func:`label_names`). Sequences keep their first ``max_length`` tokens (a warning counts the rows
+    truncated and names the first); CAUSAL_LM rows left with no labelled token are dropped (DatasetError if
+    that drops every row).
     """
     if loss_on not in ("assistant", "all"):
         raise ValueError(f"loss_on must be 'assistant' or 'all', got {loss_on!r}")
@@ -68,6 +69,7 @@ def encode_rows(
         return _encode_cls(norm, tokenizer, max_length, labels)
     eos_id = getattr(tokenizer, "eos_token_id", None)
     items: list[dict] = []
+    truncated: list[tuple[int, int]] = []
     for i, row in enumerate(norm, start=1):
         if "label" in row:
             raise DatasetError(f"<rows> row {i}: text+label rows need task='SEQ_CLS'")
@@ -78,10 +80,13 @@ def encode_rows(
             if eos_id is not None and (not ids or ids[-1] != eos_id):
                 ids.append(eos_id)
             labs = list(ids)
+        if len(ids) > max_length:
+            truncated.append((i, len(ids)))
         ids, labs = ids[:max_length], labs[:max_length]
         if all(x == IGNORE_INDEX for x in labs):
             continue
         items.append({"input_ids": ids, "labels": labs})
+    _warn_truncated(truncated, len(norm), max_length)
     dropped = len(norm) - len(items)
     if not items:
         raise DatasetError(
@@ -97,12 +102,25 @@ def _encode_cls(rows: list[dict], tokenizer: Any, max_length: int, labels: Seque
     names = list(labels) if labels is not None else label_names(rows)
     index = {str(name): k for k, name in enumerate(names)}
     items = []
+    truncated: list[tuple[int, int]] = []
     for i, row in enumerate(rows, start=1):
         if "label" not in row:
             raise DatasetError(f"<rows> row {i}: task='SEQ_CLS' needs 'text'+'label' rows")
         key = str(row["label"])
         if key not in index:
             raise DatasetError(f"<rows> row {i}: label {key!r} is not one of {', '.join(names)}")
-        ids = list(tokenizer(row["text"], add_special_tokens=True)["input_ids"])[:max_length]
-        items.append({"input_ids": ids, "label": index[key]})
+        ids = list(tokenizer(row["text"], add_special_tokens=True)["input_ids"])
+        if len(ids) > max_length:
+            truncated.append((i, len(ids)))
+        items.append({"input_ids": ids[:max_length], "label": index[key]})
+    _warn_truncated(truncated, len(rows), max_length)
     return items
+
+
+def _warn_truncated(truncated: list[tuple[int, int]], total: int, max_length: int) -> None:
+    """Rows longer than ``max_length`` keep their first ``max_length`` tokens; say so once, naming the first."""
+    if truncated:
+        row, n = truncated[0]
+        log.warning("truncated %d of %d rows longer than max_length=%d tokens to their first %d (the first: row %d, "
+                    "%d tokens); raise max_length to keep them whole", len(truncated), total, max_length,
+                    max_length, row, n)

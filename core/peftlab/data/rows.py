@@ -44,10 +44,12 @@ def normalize_rows(
     """Validate and normalise rows; ``raw`` holds row dicts or ``(number, row)`` pairs.
 
     Raises DatasetError naming ``source`` and the row (or line) for the first problem,
-    including a dataset that mixes kinds (chat vs text vs classification) or has no rows.
+    including a dataset that mixes kinds (chat vs text vs classification) or label types
+    (integers vs strings), or has no rows.
     """
     out: list[dict] = []
     first_kind: tuple[str, str] | None = None
+    first_label: tuple[str, str, Any] | None = None
     for i, item in enumerate(raw, start=1):
         if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int):
             number, row = item
@@ -63,6 +65,16 @@ def normalize_rows(
                 f"{loc}: this is a {kind} row but {first_kind[1]} is a {first_kind[0]} row; "
                 "a dataset must contain only one kind of row (chat-like, text, or text+label)"
             )
+        if "label" in norm:
+            label_type = "integer" if isinstance(norm["label"], int) else "string"
+            if first_label is None:
+                first_label = (label_type, f"{where} {number}", norm["label"])
+            elif label_type != first_label[0]:
+                raise DatasetError(
+                    f"{loc}: label {norm['label']!r} is {'an' if label_type == 'integer' else 'a'} {label_type} but "
+                    f"{first_label[1]} has the {first_label[0]} label {first_label[2]!r}; use one type of label "
+                    "(all integers or all strings)"
+                )
         out.append(norm)
     if not out:
         raise DatasetError(f"{source}: no rows")

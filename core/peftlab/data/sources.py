@@ -89,6 +89,16 @@ def load_rows(source: str | os.PathLike) -> list[dict]:
     return normalize_rows(_read_hub(text), f"Hub dataset {text!r}", "row")
 
 
+def check_dataset(source: str | os.PathLike) -> None:
+    """Read and check a local dataset file or folder now, so a bad one is refused before anything else starts
+    (``DatasetError`` naming the file and line); built-in datasets are known good, Hub ones are read when used."""
+    text = os.fspath(source)
+    if isinstance(source, str) and text in builtin_datasets():
+        return
+    if Path(text).expanduser().exists() or _looks_like_path(text):
+        load_rows(source)
+
+
 def _looks_like_path(text: str) -> bool:
     """True when ``text`` is clearly meant as a local path (so the Hub is not tried)."""
     return (
