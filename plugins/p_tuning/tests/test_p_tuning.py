@@ -9,43 +9,27 @@ from safetensors.torch import load_file
 
 import peftlab
 from peftlab import AdapterMismatchError, ConfigError
-from peftlab.models import load_model, tiny_model
-from peftlab.testing import check_method
-from peftlab_prompt_tuning import VirtualTokens
+from peftlab.kit import VirtualTokens
+from peftlab.models import tiny_model
+from peftlab.testing import (
+    check_method,
+    check_peft_roundtrip,
+    greedy,
+    logits,
+    random_ids,
+    responsive_tiny_model,
+    skip_if_peft_fails,
+    train_briefly,
+    train_steps,
+)
 
 METHOD = "p_tuning"
 ATOL = 1e-4
 
 
-def _model(task: str = "CAUSAL_LM"):
-    """The tiny llama with weights 10x its init scale, so greedy replies depend on the whole context."""
-    model = tiny_model(task=task)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model
-
-
-def _ids(batch: int = 2, length: int = 7, seed: int = 0) -> torch.Tensor:
-    return torch.randint(3, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def _logits(model, ids) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
-
-
-def _greedy(model, ids, n: int = 10, **kw) -> torch.Tensor:
-    with torch.no_grad():
-        return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                              pad_token_id=0, eos_token_id=None, **kw)[:, ids.shape[1]:]
-
-
 def _adapted(k: int = 5, encoder: str = "MLP", name: str = "default", model=None, seed: int = 0, **cfg):
     """An adapter whose encoder weights are random (non-trivial prompts)."""
-    model = model or _model()
+    model = model or responsive_tiny_model()
     peftlab.add_adapter(model, METHOD, {"num_virtual_tokens": k, "encoder_reparameterization_type": encoder,
                                         "encoder_hidden_size": 16, **cfg}, name)
     g = torch.Generator().manual_seed(seed)
@@ -91,8 +75,8 @@ def test_only_the_encoder_trains():
 @pytest.mark.parametrize("encoder", ["MLP", "LSTM"])
 def test_save_keeps_prompt_for_peft_and_encoder_for_resuming(tmp_path, encoder):
     model = _adapted(k=5, encoder=encoder)
-    ids = _ids()
-    want = _logits(model, ids)
+    ids = random_ids()
+    want = logits(model, ids)
     folder = peftlab.save_adapter(model, tmp_path / "a")
     tensors = load_file(str(folder / "adapter_model.safetensors"))
     assert list(tensors) == ["prompt_embeddings"] and tensors["prompt_embeddings"].shape == (5, 64)
@@ -101,9 +85,9 @@ def test_save_keeps_prompt_for_peft_and_encoder_for_resuming(tmp_path, encoder):
     extra = load_file(str(folder / "peftlab_extra.safetensors"))
     assert set(extra) == {f"prompt_encoder.{k}" for k in source.state_dict()}
 
-    fresh = _model()
+    fresh = responsive_tiny_model()
     peftlab.load_adapter(fresh, folder)
-    assert (_logits(fresh, ids) - want).abs().max() <= ATOL
+    assert (logits(fresh, ids) - want).abs().max() <= ATOL
     loaded = VirtualTokens.source(fresh, "default")
     assert not loaded.frozen_output
     for k, v in source.state_dict().items():  # the encoder itself came back, not just its output
@@ -126,38 +110,21 @@ def test_lstm_dropout_does_not_leak_into_the_saved_prompt(tmp_path):
 
 
 @pytest.mark.parametrize("encoder", ["MLP", "LSTM"])
-def test_peftlab_adapter_loads_in_peft(tmp_path, encoder):
-    from peft import PeftModel
+def test_round_trips_with_peft_and_peft_files_load_as_a_fixed_prompt(tmp_path, encoder):
+    skip_if_peft_fails(METHOD)
+    from peft import PromptEncoderConfig
 
-    model = _adapted(k=5, encoder=encoder)
-    ids = _ids()
-    ours = _logits(model, ids)
-    folder = peftlab.save_adapter(model, tmp_path / "a")
-    peft_model = PeftModel.from_pretrained(_model(), str(folder))
-    theirs = _logits(peft_model, ids)
-    assert theirs.shape[1] == 5 + ids.shape[1]  # peft keeps the virtual positions; peftlab returns the input's
-    assert (theirs[:, 5:] - ours).abs().max() <= ATOL
-    assert torch.equal(_greedy(peft_model, ids), _greedy(model, ids))
-
-
-@pytest.mark.parametrize("encoder", ["MLP", "LSTM"])
-def test_peft_adapter_loads_in_peftlab_as_fixed_prompt(tmp_path, encoder):
-    from peft import PromptEncoderConfig, get_peft_model
-
-    peft_model = get_peft_model(_model(), PromptEncoderConfig(
-        task_type="CAUSAL_LM", num_virtual_tokens=6, encoder_hidden_size=16, encoder_reparameterization_type=encoder))
-    with torch.no_grad():
-        for p in peft_model.prompt_encoder["default"].parameters():
-            p.normal_()
-    peft_model.eval()
-    ids = _ids()
-    theirs = _logits(peft_model, ids)[:, 6:]
-    peft_model.save_pretrained(str(tmp_path / "p"))
-    model = _model()
-    peftlab.load_adapter(model, tmp_path / "p")
-    assert (_logits(model, ids) - theirs).abs().max() <= ATOL
-    assert torch.equal(_greedy(model, ids), _greedy(peft_model, ids))
+    # the encoders get random weights on each side
+    report = check_peft_roundtrip(
+        METHOD, {"num_virtual_tokens": 5, "encoder_reparameterization_type": encoder, "encoder_hidden_size": 16},
+        make_model=responsive_tiny_model, std=0.5, tmp_path=tmp_path,
+        peft_config=PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=6, encoder_hidden_size=16,
+                                        encoder_reparameterization_type=encoder))
+    # peft keeps the virtual positions in its logits; peftlab returns the input's
+    assert report["to_peft_extra_positions"] == 5 and report["from_peft_extra_positions"] == 6
+    assert report["to_peft_max_diff"] <= ATOL and report["from_peft_max_diff"] <= ATOL  # and 10 greedy tokens agree
     # peft kept no encoder: the prompt is served as saved, and is what trains from here on
+    model = report["loaded"]
     source = VirtualTokens.source(model, "default")
     assert source.frozen_output
     assert list(peftlab.adapter_parameters(model)) == ["peftlab_prompt_encoder.default.prompt_embeddings"]
@@ -171,24 +138,14 @@ def test_training_follows_peft_step_for_step():
     """Same encoder weights, same data, same optimizer: peft's and peftlab's loss curves agree."""
     from peft import PromptEncoderConfig, get_peft_model
 
-    ids = _ids(length=10)
+    ids = random_ids(length=10)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     model = _adapted(k=4, encoder="LSTM")
-    peft_model = get_peft_model(_model(), PromptEncoderConfig(
+    peft_model = get_peft_model(responsive_tiny_model(), PromptEncoderConfig(
         task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16, encoder_reparameterization_type="LSTM"))
     peft_model.prompt_encoder["default"].load_state_dict(VirtualTokens.source(model, "default").state_dict())
-    curves = []
-    for m, params in ((model, peftlab.prepare_for_training(model).values()),
-                      (peft_model, [p for p in peft_model.parameters() if p.requires_grad])):
-        opt, losses = torch.optim.AdamW(list(params), lr=1e-2), []
-        m.train()
-        for _ in range(4):
-            loss = m(**batch).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            losses.append(loss.item())
-        curves.append(losses)
+    curves = [train_steps(model, peftlab.prepare_for_training(model).values(), batch, 4, lr=1e-2),
+              train_steps(peft_model, [p for p in peft_model.parameters() if p.requires_grad], batch, 4, lr=1e-2)]
     assert curves[0][-1] < curves[0][0]
     assert curves[0] == pytest.approx(curves[1], abs=1e-5)
 
@@ -201,16 +158,16 @@ def test_mixed_batch_with_prompt_tuning():
     peftlab.add_adapter(model, "prompt_tuning", {"num_virtual_tokens": 7}, "t")
     with torch.no_grad():
         VirtualTokens.source(model, "t").embedding.weight.normal_()
-    ids = _ids(batch=3)
+    ids = random_ids(batch=3)
     want = []
     for name in ("p", "t", None):
         with peftlab.active_adapters(model, name):
-            want.append((_logits(model, ids), _greedy(model, ids)))
+            want.append((logits(model, ids), greedy(model, ids, n=10)))
     rows = ["p", "t", None]
     with peftlab.mixed_batch(model, rows):
-        logits, replies = _logits(model, ids), _greedy(model, ids)
+        mixed, replies = logits(model, ids), greedy(model, ids, n=10)
     for i, name in enumerate(rows):
-        assert (logits[i] - want[i][0][i]).abs().max() <= ATOL, f"row {i} ({name})"
+        assert (mixed[i] - want[i][0][i]).abs().max() <= ATOL, f"row {i} ({name})"
         assert torch.equal(replies[i], want[i][1][i]), f"row {i} ({name})"
 
 
@@ -260,20 +217,9 @@ def test_mlp_ignores_encoder_num_layers_with_a_warning():
 # --- SmolLM2 ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    torch.set_num_threads(2)
-    return load_model(None)
-
-
 @pytest.mark.smollm2
 def test_trains_on_smollm2(smollm2, tmp_path):
-    from peftlab.train import TrainArgs, train
-
     model, tokenizer = smollm2
-    result = train(TrainArgs(method=METHOD, method_config={"num_virtual_tokens": 16}, dataset="capitals-json",
-                             max_steps=12, batch_size=8, max_length=128, output_dir=str(tmp_path / "out"),
-                             eval_every=0, max_eval_samples=16), model=model, tokenizer=tokenizer)
-    print(f"p_tuning on SmolLM2: eval loss {result.eval_loss_before:.3f} → {result.eval_loss_after:.3f}")
+    result = train_briefly(model, tokenizer, METHOD, tmp_path / "out", {"num_virtual_tokens": 16})
     assert result.eval_loss_after < result.eval_loss_before * 0.7
     assert (result.output_dir / "peftlab_extra.safetensors").exists()  # the encoder, to resume from
