@@ -11,25 +11,12 @@ from torch import nn
 
 import peftlab
 from peftlab.models import tiny_model
-from peftlab.testing import check_method
+from peftlab.testing import check_method, logits, random_ids, randomize_adapter, train_briefly
 from peftlab_adapter import Bottleneck, BottleneckAdapterConfig, bottlenecks
 
 
-def _ids(vocab: int = 256, batch: int = 3, length: int = 12, seed: int = 1) -> torch.Tensor:
-    return torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def _logits(model, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
-
-
-def _randomize(model, name: str = "default", seed: int = 0) -> None:
-    """Make every adapter weight and bias non-trivial, so outputs depend on all of them."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in peftlab.adapter_parameters(model, name).values():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+def _ids() -> torch.Tensor:
+    return random_ids(batch=3, length=12, seed=1)
 
 
 # --- the conformance kit ------------------------------------------------------------------------------
@@ -101,10 +88,10 @@ def test_matches_hand_computed_reference(arch, config, expected, f):
     model = tiny_model(arch)
     peftlab.add_adapter(model, "adapter", config)
     assert sorted(bottlenecks(model)) == sorted(expected)
-    _randomize(model)
+    randomize_adapter(model, std=0.2)
     ids = _ids()
-    ours, ref = _logits(model, ids), _logits(_reference_model(base, model, f), ids)
-    assert not torch.allclose(ours, _logits(base, ids), atol=1e-3), "random adapters must change the outputs"
+    ours, ref = logits(model, ids), logits(_reference_model(base, model, f), ids)
+    assert not torch.allclose(ours, logits(base, ids), atol=1e-3), "random adapters must change the outputs"
     assert (ours - ref).abs().max().item() <= 1e-5
 
 
@@ -116,8 +103,8 @@ def test_hook_sees_the_sublayer_output_before_the_residual():
     mlp.register_forward_hook(lambda m, a, out: seen.__setitem__("raw", out.detach().clone()))
     peftlab.add_adapter(model, "adapter", {"variant": "pfeiffer", "bottleneck_size": 4, "layers": [0]})
     mlp.register_forward_hook(lambda m, a, out: seen.__setitem__("adapted", out.detach().clone()))
-    _randomize(model)
-    _logits(model, _ids())
+    randomize_adapter(model, std=0.2)
+    logits(model, _ids())
     down, up = mlp.bottleneck["default"].adapter_down, mlp.bottleneck["default"].adapter_up
     h = seen["raw"]
     expected = h + torch.relu(h @ down.weight.T + down.bias) @ up.weight.T + up.bias
@@ -143,7 +130,7 @@ def test_parameters_follow_model_dtype():
     model = tiny_model("llama").to(torch.bfloat16)
     peftlab.add_adapter(model, "adapter", {"bottleneck_size": 4})
     assert {p.dtype for p in peftlab.adapter_parameters(model).values()} == {torch.bfloat16}
-    assert _logits(model, _ids()).isfinite().all()
+    assert logits(model, _ids()).isfinite().all()
 
 
 # --- routing: inactive, several adapters, mixed batches, deep copies -------------------------------------
@@ -154,37 +141,37 @@ def test_routing_off_stacked_and_mixed_rows():
     model = tiny_model("llama")
     peftlab.add_adapter(model, "adapter", {"bottleneck_size": 8}, "a")
     peftlab.add_adapter(model, "adapter", {"bottleneck_size": 4, "variant": "pfeiffer"}, "b")
-    _randomize(model, "a", seed=1)
-    _randomize(model, "b", seed=2)
+    randomize_adapter(model, "a", std=0.2, seed=1)
+    randomize_adapter(model, "b", std=0.2, seed=2)
     ids = _ids()
     with peftlab.active_adapters(model, None):
-        assert torch.allclose(_logits(model, ids), _logits(base, ids), atol=1e-6)
+        assert torch.allclose(logits(model, ids), logits(base, ids), atol=1e-6)
     with peftlab.active_adapters(model, "a"):
-        only_a = _logits(model, ids)
+        only_a = logits(model, ids)
     with peftlab.active_adapters(model, "b"):
-        only_b = _logits(model, ids)
+        only_b = logits(model, ids)
     assert not torch.allclose(only_a, only_b, atol=1e-3)
     with peftlab.mixed_batch(model, ["a", None, "b"]):
-        mixed = _logits(model, ids)
+        mixed = logits(model, ids)
     assert torch.allclose(mixed[0], only_a[0], atol=1e-5)
-    assert torch.allclose(mixed[1], _logits(base, ids)[1], atol=1e-5)
+    assert torch.allclose(mixed[1], logits(base, ids)[1], atol=1e-5)
     assert torch.allclose(mixed[2], only_b[2], atol=1e-5)
     with peftlab.mixed_batch(model, ["b", "b", "b"]):
-        assert torch.allclose(_logits(model, ids), only_b, atol=1e-5)
+        assert torch.allclose(logits(model, ids), only_b, atol=1e-5)
 
 
 def test_deepcopy_is_independent():
     model = tiny_model("llama")
     peftlab.add_adapter(model, "adapter", {"bottleneck_size": 4})
-    _randomize(model)
+    randomize_adapter(model, std=0.2)
     twin = copy.deepcopy(model)
     ids = _ids()
-    assert torch.allclose(_logits(twin, ids), _logits(model, ids))
+    assert torch.allclose(logits(twin, ids), logits(model, ids))
     with torch.no_grad():
         twin.model.layers[0].mlp.bottleneck["default"].adapter_up.bias.add_(1.0)
-    assert not torch.allclose(_logits(twin, ids), _logits(model, ids), atol=1e-3)
+    assert not torch.allclose(logits(twin, ids), logits(model, ids), atol=1e-3)
     peftlab.set_active(twin, None)
-    assert not torch.allclose(_logits(twin, ids), _logits(model, ids), atol=1e-3)  # the copy has its own state
+    assert not torch.allclose(logits(twin, ids), logits(model, ids), atol=1e-3)  # the copy has its own state
 
 
 def test_merge_is_refused_with_the_reason():
@@ -201,7 +188,7 @@ def test_saved_files_keys_config_and_card(tmp_path):
     model = tiny_model("llama")
     config = {"variant": "houlsby", "bottleneck_size": 6, "activation": "gelu", "layers": [1]}
     peftlab.add_adapter(model, "adapter", config)
-    _randomize(model)
+    randomize_adapter(model, std=0.2)
     folder = peftlab.save_adapter(model, tmp_path / "ad")
     from safetensors.torch import load_file
 
@@ -219,7 +206,7 @@ def test_saved_files_keys_config_and_card(tmp_path):
     fresh = tiny_model("llama")
     assert peftlab.load_adapter(fresh, folder) == "default"
     ids = _ids()
-    assert torch.equal(_logits(fresh, ids), _logits(model, ids))
+    assert torch.equal(logits(fresh, ids), logits(model, ids))
     assert peftlab.read_adapter(folder).config == BottleneckAdapterConfig(**config)
 
 
@@ -273,7 +260,7 @@ def test_sublayer_with_wrong_output_size_is_named():
     model = tiny_model("llama")
     peftlab.add_adapter(model, "adapter", {"variant": "pfeiffer", "ffn_module": "mlp.up_proj"})  # 128 wide, not 64
     with pytest.raises(peftlab.MethodError, match="has size 128, not the hidden size 64"):
-        _logits(model, _ids())
+        logits(model, _ids())
 
 
 def test_adapter_from_another_base_model_is_refused(tmp_path):
@@ -294,22 +281,9 @@ def test_adapter_from_another_base_model_is_refused(tmp_path):
 # --- the real model -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    torch.set_num_threads(2)
-    from peftlab.models import load_model
-
-    return load_model(None)
-
-
 @pytest.mark.smollm2
 def test_trains_on_smollm2(smollm2, tmp_path):
-    from peftlab.train import TrainArgs, train
-
     model, tokenizer = smollm2
-    result = train(TrainArgs(method="adapter", method_config={}, dataset="capitals-json", max_steps=12,
-                             batch_size=8, max_length=128, output_dir=str(tmp_path / "out"), eval_every=0,
-                             max_eval_samples=16), model=model, tokenizer=tokenizer)
-    print(f"adapter eval loss {result.eval_loss_before:.3f} → {result.eval_loss_after:.3f}")
+    result = train_briefly(model, tokenizer, "adapter", tmp_path / "out")
     assert result.eval_loss_after < 0.6 * result.eval_loss_before
     assert (result.output_dir / "adapter_config.json").exists()

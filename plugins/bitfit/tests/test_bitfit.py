@@ -11,17 +11,12 @@ from torch import nn
 
 import peftlab
 from peftlab.models import tiny_model
-from peftlab.testing import check_method
+from peftlab.testing import check_method, logits, random_ids, train_briefly
 from peftlab_bitfit import BitFitConfig, bias_layers
 
 
-def _ids(vocab: int = 256, batch: int = 3, length: int = 12, seed: int = 1) -> torch.Tensor:
-    return torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def _logits(model, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+def _ids() -> torch.Tensor:
+    return random_ids(batch=3, length=12, seed=1)
 
 
 def _randomize(model, name: str = "default", seed: int = 0) -> dict[str, torch.Tensor]:
@@ -131,9 +126,9 @@ def test_matches_hand_computed_reference(arch, task):
     peftlab.add_adapter(model, "bitfit", {})
     deltas = _randomize(model)
     ids = _ids()
-    ours = _logits(model, ids)
-    assert not torch.allclose(ours, _logits(base, ids), atol=1e-3)
-    assert (ours - _logits(_reference(base, deltas), ids)).abs().max().item() <= 1e-5
+    ours = logits(model, ids)
+    assert not torch.allclose(ours, logits(base, ids), atol=1e-3)
+    assert (ours - logits(_reference(base, deltas), ids)).abs().max().item() <= 1e-5
 
 
 def test_merge_creates_and_unmerge_removes_biases():
@@ -141,17 +136,17 @@ def test_merge_creates_and_unmerge_removes_biases():
     peftlab.add_adapter(model, "bitfit", {"biases": "attention"})
     deltas = _randomize(model)
     ids = _ids()
-    adapted = _logits(model, ids)
+    adapted = logits(model, ids)
     q = model.model.layers[0].self_attn.q_proj
     assert q.bias is None
     peftlab.merge_adapter(model)
     assert torch.equal(q.bias, deltas["model.layers.0.self_attn.q_proj"])  # made permanent
-    assert torch.allclose(_logits(model, ids), adapted, atol=1e-5)
+    assert torch.allclose(logits(model, ids), adapted, atol=1e-5)
     with peftlab.active_adapters(model, None):  # merged: in the weights, whatever is active
-        assert torch.allclose(_logits(model, ids), adapted, atol=1e-5)
+        assert torch.allclose(logits(model, ids), adapted, atol=1e-5)
     peftlab.unmerge_adapter(model)
     assert q.bias is None and "bias" not in dict(q.named_parameters())
-    assert torch.allclose(_logits(model, ids), adapted, atol=1e-5)
+    assert torch.allclose(logits(model, ids), adapted, atol=1e-5)
 
 
 def test_merge_into_existing_biases_and_back():
@@ -177,18 +172,18 @@ def test_routing_off_stacked_and_mixed_rows():
     _randomize(model, "b", seed=2)
     ids = _ids()
     with peftlab.active_adapters(model, None):
-        assert torch.allclose(_logits(model, ids), _logits(base, ids), atol=1e-6)
+        assert torch.allclose(logits(model, ids), logits(base, ids), atol=1e-6)
     with peftlab.active_adapters(model, "a"):
-        only_a = _logits(model, ids)
+        only_a = logits(model, ids)
     with peftlab.active_adapters(model, "b"):
-        only_b = _logits(model, ids)
+        only_b = logits(model, ids)
     with peftlab.mixed_batch(model, ["b", "a", None]):
-        mixed = _logits(model, ids)
+        mixed = logits(model, ids)
     assert torch.allclose(mixed[0], only_b[0], atol=1e-5)
     assert torch.allclose(mixed[1], only_a[1], atol=1e-5)
-    assert torch.allclose(mixed[2], _logits(base, ids)[2], atol=1e-5)
+    assert torch.allclose(mixed[2], logits(base, ids)[2], atol=1e-5)
     with peftlab.active_adapters(model, ["a", "b"]):  # stacked: both deltas on their own layers
-        both = _logits(model, ids)
+        both = logits(model, ids)
     assert not torch.allclose(both, only_a, atol=1e-3) and not torch.allclose(both, only_b, atol=1e-3)
 
 
@@ -202,7 +197,7 @@ def test_saved_files_hold_the_fine_tuned_biases(tmp_path):
     peftlab.add_adapter(model, "bitfit", {"biases": "ffn"})
     _randomize(model)
     ids = _ids()
-    adapted = _logits(model, ids)
+    adapted = logits(model, ids)
     folder = peftlab.save_adapter(model, tmp_path / "bf")
     tensors = load_file(str(folder / "adapter_model.safetensors"))
     assert sorted(tensors) == sorted(f"base_model.model.transformer.h.{i}.mlp.{m}.bias"
@@ -212,7 +207,7 @@ def test_saved_files_hold_the_fine_tuned_biases(tmp_path):
     missing, unexpected = plain.load_state_dict({k.removeprefix("base_model.model."): v for k, v in tensors.items()},
                                                 strict=False)
     assert not unexpected
-    assert torch.allclose(_logits(plain, ids), adapted, atol=1e-5)
+    assert torch.allclose(logits(plain, ids), adapted, atol=1e-5)
 
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "BITFIT" and {f.name for f in BitFitConfig.fields()} <= set(cfg)
@@ -222,7 +217,7 @@ def test_saved_files_hold_the_fine_tuned_biases(tmp_path):
 
     fresh = tiny_model("gpt2")
     peftlab.load_adapter(fresh, folder)
-    assert torch.allclose(_logits(fresh, ids), adapted, atol=1e-6)
+    assert torch.allclose(logits(fresh, ids), adapted, atol=1e-6)
     assert peftlab.read_adapter(folder).config == BitFitConfig(biases="ffn")
 
 
@@ -231,12 +226,12 @@ def test_save_and_reload_while_merged(tmp_path):
     peftlab.add_adapter(model, "bitfit", {"target_modules": ["o_proj"]})
     _randomize(model)
     ids = _ids()
-    adapted = _logits(model, ids)
+    adapted = logits(model, ids)
     peftlab.merge_adapter(model)
     folder = peftlab.save_adapter(model, tmp_path / "bf")  # saves b + Δb, not the merged bias + Δb again
     fresh = tiny_model("llama")
     peftlab.load_adapter(fresh, folder)
-    assert torch.allclose(_logits(fresh, ids), adapted, atol=1e-5)
+    assert torch.allclose(logits(fresh, ids), adapted, atol=1e-5)
 
 
 # --- bad input ------------------------------------------------------------------------------------------
@@ -293,22 +288,9 @@ def test_adapter_from_another_base_model_is_refused(tmp_path):
 # --- the real model -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from peftlab.models import load_model
-
-    torch.set_num_threads(2)
-    return load_model(None)
-
-
 @pytest.mark.smollm2
 def test_trains_on_smollm2(smollm2, tmp_path):
-    from peftlab.train import TrainArgs, train
-
     model, tokenizer = smollm2
-    result = train(TrainArgs(method="bitfit", method_config={}, dataset="capitals-json", max_steps=12,
-                             batch_size=8, max_length=128, output_dir=str(tmp_path / "out"), eval_every=0,
-                             max_eval_samples=16), model=model, tokenizer=tokenizer)
-    print(f"bitfit eval loss {result.eval_loss_before:.3f} → {result.eval_loss_after:.3f}")
+    result = train_briefly(model, tokenizer, "bitfit", tmp_path / "out")
     assert result.eval_loss_after < 0.6 * result.eval_loss_before
     assert (result.output_dir / "adapter_config.json").exists()
