@@ -235,5 +235,5 @@ def test_reload_reattaches_and_stop_stops(page, app, tmp_path):
     assert "bad.jsonl" in md(pg, "train-dataset-info")
     runs_before = sorted(p.name for p in runs.iterdir())
     pg.click("#train-start")
-    pg.get_by_text(re.compile(r"Dataset: .*bad\.jsonl")).first.wait_for()
+    pg.get_by_text(re.compile(r"bad\.jsonl line 2: invalid JSON")).first.wait_for()
     assert sorted(p.name for p in runs.iterdir()) == runs_before  # no job was started
