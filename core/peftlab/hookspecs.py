@@ -45,9 +45,10 @@ ATTRIBUTES: dict[str, tuple[str, str]] = {
     "peft_type": ("str", "Written to `adapter_config.json`; peft's own name where peft has the method (`LORA`), "
                          "else one of the method's own (`BOTTLENECK_ADAPTER`)."),
     "capabilities": ("Capabilities", "What the method can do (`peftlab.Capabilities`): mergeable, stackable, "
-                                     "kv_cache, virtual_tokens, needs_quantized_base, mixed_batch, task_types, and "
-                                     "the sentences shown when merge or stacking is refused. Core and the app act "
-                                     "on these; the kit checks the promises."),
+                                     "kv_cache, virtual_tokens, needs_quantized_base, mixed_batch, task_types, "
+                                     "combinations (the weighted-merge types its `combine` computes), and the "
+                                     "sentences shown when merge, stacking or combining is refused. Core and the "
+                                     "app act on these; the kit checks the promises."),
     "description": ("str", "One line, shown by `peftlab methods` and in the app."),
     "train_defaults": ("dict[str, Any]", "`TrainArgs` settings that suit the method, e.g. `{\"learning_rate\": "
                                          "3e-1}` for prompt tuning; the user's own settings win. Keys must be "
@@ -184,4 +185,19 @@ def claims_peft_config(data):
     written without peftlab's metadata, i.e. by ``peft``. Optional: without it, the method claims every config
     of its ``peft_type``. Several methods may share a ``peft_type`` (prefix tuning and P-Tuning v2 are both
     ``PREFIX_TUNING``; QLoRA writes ``LORA``): exactly one should claim a given config. Returns a bool.
+    """
+
+
+@hookspec(firstresult=True)
+def combine(parents, weights, combination, options):
+    """Merge several saved adapters into one new plain adapter (a weighted merge, peft's ``add_weighted_adapter``).
+
+    Only called for a method whose capabilities list ``combination`` in ``combinations``. ``parents`` is a list of
+    ``peftlab.io.AdapterFiles`` (from ``peftlab.read_adapter``; tensors on the CPU), each of this method, or already
+    brought to this method's ``peft_type`` by its own method's ``combine`` of itself alone with ``"cat"`` (how the
+    hub merges a LoRA-family mix: an AdaLoRA parent becomes a plain LoRA first); ``weights`` one float per parent;
+    ``combination`` one of this method's ``combinations``; ``options`` a dict of ``svd_rank``, ``density``,
+    ``majority_sign`` (``"total"`` | ``"frequency"``) and ``seed``. Returns ``(config, tensors)``: the new adapter's
+    ``adapter_config.json`` keys of its method with ``peft_type`` (core adds ``task_type`` and the base) and its
+    tensors in PEFT keys. Raise ``peftlab.MethodError`` naming the parent that cannot be combined.
     """

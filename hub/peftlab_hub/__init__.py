@@ -3,6 +3,7 @@ model cards — and the local adapter store (the offline hub). Core never import
 
 from .card import Card, build_card
 from .cli import add_commands
+from .compose import compose
 from .doctor import Check, Report, check, diagnose
 from .pull import PullResult, provenance, pull
 from .push import PushResult, push
@@ -26,6 +27,7 @@ __all__ = [
     "add_commands",
     "build_card",
     "check",
+    "compose",
     "default_store_dir",
     "diagnose",
     "parse_ref",

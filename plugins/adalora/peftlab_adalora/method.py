@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from peftlab import AdapterMismatchError, AdapterWeights, Capabilities, Method, copy_into, hookimpl
+from peftlab import AdapterMismatchError, AdapterWeights, Capabilities, Method, MethodError, copy_into, hookimpl
 from peftlab.kit import replace_module
 from peftlab_lora import resolve_targets
+from peftlab_lora.combine import COMBINATIONS, combine_lora_family
 
 from .budget import PARTS, RankAllocator, part_param, pattern_key
 from .config import AdaLoraConfig, check_schedule
-from .layer import AdaLoraLayer, inject_adalora, svd_layers
+from .layer import EPS, AdaLoraLayer, inject_adalora, svd_layers
 
 ALLOCATORS = "_peftlab_adalora_allocators"  # model attribute: {adapter name: RankAllocator} while training
 
@@ -39,7 +40,7 @@ class AdaLoRA(Method):
     config_class = AdaLoraConfig
     peft_type = "ADALORA"
     description = "AdaLoRA: SVD-form LoRA (P Λ Q) whose rank budget moves to the layers that matter"
-    capabilities = Capabilities(mergeable=True, stackable=True, mixed_batch=True)
+    capabilities = Capabilities(mergeable=True, stackable=True, mixed_batch=True, combinations=COMBINATIONS)
     # measured on SmolLM2 (capitals-json, 14 steps of 8, init_r 8 → target_r 4): eval loss 1.363 → 1.286 at
     # 5e-3, → 0.966 at 1e-2, → 0.146 at 2e-2, → 0.119 at 3e-2 (Λ starts at zero, so small LRs barely move it)
     train_defaults = {"learning_rate": 2e-2}
@@ -145,6 +146,20 @@ class AdaLoRA(Method):
             if keep is not None and sum(keep) != layer.rank(adapter_name):
                 layer.resize(adapter_name, sum(keep))
         copy_into(self.tensor_map(model, config, adapter_name), weights.tensors, what=self.name)
+
+    @hookimpl
+    def combine(self, parents: list, weights: list[float], combination: str, options: dict) -> tuple[dict, dict]:
+        """Each parent as LoRA factors (A = Λ⊙Q, B = P, scaling α/r₀), merged by LoRA's maths into a plain LoRA."""
+        factors = []
+        for p in parents:
+            t, scaling = p.weights.tensors, p.config.lora_alpha / (p.config.init_r + EPS)
+            paths = [k.removeprefix(self.module_prefix).removesuffix(".lora_E") for k in t if k.endswith(".lora_E")]
+            if len(t) != 3 * len(paths):
+                raise MethodError(f"{p.path}: AdaLoRA tensors other than P, Λ, Q cannot be combined")
+            key = self.peft_key
+            factors.append({path: (t[key(path, "lora_A")] * t[key(path, "lora_E")], t[key(path, "lora_B")], scaling)
+                            for path in paths})
+        return combine_lora_family(parents, factors, weights, combination, options, self.module_prefix)
 
     @hookimpl
     def merge(self, model, adapter_name: str) -> None:

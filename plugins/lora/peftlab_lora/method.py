@@ -7,6 +7,7 @@ import torch
 from peftlab import Capabilities, Method, hookimpl
 from peftlab.kit import replace_module
 
+from .combine import COMBINATIONS, combine_lora_family, lora_factors
 from .config import LoraConfig
 from .layer import inject_lora, lora_layers, resolve_targets
 
@@ -16,11 +17,17 @@ class LoRA(Method):
     config_class = LoraConfig
     peft_type = "LORA"
     description = "LoRA: low-rank updates B·A added to linear layers"
-    capabilities = Capabilities(mergeable=True, stackable=True, mixed_batch=True)
+    capabilities = Capabilities(mergeable=True, stackable=True, mixed_batch=True, combinations=COMBINATIONS)
 
     @hookimpl
     def claims_peft_config(self, data: dict) -> bool:
         return not data.get("use_dora")  # DoRA is a different computation
+
+    @hookimpl
+    def combine(self, parents: list, weights: list[float], combination: str, options: dict) -> tuple[dict, dict]:
+        """Weighted merge of saved LoRA adapters (``combine.py`` has the maths, peft's types and names)."""
+        factors = [lora_factors(p, self.module_prefix) for p in parents]
+        return combine_lora_family(parents, factors, weights, combination, options, self.module_prefix)
 
     @hookimpl
     def inject(self, model, config: LoraConfig, adapter_name: str) -> None:

@@ -6,6 +6,7 @@ import torch
 
 from peftlab import Capabilities, hookimpl
 from peftlab_lora import LoRA, lora_layers
+from peftlab_lora.combine import COMBINATIONS
 
 from .base import keep_trainable_layout, load_4bit, require_bitsandbytes
 from .config import QLoraConfig
@@ -19,6 +20,7 @@ class QLoRA(LoRA):
     description = "QLoRA: LoRA over a base model quantized to 4-bit NormalFloat (bitsandbytes)"
     capabilities = Capabilities(
         mergeable=True, stackable=True, mixed_batch=True, needs_quantized_base=True, task_types=("CAUSAL_LM",),
+        combinations=COMBINATIONS,  # its adapters are LoRA's: LoRA's combine (inherited) merges them
         merge_note="merging into a 4-bit base requantizes W+ΔW, which rounds part of the update away")
 
     @hookimpl

@@ -1,0 +1,140 @@
+"""Weighted merges of adapters into one new plain adapter (``peftlab compose``).
+
+The hub orchestrates; each method's maths lives in its plugin, behind the ``combine`` hook, and what a method can
+combine is its declaration (``capabilities.combinations``): nothing here names a method. Parents of one method go to
+that method's ``combine``. A mix (LoRA + AdaLoRA + QLoRA) is first brought to one on-disk form, each parent by its
+own method (a ``cat`` of the parent alone, which is exact), then merged by the method that loads that form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+import peftlab
+from peftlab import AdapterError, AdapterWeights, MethodError, registry
+from peftlab.io import CARD_FILE, CONFIG_FILE, META_FILE, WEIGHTS_FILE, AdapterFiles, atomic_dir, model_card
+
+from .resolve import ResolvedAdapter, resolve_adapter
+from .store import AdapterStore
+
+
+class CompositionError(MethodError):
+    """The parents cannot be combined (another base, a method that cannot combine, an unsupported type...)."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def compose(
+    parents: list[str | os.PathLike],
+    weights: list[float] | None = None,
+    combination: str = "cat",
+    *,
+    output: str | os.PathLike,
+    svd_rank: int | None = None,
+    density: float | None = None,
+    majority_sign: str = "total",
+    seed: int = 0,
+    store: AdapterStore | None = None,
+    token: str | None = None,
+) -> Path:
+    """Merge ``parents`` (folders, local store names or Hub ids) with ``weights`` (default 1 each) into one plain
+    PEFT adapter written atomically to ``output``; returns its folder. ``combination`` and the options are peft's
+    ``add_weighted_adapter``'s (``cat``, ``svd``, ``linear``, ``ties``, ``dare_*``, ``magnitude_prune*``;
+    ``svd_rank``, ``density``, ``majority_sign``) plus ``seed`` for DARE's random masks.
+    ``peftlab.json`` records the parents (provenance and the sha256 of their weights), weights and type."""
+    if not parents:
+        raise CompositionError("compose needs at least one parent adapter")
+    weights = [1.0] * len(parents) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(parents):
+        raise CompositionError(f"{len(weights)} weight(s) for {len(parents)} parent(s): give one weight per parent")
+    resolved = [resolve_adapter(p, store=store, token=token) for p in parents]
+    files = [peftlab.read_adapter(r.path) for r in resolved]
+    base, task = _common_base(parents, files)
+    options = {"svd_rank": svd_rank, "density": density, "majority_sign": majority_sign, "seed": seed}
+    for arg, f in zip(parents, files, strict=True):
+        if not f.method.capabilities.combinations:
+            why = f.method.capabilities.combine_note or "it declares no combination types"
+            raise CompositionError(f"{arg}: {f.method.name} adapters cannot be combined: {why}")
+    combiner, inputs = _common_form(parents, files)
+    supported = combiner.capabilities.combinations
+    if combination not in supported:
+        raise CompositionError(f"{combiner.name} adapters combine by {', '.join(supported)}, not {combination!r}")
+    result = combiner.hook("combine")(parents=inputs, weights=weights, combination=combination, options=options)
+    if result is None:
+        raise CompositionError(f"method {combiner.name} declares combinations but implements no combine hook")
+    cfg, tensors = result
+    cfg = {**cfg, "task_type": task, "base_model_name_or_path": base, "revision": None, "inference_mode": True}
+    handle = registry().for_peft_type(cfg["peft_type"], cfg)  # the method that loads the result, as for peft's
+    handle.config_class.from_dict(cfg, source="the merged adapter")  # it must load as written
+    meta = {
+        "method": handle.name, "plugin": handle.plugin, "peftlab_version": peftlab.__version__,
+        "adapter_name": "default", "base_model": base, "base_fingerprint": files[0].meta.get("base_fingerprint"),
+        "task_type": task, "extra_file": None,
+        "composition": {"parents": [_parent_record(a, r, f) for a, r, f in zip(parents, resolved, files, strict=True)],
+                        "weights": weights, "combination": combination, "options": options},
+    }
+    meta = {k: v for k, v in meta.items() if v is not None or k == "extra_file"}
+
+    def write(tmp: Path) -> None:
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        (tmp / CARD_FILE).write_text(model_card(handle, cfg, {"training": {"composition": meta["composition"]}}))
+
+    return atomic_dir(Path(output), write)
+
+
+def _common_base(parents: list, files: list[AdapterFiles]) -> tuple[str, str]:
+    bases = {str(a): f.peft_config.get("base_model_name_or_path") for a, f in zip(parents, files, strict=True)}
+    if len(set(bases.values())) > 1:
+        listed = "; ".join(f"{a}: {b}" for a, b in bases.items())
+        raise CompositionError(f"the parents were made for different base models ({listed}); a merge needs one base")
+    tasks = {f.peft_config.get("task_type") for f in files}
+    if len(tasks) > 1:
+        raise CompositionError(f"the parents are for different tasks ({sorted(map(str, tasks))})")
+    return next(iter(bases.values())), tasks.pop()
+
+
+def _common_form(parents: list, files: list[AdapterFiles]) -> tuple[Any, list[AdapterFiles]]:
+    """The method that merges, and the parents in its form (see the module's docstring)."""
+    if len({f.method.name for f in files}) == 1:
+        return files[0].method, files
+    converted = []
+    for arg, f in zip(parents, files, strict=True):
+        if "cat" not in f.method.capabilities.combinations:
+            raise CompositionError(f"{arg}: {f.method.name} cannot be merged with adapters of other methods (it "
+                                   "has no exact 'cat' combination to bring it to their form)")
+        cfg, tensors = f.method.hook("combine")(parents=[f], weights=[1.0], combination="cat", options={})
+        converted.append((f, cfg, tensors))
+    types = {cfg["peft_type"] for _, cfg, _ in converted}
+    if len(types) > 1:
+        methods = sorted({f.method.name for f in files})
+        raise CompositionError(f"adapters of {', '.join(methods)} have no common form to merge in "
+                               f"({', '.join(sorted(types))})")
+    cfg0 = converted[0][1]
+    combiner = registry().for_peft_type(cfg0["peft_type"], cfg0)
+    inputs = [replace(f, method=combiner, config=combiner.config_class.from_dict(cfg, source=str(f.path)),
+                      weights=AdapterWeights(tensors), peft_config={**f.peft_config, **cfg})
+              for f, cfg, tensors in converted]
+    return combiner, inputs
+
+
+def _parent_record(arg, r: ResolvedAdapter, f: AdapterFiles) -> dict:
+    weights_file = f.path / WEIGHTS_FILE
+    if not weights_file.is_file():
+        raise AdapterError(f"{f.path}: {WEIGHTS_FILE} is missing")
+    return {"arg": str(arg), "source": r.source, "path": str(r.path), "method": f.method.name,
+            "provenance": r.provenance, "weights_sha256": sha256_file(weights_file)}
