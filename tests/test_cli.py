@@ -43,6 +43,7 @@ TRAIN_VALUES = {
     "max_steps": ("7", 7), "learning_rate": ("5e-3", 5e-3), "batch_size": ("3", 3), "grad_accum": ("2", 2),
     "warmup_ratio": ("0.25", 0.25), "lr_scheduler": ("linear", "linear"), "weight_decay": ("0.01", 0.01),
     "max_grad_norm": ("0.5", 0.5), "seed": ("3", 3), "eval_every": ("5", 5), "save_every": ("6", 6),
+    "save_minutes": ("2.5", 2.5), "keep_checkpoints": ("3", 3),
     "max_length": ("64", 64), "eval_fraction": ("0.2", 0.2), "max_eval_samples": ("9", 9), "loss_on": ("all", "all"),
     "dtype": ("float32", "float32"), "device": ("cpu", "cpu"), "threads": ("2", 2), "resume": ("true", True),
 }

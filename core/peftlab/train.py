@@ -3,6 +3,17 @@
 AdamW, warm-up then a cosine/linear/constant schedule, gradient accumulation, clipping, seed, eval every
 N steps, checkpoints and resume, progress as JSON lines, a clean stop (SIGTERM, SIGINT or a STOP file).
 The method's own training needs reach it through hooks (``extra_loss``, ``on_train_step``).
+
+Crash safety: a checkpoint every ``save_every`` steps and at most ``save_minutes`` apart (the last
+``keep_checkpoints`` are kept), each written atomically (``io.atomic_dir``) with the adapter, the optimizer, the LR
+schedule, the RNG states and the data position, so ``--resume`` after ``kill -9`` ends with the adapter an
+uninterrupted run writes. A failed write (a full disk) keeps the previous checkpoint, says so and training goes on.
+
+Scale-out (``accelerate launch --num_processes N``): every global micro-batch (``batch_size`` x N rows) is drawn
+from the one shuffled order all processes share, and process ``r`` trains on rows ``r::N`` of it; each process's
+loss is weighted by its share of the batch's loss tokens, so DDP's gradient average is the gradient of the global
+batch's token-mean loss, as one process with ``batch_size`` x N rows computes it. Evaluation is split over the
+processes and summed; only the main process writes files. One process is exactly the single-process trainer.
 """
 
 from __future__ import annotations
@@ -10,7 +21,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import re
+import shutil
 import signal
 import threading
 import time
@@ -26,11 +39,16 @@ from safetensors.torch import load_file, save_file
 from . import adapters as ad
 from . import data as pdata
 from .errors import ConfigError, PeftlabError
-from .io import load_adapter, save_adapter
+from .io import atomic_dir, load_adapter, read_adapter, save_adapter
 from .schema import fields_of, from_values, option, parse_values
 
 PROGRESS_FILE = "progress.jsonl"
 STOP_FILE = "STOP"
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"  # written last: a checkpoint folder holding it is complete
+OPTIMIZER_FILE = "optimizer.safetensors"
+RNG_FILE = "rng_state.safetensors"
+DEBUG_ROWS_ENV = "PEFTLAB_DEBUG_ROWS"  # set: each process writes the train-row ids it used to rows-rank<r>.jsonl
 
 
 @dataclass
@@ -55,7 +73,10 @@ class TrainArgs:
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)")
     seed: int = option(0, "random seed (data order, init)")
     eval_every: int = option(0, "evaluate every N steps (0 = start and end only)")
-    save_every: int = option(0, "checkpoint every N steps (0 = at the end only)")
+    save_every: int = option(50, "checkpoint every N steps (0 = by time and at the end only)")
+    save_minutes: float = option(10.0, "also checkpoint when this many minutes have passed since the last "
+                                 "checkpoint (0 = off)")
+    keep_checkpoints: int = option(2, "keep the last K checkpoints (0 = keep all)")
     max_length: int = option(256, "max tokens per row")
     eval_fraction: float = option(0.1, "held-out share when the data has no split")
     max_eval_samples: int = option(64, "cap on eval rows")
@@ -70,6 +91,8 @@ class TrainArgs:
         for name in ("max_steps", "batch_size", "grad_accum"):
             if not getattr(self, name) >= 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.save_every < 0 or not self.save_minutes >= 0 or self.keep_checkpoints < 0:
+            raise ConfigError("save_every, save_minutes and keep_checkpoints must be 0 or more")
         for spec in fields_of(type(self)):
             value = getattr(self, spec.name)
             if spec.choices and value not in spec.choices:
@@ -137,57 +160,161 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-def _batches(items: list[dict], batch_size: int, seed: int, pad_id: int):
-    """Endless shuffled micro-batches; epoch e uses permutation seeded by (seed, e)."""
-    epoch = 0
+def _batch_indices(n: int, batch_size: int, seed: int, skip: int = 0):
+    """Endless shuffled micro-batches of row indices; epoch e uses the permutation seeded by (seed, e).
+    ``skip`` micro-batches are passed over without being built (the data position a resumed run starts at)."""
+    per_epoch = n // batch_size if n >= batch_size else 1
+    epoch, first = divmod(skip, per_epoch)
     while True:
         g = torch.Generator().manual_seed(seed * 1000 + epoch)
-        order = torch.randperm(len(items), generator=g).tolist()
-        for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
-            yield pdata.collate([items[j] for j in order[i:i + batch_size]], pad_id)
-        epoch += 1
+        order = torch.randperm(n, generator=g).tolist()
+        for i in range(first * batch_size, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            yield order[i:i + batch_size]
+        epoch, first = epoch + 1, 0
+
+
+def _batches(items: list[dict], batch_size: int, seed: int, pad_id: int, skip: int = 0):
+    """Endless shuffled, collated micro-batches (see ``_batch_indices``)."""
+    for idx in _batch_indices(len(items), batch_size, seed, skip):
+        yield pdata.collate([items[j] for j in idx], pad_id)
+
+
+def _loss_tokens(item: dict) -> int:
+    """The positions of a row that carry loss (labels shift by one, as the model shifts them); 1 for SEQ_CLS."""
+    if "labels" not in item:
+        return 1
+    return sum(1 for t in item["labels"][1:] if t != -100)
 
 
 @torch.no_grad()
-def eval_loss(model, items: list[dict], pad_id: int, batch_size: int = 8) -> float:
-    """Token-weighted mean loss over ``items`` (classification: mean cross-entropy)."""
+def eval_loss(model, items: list[dict], pad_id: int, batch_size: int = 8, accelerator=None) -> float:
+    """Token-weighted mean loss over ``items`` (classification: mean cross-entropy). With an ``accelerator`` of
+    several processes, each evaluates every N-th batch and the sums are added up across them; every process runs
+    the same number of forward passes (one without a batch of its own repeats the first, unweighted), so a sharded
+    model's collective forward (FSDP) stays in step."""
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for i in range(0, len(items), batch_size):
+    starts = list(range(0, len(items), batch_size))
+    rounds = -(-len(starts) // world) if world > 1 else len(starts)
+    for r in range(rounds):
+        b = r * world + rank
+        own = b < len(starts)
+        i = starts[b] if own else 0
         batch = {k: v.to(device) for k, v in pdata.collate(items[i:i + batch_size], pad_id).items()}
         out = model(**batch)
+        if not own:
+            continue
         labels = batch["labels"]
         n = labels.numel() if labels.dim() == 1 else int((labels[:, 1:] != -100).sum())
         total += float(out.loss) * n
         count += n
+    if world > 1:
+        sums = accelerator.reduce(torch.tensor([total, float(count)], dtype=torch.float64, device=device), "sum")
+        total, count = float(sums[0]), int(sums[1])
     model.train(was_training)
     return total / max(count, 1)
 
 
-def _save_checkpoint(model, optimizer, scheduler, args: TrainArgs, step: int, out: Path) -> Path:
-    ckpt = out / "checkpoints" / f"step-{step:06d}"
-    save_adapter(model, ckpt, args.adapter_name)
-    tensors, scalars = {}, {"step": step, "scheduler": scheduler.state_dict()["last_epoch"],
-                            "args": asdict(args)}
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """Every RNG a training step may draw from: torch (CPU and each CUDA device), Python's, NumPy's."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = state
+    version, py_state, gauss = random.getstate()
+    scalars: dict[str, Any] = {"python": [version, list(py_state), gauss]}
+    try:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        tensors["numpy"] = torch.from_numpy(keys.astype(np.int64))
+        scalars["numpy"] = [name, int(pos), int(has_gauss), float(cached)]
+    except ImportError:  # pragma: no cover - numpy comes with transformers
+        pass
+    return tensors, scalars
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    if "python" in scalars:
+        version, py_state, gauss = scalars["python"]
+        random.setstate((version, tuple(py_state), gauss))
+    if "numpy" in scalars and "numpy" in tensors:
+        import numpy as np
+
+        name, pos, has_gauss, cached = scalars["numpy"]
+        np.random.set_state((name, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _save_checkpoint(model, optimizer, scheduler, args: TrainArgs, step: int, out: Path,
+                     data: dict | None = None) -> Path:
+    """Write ``checkpoints/step-NNNNNN`` atomically: the adapter (PEFT format), the optimizer state, the schedule
+    position, the RNG states and the data position. Raises ``OSError`` when the write fails; the folders already
+    there are untouched then."""
+    tensors = {}
     for idx, st in optimizer.state_dict()["state"].items():
         for key, value in st.items():
             if torch.is_tensor(value):
                 tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
-    if tensors:
-        save_file(tensors, str(ckpt / "optimizer.safetensors"))
-    (ckpt / "trainer_state.json").write_text(json.dumps(scalars, indent=2, default=str))
-    return ckpt
+    rng_tensors, rng_scalars = _rng_state()
+    scalars = {"step": step, "scheduler": scheduler.state_dict()["last_epoch"], "args": asdict(args),
+               "data": data or {"micro_batches": step * args.grad_accum, "global_batch": args.batch_size,
+                                "num_processes": 1},
+               "rng": rng_scalars, "time": time.time()}
+
+    def write(tmp: Path) -> None:
+        save_adapter(model, tmp, args.adapter_name)
+        if tensors:
+            save_file(tensors, str(tmp / OPTIMIZER_FILE))
+        save_file(rng_tensors, str(tmp / RNG_FILE))
+        (tmp / STATE_FILE).write_text(json.dumps(scalars, indent=2, default=str))
+
+    return atomic_dir(out / CHECKPOINTS / f"step-{step:06d}", write)
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """The complete checkpoints in ``out``, oldest first."""
+    return sorted(p for p in (Path(out) / CHECKPOINTS).glob("step-*") if (p / STATE_FILE).exists())
 
 
 def last_checkpoint(out: Path) -> Path | None:
-    folders = sorted(p for p in (out / "checkpoints").glob("step-*") if (p / "trainer_state.json").exists())
+    folders = checkpoints(out)
     return folders[-1] if folders else None
 
 
+def _prune_checkpoints(out: Path, keep: int) -> None:
+    """Keep the last ``keep`` checkpoints (0: all); drop the leftovers of writes a crash cut short."""
+    folders = checkpoints(out)
+    for old in folders[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in (out / CHECKPOINTS).glob(".step-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _readable_checkpoint(out: Path, emit) -> tuple[Path, dict] | tuple[None, None]:
+    """The newest checkpoint whose state and adapter read back (an older one when the newest is damaged)."""
+    for ckpt in reversed(checkpoints(out)):
+        try:
+            state = json.loads((ckpt / STATE_FILE).read_text())
+            read_adapter(ckpt)
+            if (ckpt / OPTIMIZER_FILE).exists():
+                load_file(str(ckpt / OPTIMIZER_FILE))
+            return ckpt, state
+        except Exception as e:  # a damaged checkpoint: say so, try the one before it
+            emit({"event": "status", "message": f"checkpoint {ckpt.name} is unreadable ({type(e).__name__}: {e}); "
+                                                f"trying an older one"})
+    return None, None
+
+
 def _restore_optimizer(optimizer, ckpt: Path) -> None:
-    file = ckpt / "optimizer.safetensors"
+    file = ckpt / OPTIMIZER_FILE
     if not file.exists():
         return
     tensors = load_file(str(file))
@@ -200,41 +327,57 @@ def _restore_optimizer(optimizer, ckpt: Path) -> None:
 
 def train(args: TrainArgs, *, model=None, tokenizer=None, on_event: Callable[[dict], None] | None = None,
           stop: StopFlag | None = None) -> TrainResult:
-    """Train adapter ``args.adapter_name`` of method ``args.method`` and save it to ``args.output_dir``."""
+    """Train adapter ``args.adapter_name`` of method ``args.method`` and save it to ``args.output_dir``.
+
+    Under ``accelerate launch`` every process calls this; only the main one writes files and reports events."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from .models import load_model
 
+    accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum, cpu=str(args.device) == "cpu")
+    main = accelerator.is_main_process
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / STOP_FILE).unlink(missing_ok=True)
+    if main:
+        (out / STOP_FILE).unlink(missing_ok=True)
     if stop is None:
         stop = StopFlag(out / STOP_FILE)
     elif stop.stop_file is None:
         stop.stop_file = out / STOP_FILE
     history: list[dict] = []
-    progress = open(out / PROGRESS_FILE, "a" if args.resume else "w")
+    progress = None
+    if main:
+        progress = open(out / PROGRESS_FILE, "a" if args.resume else "w")
+        if args.resume and progress.tell() > 0:
+            with open(out / PROGRESS_FILE, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a line cut short by kill -9: end it, so the next event reads
+                    progress.write("\n")
 
     def emit(event: dict) -> None:
         event = {"time": time.time(), **event}
         history.append(event)
+        if not main:
+            return
         progress.write(json.dumps(event) + "\n")
         progress.flush()
         if on_event:
             on_event(event)
 
     try:
-        return _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_seed, load_model)
+        return _train(args, model, tokenizer, emit, stop, out, history, accelerator, set_seed, load_model)
     except Exception as e:
         emit({"event": "error", "message": f"{type(e).__name__}: {e}"})
         raise
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
 
 
-def _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_seed, load_model) -> TrainResult:
+def _train(args, model, tokenizer, emit, stop, out, history, accelerator, set_seed, load_model) -> TrainResult:
     handle = ad.resolve_method(args.method)
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     if args.threads:
         torch.set_num_threads(args.threads)
     set_seed(args.seed)
@@ -245,7 +388,8 @@ def _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_se
     eval_rows = eval_rows[: args.max_eval_samples]
     if model is None:
         emit({"event": "status", "message": "loading base model"})
-        model, tokenizer = load_model(args.base_model, task=task, dtype=args.dtype, device=args.device,
+        device = args.device or (str(accelerator.device) if world > 1 else None)  # each process: its own device
+        model, tokenizer = load_model(args.base_model, task=task, dtype=args.dtype, device=device,
                                       method=handle, method_config=args.method_config, label_names=labels)
     if tokenizer is None:
         raise PeftlabError("train(model=...) also needs tokenizer=")
@@ -255,12 +399,22 @@ def _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_se
     train_items = pdata.encode_rows(train_rows, tokenizer, **enc)
     eval_items = pdata.encode_rows(eval_rows, tokenizer, **enc) if eval_rows else []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    global_micro = args.batch_size * world  # rows per micro-batch over all processes
+    if world > 1 and len(train_items) < world:
+        raise ConfigError(f"{len(train_items)} training rows cannot be shared by {world} processes")
 
-    ckpt = last_checkpoint(out) if args.resume else None
+    ckpt, state = _readable_checkpoint(out, emit) if args.resume else (None, None)
     if ckpt is not None:
         load_adapter(model, ckpt, args.adapter_name, method=handle.name)
-        start = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        start = state["step"]
         config = ad.entry(model, args.adapter_name)[1].config
+        data = state.get("data") or {}
+        emit({"event": "status", "message": f"resuming from {ckpt.name} (step {start})", "resumed_from": start,
+              "checkpoint": str(ckpt)})
+        if data.get("global_batch", global_micro) != global_micro:
+            emit({"event": "status", "message": f"the checkpoint was written with {data['global_batch']} rows per "
+                                                f"micro-batch, this run uses {global_micro}: the data order differs "
+                                                f"from an uninterrupted run's"})
     else:
         if args.resume:
             emit({"event": "status", "message": f"no checkpoint in {out}; starting fresh"})
@@ -271,7 +425,6 @@ def _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_se
     counts = ad.count_parameters(model, trainable)
     lr = args.learning_rate or handle.train_defaults.get("learning_rate", 2e-3)
 
-    accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum, cpu=str(args.device) == "cpu")
     optimizer = ad.make_optimizer(model, args.adapter_name, list(trainable.values()), lr, args.weight_decay)
     warmup = int(args.warmup_ratio * args.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.lr_scheduler, warmup, args.max_steps))
@@ -281,36 +434,83 @@ def _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_se
             warnings.simplefilter("ignore")
             for _ in range(start):
                 scheduler.step()
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # the schedule stays ours: it counts optimizer steps of the global batch (accelerate's wrapper would step it
+    # once per process)
+    model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
+    from accelerate.utils import DistributedType
+
+    sharded = accelerator.distributed_type == DistributedType.FSDP  # its forward must go through the wrapper
+    eval_model = model if sharded else raw_model  # DDP's forward would sync buffers: evaluate the plain model
     device = accelerator.device
 
     emit({"event": "start", "method": handle.name, "config": config.to_dict(), "task": task, "steps": args.max_steps,
           "start_step": start, "learning_rate": lr, "train_rows": len(train_items), "eval_rows": len(eval_items),
-          **counts})
-    before = eval_loss(raw_model, eval_items, pad_id) if eval_items and start == 0 else None
+          "num_processes": world, "global_batch": global_micro * args.grad_accum, **counts})
+    before = eval_loss(eval_model, eval_items, pad_id, accelerator=accelerator) if eval_items and start == 0 else None
     if before is not None:
         emit({"event": "eval", "step": 0, "eval_loss": before, "perplexity": math.exp(min(before, 50))})
 
-    batches = _batches(train_items, args.batch_size, args.seed, pad_id)
-    for _ in range(start * args.grad_accum):  # resume: the same data order as an uninterrupted run
-        next(batches)
+    if ckpt is not None and (ckpt / RNG_FILE).exists():  # the dropout masks an uninterrupted run draws next
+        _set_rng_state(load_file(str(ckpt / RNG_FILE)), state.get("rng") or {})
+    batches = _batch_indices(len(train_items), global_micro, args.seed, skip=start * args.grad_accum)
+    rows_log = None
+    if os.environ.get(DEBUG_ROWS_ENV):  # a debugging aid (and the multi-process test's witness): rows per process
+        rows_log = open(out / f"rows-rank{rank}.jsonl", "a" if args.resume else "w")
     model.train()
     step, t0, tokens, stopped = start, time.time(), 0, False
-    last_eval = before
+    last_eval, last_save = before, time.time()
+
+    def save(at: int) -> None:
+        """A checkpoint (main process only); a failed write leaves the previous one and is reported."""
+        nonlocal last_save
+        last_save = time.time()
+        if not main:
+            return
+        previous = last_checkpoint(out)
+        try:
+            path = _save_checkpoint(raw_model, optimizer, scheduler, args, at, out,
+                                    {"micro_batches": at * args.grad_accum, "global_batch": global_micro,
+                                     "num_processes": world})
+        except OSError as e:
+            kept = f"the previous checkpoint {previous.name} is intact" if previous else "there is no earlier one"
+            emit({"event": "status", "message": f"checkpoint at step {at} failed ({e}); {kept}; training goes on",
+                  "checkpoint_failed": at, "kept": str(previous) if previous else None})
+            return
+        _prune_checkpoints(out, args.keep_checkpoints)
+        emit({"event": "checkpoint", "step": at, "path": str(path)})
+
     while step < args.max_steps:
-        if stop:
+        due = bool(args.save_minutes) and time.time() - last_save >= args.save_minutes * 60
+        halt = bool(stop)
+        if world > 1:  # every process stops (and checkpoints) at the same step
+            flags = accelerator.reduce(torch.tensor([float(halt), float(due)], device=device), "sum")
+            halt, due = bool(flags[0] > 0), bool(flags[1] > 0)
+        if halt:
             stopped = True
             break
         loss_sum, lr_now = 0.0, scheduler.get_last_lr()[0]  # the LR this step uses
-        for _ in range(args.grad_accum):
-            batch = {k: v.to(device) for k, v in next(batches).items()}
-            tokens += int(batch["attention_mask"].sum())
+        for micro in range(args.grad_accum):
+            idx = next(batches)
+            mine = idx[rank::world]
+            if rows_log is not None:
+                rows_log.write(json.dumps({"step": step + 1, "micro": micro, "rank": rank, "rows": mine}) + "\n")
+                rows_log.flush()
+            batch = {k: v.to(device) for k, v in pdata.collate([train_items[j] for j in mine], pad_id).items()}
+            tokens += sum(len(train_items[j]["input_ids"]) for j in idx)
+            if world > 1:  # this process's share of the global batch's loss tokens
+                n_mine = sum(_loss_tokens(train_items[j]) for j in mine)
+                n_all = sum(_loss_tokens(train_items[j]) for j in idx)
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
+                report = loss.detach()
+                if world > 1:
+                    report = accelerator.reduce(report * n_mine, "sum") / max(n_all, 1)
+                    loss = loss * (world * n_mine / max(n_all, 1))  # DDP averages: the global token mean
                 extra = ad.extra_loss(raw_model, args.adapter_name)
                 if extra is not None:
                     loss = loss + extra
+                    report = report + extra.detach()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(list(trainable.values()), args.max_grad_norm)
@@ -319,7 +519,7 @@ def _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_se
                     ad.on_train_step(raw_model, args.adapter_name, step + 1, args.max_steps)
                 scheduler.step() if accelerator.sync_gradients else None
                 optimizer.zero_grad()
-            loss_sum += float(loss.detach())
+            loss_sum += float(report)
         step += 1
         elapsed = time.time() - t0
         done = step - start
@@ -327,20 +527,20 @@ def _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_se
               "lr": lr_now, "tokens_per_s": tokens / max(elapsed, 1e-9),
               "elapsed_s": elapsed, "eta_s": elapsed / done * (args.max_steps - step)})
         if args.eval_every and step % args.eval_every == 0 and eval_items and step < args.max_steps:
-            last_eval = eval_loss(raw_model, eval_items, pad_id)
+            last_eval = eval_loss(eval_model, eval_items, pad_id, accelerator=accelerator)
             emit({"event": "eval", "step": step, "eval_loss": last_eval, "perplexity": math.exp(min(last_eval, 50))})
             model.train()
-        if args.save_every and step % args.save_every == 0 and step < args.max_steps:
-            path = _save_checkpoint(raw_model, optimizer, scheduler, args, step, out)
-            emit({"event": "checkpoint", "step": step, "path": str(path)})
+        if step < args.max_steps and ((args.save_every and step % args.save_every == 0) or due):
+            save(step)
+    if rows_log is not None:
+        rows_log.close()
     model.eval()
-    after = eval_loss(raw_model, eval_items, pad_id) if eval_items else None
+    after = eval_loss(eval_model, eval_items, pad_id, accelerator=accelerator) if eval_items else None
     if after is not None:
         last_eval = after
         emit({"event": "eval", "step": step, "eval_loss": after, "perplexity": math.exp(min(after, 50))})
-    if accelerator.is_main_process:
-        path = _save_checkpoint(raw_model, optimizer, scheduler, args, step, out)
-        emit({"event": "checkpoint", "step": step, "path": str(path)})
+    save(step)
+    if main:
         ppl = {k: None if v is None else math.exp(min(v, 50)) for k, v in (("after", last_eval), ("before", before))}
         events = read_progress(out) if args.resume else history  # a resumed run's curve starts at step 1 too
         curve = {e["step"]: e["loss"] for e in events if e.get("event") == "step"}  # a redone step: its last loss
@@ -348,10 +548,12 @@ def _train(args, model, tokenizer, emit, stop, out, history, Accelerator, set_se
                                                       "perplexity": ppl["after"], "perplexity_before": ppl["before"],
                                                       "steps": step},
                 "training": {**{k: v for k, v in asdict(args).items() if k not in ("output_dir",)},
-                             "learning_rate": lr},
+                             "learning_rate": lr, "num_processes": world,
+                             "global_batch": global_micro * args.grad_accum},
                 "parameters": {k: counts[k] for k in ("trainable", "total", "percent")},
                 "loss_curve": [[s, loss] for s, loss in sorted(curve.items())]}
         save_adapter(raw_model, out / "adapter", args.adapter_name, card=card)
+    accelerator.wait_for_everyone()
     emit({"event": "stopped" if stopped else "done", "step": step, "eval_loss": last_eval,
           "adapter": str(out / "adapter")})
     return TrainResult(out / "adapter", step, stopped, before, after, counts, history)
@@ -377,4 +579,5 @@ def read_progress(out: str | os.PathLike) -> list[dict]:
     return events
 
 
-__all__ = ["TrainArgs", "TrainResult", "StopFlag", "train", "read_progress", "install_signal_handlers"]
+__all__ = ["TrainArgs", "TrainResult", "StopFlag", "train", "read_progress", "install_signal_handlers", "checkpoints",
+           "last_checkpoint"]
