@@ -106,7 +106,10 @@ def test_resume_with_dropout_matches_an_uninterrupted_run(tiny_dir, tmp_path):
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_dir, tmp_path):
     _run(tiny_dir, tmp_path, max_steps=4, save_every=2)
     (tmp_path / "checkpoints" / "step-000004" / "adapter_model.safetensors").write_bytes(b"garbage")
+    with open(tmp_path / "progress.jsonl", "a") as f:
+        f.write('{"time": 1, "event": "st')  # kill -9 in the middle of writing an event
     res = _run(tiny_dir, tmp_path, max_steps=4, save_every=2, resume=True)
+    assert any(e.get("resumed_from") == 2 for e in read_progress(tmp_path))  # the cut line does not swallow it
     assert any("step-000004 is unreadable" in e.get("message", "") for e in res.history)
     assert next(e for e in res.history if e.get("resumed_from"))["resumed_from"] == 2
 
