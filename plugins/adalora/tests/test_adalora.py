@@ -10,7 +10,7 @@ import torch
 import peftlab
 from peftlab import adapters as ad
 from peftlab.models import tiny_model
-from peftlab.testing import check_method
+from peftlab.testing import check_method, check_peft_roundtrip, logits, random_ids, train_briefly
 from peftlab_adalora import AdaLoraLayer, svd_layers
 
 peft = pytest.importorskip("peft")
@@ -19,13 +19,7 @@ ADAPTED = 4  # tiny llama: 2 layers × (q_proj, v_proj)
 
 
 def _ids(seed: int = 0, batch: int = 4, length: int = 12) -> torch.Tensor:
-    return torch.randint(3, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def _logits(model, ids) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model(input_ids=ids).logits
+    return random_ids(batch, length, seed)
 
 
 def _method():
@@ -136,12 +130,13 @@ def test_training_matches_peft_step_for_step():
         theirs.base_model.update_and_allocate(step)
         opt.zero_grad()
         peft_losses.append(loss.item())
+    theirs.eval()
     our_losses = _train_peftlab(ours, 16, ids=ids)
     assert our_losses == pytest.approx(peft_losses, rel=1e-4, abs=1e-5)
     theirs_pattern = {k.replace(".default", ""): v for k, v in theirs.peft_config["default"].rank_pattern.items()}
     assert cfg.rank_pattern == theirs_pattern
     assert sum(map(sum, cfg.rank_pattern.values())) == 2 * ADAPTED
-    assert (_logits(theirs, ids) - _logits(ours, ids)).abs().max().item() <= 1e-4
+    assert (logits(theirs, ids) - logits(ours, ids)).abs().max().item() <= 1e-4
 
 
 def test_orthogonal_penalty_is_the_extra_loss():
@@ -164,9 +159,8 @@ def test_orthogonal_penalty_is_the_extra_loss():
 # --- peft interop on disk -----------------------------------------------------------------------------------
 
 
-def _peft_trained(tmp_path, steps: int = 10):
-    model = peft.get_peft_model(tiny_model("llama"), peft.AdaLoraConfig(
-        task_type="CAUSAL_LM", init_r=6, target_r=2, total_step=steps, tinit=1, tfinal=3, init_lora_weights=False))
+def _train_peft(model, steps: int = 10) -> None:
+    """peft's AdaLoRA loop: backward → step → update_and_allocate → zero_grad."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     ids = _ids()
     for step in range(1, steps + 1):
@@ -175,37 +169,29 @@ def _peft_trained(tmp_path, steps: int = 10):
         model.base_model.update_and_allocate(step)
         opt.zero_grad()
     model.eval()
-    model.save_pretrained(tmp_path / "peft")
-    return model
-
-
-def test_peft_adapter_with_rank_pattern_loads_with_same_logits(tmp_path):
-    theirs = _peft_trained(tmp_path)
-    ids = _ids(3)
-    ours = tiny_model("llama")
-    peftlab.load_adapter(ours, tmp_path / "peft")
-    pattern = theirs.peft_config["default"].rank_pattern
-    ranks = {p: layer.rank("default") for p, layer in svd_layers(ours, "default").items()}
-    assert ranks == {k.removesuffix(".lora_E").removesuffix(".lora_E.default"): sum(v) for k, v in pattern.items()}
-    assert min(ranks.values()) < 6  # it did resize
-    base = _logits(tiny_model("llama"), ids)
-    want = _logits(theirs, ids)
-    assert (want - base).abs().max().item() > 1e-2  # the adapter matters
-    assert (_logits(ours, ids) - want).abs().max().item() <= 1e-4
 
 
 @pytest.mark.filterwarnings("ignore:The following rank_pattern keys")  # peft's own quirk on every AdaLoRA load
-def test_peftlab_adapter_loads_in_peft_with_same_logits(tmp_path):
-    ours = tiny_model("llama")
-    cfg = ad.add_adapter(ours, "adalora", {"init_r": 6, "target_r": 2, "tinit": 1, "tfinal": 3,
-                                           "init_lora_weights": False})
-    _train_peftlab(ours, 10)
+def test_trained_adapters_round_trip_with_peft_with_their_rank_patterns(tmp_path):
+    """Each side trains (and prunes) its own adapter for 10 steps; the other loads it with the same logits."""
+    ids = _ids(3)
+    report = check_peft_roundtrip(
+        "adalora", {"init_r": 6, "target_r": 2, "tinit": 1, "tfinal": 3, "init_lora_weights": False},
+        prepare=lambda model: _train_peftlab(model, 10), prepare_peft=_train_peft,
+        peft_config=peft.AdaLoraConfig(task_type="CAUSAL_LM", init_r=6, target_r=2, total_step=10, tinit=1, tfinal=3,
+                                       init_lora_weights=False),
+        inputs=(ids, torch.ones_like(ids)), tmp_path=tmp_path)
+    # peftlab's adapter, pruned by the trainer's hooks, loads in peft
+    cfg = ad.entry(report["peftlab_model"], "default")[1].config
     assert cfg.rank_pattern and sum(map(sum, cfg.rank_pattern.values())) == 2 * ADAPTED
-    folder = peftlab.save_adapter(ours, tmp_path / "ours")
-    ids = _ids(4)
-    theirs = peft.PeftModel.from_pretrained(tiny_model("llama"), folder)
-    assert (_logits(theirs, ids) - _logits(ours, ids)).abs().max().item() <= 1e-4
-    assert (_logits(theirs, ids) - _logits(tiny_model("llama"), ids)).abs().max().item() > 1e-2
+    assert report["to_peft_max_diff"] <= 1e-4
+    # peft's adapter, pruned by peft, loads here resized to its rank pattern
+    pattern = report["peft_source"].peft_config["default"].rank_pattern
+    ranks = {p: layer.rank("default") for p, layer in svd_layers(report["loaded"], "default").items()}
+    assert ranks == {k.removesuffix(".lora_E").removesuffix(".lora_E.default"): sum(v) for k, v in pattern.items()}
+    assert min(ranks.values()) < 6  # it did resize
+    assert report["from_peft_max_diff"] <= 1e-4
+    assert report["to_peft_effect"] > 1e-2 and report["from_peft_effect"] > 1e-2  # the adapters matter
 
 
 def test_reload_without_training_state_resizes_and_with_it_resumes_exactly(tmp_path):
@@ -232,7 +218,7 @@ def test_reload_without_training_state_resizes_and_with_it_resumes_exactly(tmp_p
     _train_peftlab(resumed, 6, lr=0.05, optimizer=sgd, start=7, total=12)
     ids = _ids(5)
     assert ad.entry(resumed, "default")[1].config.rank_pattern == ad.entry(whole, "default")[1].config.rank_pattern
-    assert (_logits(resumed, ids) - _logits(whole, ids)).abs().max().item() <= 1e-4
+    assert (logits(resumed, ids) - logits(whole, ids)).abs().max().item() <= 1e-4
 
     final = peftlab.save_adapter(whole, tmp_path / "final")
     (final / "peftlab_extra.safetensors").unlink()  # what a peft user has: the pruned tensors only
@@ -241,7 +227,7 @@ def test_reload_without_training_state_resizes_and_with_it_resumes_exactly(tmp_p
     peftlab.load_adapter(plain, final)
     assert sorted(layer.rank("default") for layer in svd_layers(plain, "default").values()) == \
         sorted(_live_ranks(whole).values())
-    assert (_logits(plain, ids) - _logits(whole, ids)).abs().max().item() <= 1e-4
+    assert (logits(plain, ids) - logits(whole, ids)).abs().max().item() <= 1e-4
 
 
 # --- stacking, mixed batches, merging ----------------------------------------------------------------------
@@ -255,29 +241,29 @@ def test_stacks_with_lora_on_the_same_layers_and_mixed_batches(tmp_path):
     assert isinstance(layer, AdaLoraLayer) and set(layer.lora_A) == {"plain", "ada"}
     ids = _ids(6, batch=3)
     peftlab.set_active(model, ["plain"])
-    only_lora = _logits(model, ids)
+    only_lora = logits(model, ids)
     peftlab.set_active(model, ["ada"])
-    only_ada = _logits(model, ids)
+    only_ada = logits(model, ids)
     with peftlab.mixed_batch(model, ["plain", "ada", None]):
-        mixed = _logits(model, ids)
+        mixed = logits(model, ids)
     with peftlab.active_adapters(model, None):
-        base = _logits(model, ids)
+        base = logits(model, ids)
     assert torch.allclose(mixed[0], only_lora[0], atol=1e-5)
     assert torch.allclose(mixed[1], only_ada[1], atol=1e-5)
     assert torch.allclose(mixed[2], base[2], atol=1e-5)
     # each saves under its own method's key names and reloads alone
     for name in ("plain", "ada"):
         peftlab.set_active(model, [name])
-        want = _logits(model, ids)
+        want = logits(model, ids)
         folder = peftlab.save_adapter(model, tmp_path / name, name)
         fresh = tiny_model("llama")
         peftlab.load_adapter(fresh, folder)
-        assert (_logits(fresh, ids) - want).abs().max().item() <= 1e-4
+        assert (logits(fresh, ids) - want).abs().max().item() <= 1e-4
     peftlab.set_active(model, ["plain", "ada"])
-    both = _logits(model, ids)
+    both = logits(model, ids)
     ad.merge_adapter(model, "ada")
     peftlab.set_active(model, ["plain"])  # ada is folded into W now
-    assert (_logits(model, ids) - both).abs().max().item() <= 1e-4
+    assert (logits(model, ids) - both).abs().max().item() <= 1e-4
 
 
 def test_merge_after_pruning_matches():
@@ -285,15 +271,15 @@ def test_merge_after_pruning_matches():
     ad.add_adapter(model, "adalora", {"init_r": 4, "target_r": 1, "tfinal": 2, "init_lora_weights": False})
     _train_peftlab(model, 6)
     ids = _ids(7)
-    want = _logits(model, ids)
+    want = logits(model, ids)
     ad.merge_adapter(model)
-    assert (_logits(model, ids) - want).abs().max().item() <= 1e-4
+    assert (logits(model, ids) - want).abs().max().item() <= 1e-4
     ad.unmerge_adapter(model)
-    assert (_logits(model, ids) - want).abs().max().item() <= 1e-4
+    assert (logits(model, ids) - want).abs().max().item() <= 1e-4
     ad.merge_and_unload(model)  # a plain transformers model with the merged weights
     assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
     assert not any(".lora_" in n for n, _ in model.named_parameters())
-    assert (_logits(model, ids) - want).abs().max().item() <= 1e-4
+    assert (logits(model, ids) - want).abs().max().item() <= 1e-4
 
 
 # --- bad input ----------------------------------------------------------------------------------------------
@@ -366,24 +352,11 @@ def test_adapter_from_another_base_model_is_refused(tmp_path):
 # --- the real model, through the shared trainer -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    torch.set_num_threads(2)
-    from peftlab.models import load_model
-
-    return load_model(None)
-
-
 @pytest.mark.smollm2
 def test_smollm2_trains_and_prunes(smollm2, tmp_path):
-    from peftlab.train import TrainArgs, train
-
     model, tokenizer = smollm2
-    result = train(TrainArgs(method="adalora", method_config={"init_r": 8, "target_r": 4, "tinit": 3, "tfinal": 4},
-                             dataset="capitals-json", max_steps=14, batch_size=8, max_length=128,
-                             output_dir=str(tmp_path / "out"), eval_every=0, max_eval_samples=16),
-                   model=model, tokenizer=tokenizer)
-    print(f"adalora smollm2 eval loss {result.eval_loss_before:.3f} -> {result.eval_loss_after:.3f}")
+    result = train_briefly(model, tokenizer, "adalora", tmp_path / "out",
+                           {"init_r": 8, "target_r": 4, "tinit": 3, "tfinal": 4}, steps=14)
     assert result.eval_loss_after < 0.7 * result.eval_loss_before
     saved = json.loads((result.output_dir / "adapter_config.json").read_text())
     assert saved["total_step"] == 14

@@ -8,8 +8,8 @@ import torch
 import peftlab
 from peftlab import MethodError
 from peftlab.generate import generate_batch
-from peftlab.models import load_model, tiny_model
-from peftlab.testing import check_method
+from peftlab.models import load_model, load_tokenizer, tiny_model
+from peftlab.testing import check_method, check_peft_roundtrip, logits
 
 peft = pytest.importorskip("peft")
 
@@ -35,40 +35,22 @@ def _random_lora(model):
                 p.normal_(0, 0.1)
 
 
-def _logits(model, ids):
-    with torch.no_grad():
-        return model(input_ids=ids).logits.float()
-
-
 def _peft_config(**kw):
     return peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], **kw)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_lora_save_loads_in_peft_with_the_same_logits(arch, tmp_path):
-    model = tiny_model(arch)
-    peftlab.add_adapter(model, "lora", {"r": 4, "lora_alpha": 8})
-    _random_lora(model)
-    ids = torch.arange(3, 19).view(2, 8)
-    ours = _logits(model, ids)
-    peftlab.save_adapter(model, tmp_path / "ours")
-    theirs = peft.PeftModel.from_pretrained(tiny_model(arch), tmp_path / "ours")
-    assert (_logits(theirs, ids) - ours).abs().max() <= 1e-4
+def test_lora_round_trips_with_peft_with_the_same_logits(arch, tmp_path):
+    report = check_peft_roundtrip("lora", {"r": 4, "lora_alpha": 8}, arch=arch, tmp_path=tmp_path)
+    assert report["to_peft_max_diff"] <= 1e-4 and report["from_peft_max_diff"] <= 1e-4
 
 
 @pytest.mark.parametrize("kw", [{}, {"use_rslora": True}, {"bias": "lora_only"}])
 def test_lora_load_from_peft_gives_the_same_logits(kw, tmp_path):
-    ref = peft.get_peft_model(tiny_model(), _peft_config(**kw))
-    with torch.no_grad():
-        for n, p in ref.named_parameters():
-            if "lora_" in n or (kw.get("bias") and n.endswith("bias")):
-                p.normal_(0, 0.1)
-    ids = torch.arange(3, 19).view(2, 8)
-    expected = _logits(ref, ids)
-    ref.save_pretrained(tmp_path / "peft")
-    model = tiny_model()
-    peftlab.load_adapter(model, tmp_path / "peft")
-    assert (_logits(model, ids) - expected).abs().max() <= 1e-4
+    # peft's trainable parameters (the LoRA weights, and the adapted layers' biases for bias="lora_only") get random
+    # values before saving
+    report = check_peft_roundtrip("lora", peft_config=_peft_config(**kw), directions=["from_peft"], tmp_path=tmp_path)
+    assert report["from_peft_max_diff"] <= 1e-4
 
 
 def test_lora_targets_that_match_nothing_list_what_exists():
@@ -84,18 +66,18 @@ def test_lora_refuses_non_linear_targets():
 def test_lora_several_named_adapters_and_switching():
     model = tiny_model()
     ids = torch.arange(3, 15).view(1, -1)
-    base = _logits(model, ids)
+    base = logits(model, ids)
     peftlab.add_adapter(model, "lora", {"r": 2}, name="a")
     peftlab.add_adapter(model, "lora", {"r": 4, "target_modules": ["o_proj"]}, name="b")
     _random_lora(model)
     peftlab.set_active(model, ["a"])
-    only_a = _logits(model, ids)
+    only_a = logits(model, ids)
     peftlab.set_active(model, ["b"])
-    only_b = _logits(model, ids)
+    only_b = logits(model, ids)
     peftlab.set_active(model, ["a", "b"])
-    both = _logits(model, ids)
+    both = logits(model, ids)
     peftlab.set_active(model, None)
-    assert torch.equal(_logits(model, ids), base)
+    assert torch.equal(logits(model, ids), base)
     assert not torch.allclose(only_a, only_b) and not torch.allclose(both, only_a)
     with pytest.raises(KeyError, match="no adapter named 'c'"):
         peftlab.set_active(model, ["c"])
@@ -108,10 +90,10 @@ def test_lora_mixed_batch_rows_match_running_each_alone():
     _random_lora(model)
     ids = torch.arange(3, 15).view(1, -1).repeat(3, 1)
     with peftlab.mixed_batch(model, ["a", "b", None]):
-        mixed = _logits(model, ids)
+        mixed = logits(model, ids)
     for row, name in enumerate(["a", "b", None]):
         with peftlab.active_adapters(model, name):
-            alone = _logits(model, ids[:1])
+            alone = logits(model, ids[:1])
         assert (mixed[row] - alone[0]).abs().max() <= 1e-5, f"row {row} ({name})"
 
 
@@ -130,33 +112,15 @@ def test_lora_merge_then_unmerge_restores_the_weights():
 # --- the real model ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2(smollm2_dir):
-    return load_model(smollm2_dir, dtype="float32", device="cpu")
-
-
 @pytest.mark.smollm2
-def test_lora_on_smollm2_round_trips_with_peft_both_ways(smollm2, tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    model, tok = smollm2
-    source = model.peftlab_source
+def test_lora_on_smollm2_round_trips_with_peft_both_ways(smollm2_dir, tmp_path):
+    tok = load_tokenizer(smollm2_dir)
     ids = tok(["The capital of France is", "Two plus two equals four."], return_tensors="pt", padding=True)
-    peftlab.add_adapter(model, "lora", {"r": 8, "target_modules": "all-linear"}, name="interop")
-    _random_lora(model)
-    with peftlab.active_adapters(model, "interop"), torch.no_grad():
-        ours = model(**ids).logits
-    peftlab.save_adapter(model, tmp_path / "ours", "interop")
-    theirs = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(source), tmp_path / "ours")
-    with torch.no_grad():
-        peft_logits = theirs(**ids).logits
-    assert (peft_logits - ours).abs().max() <= 1e-4
-    # and back: peft's save loads here with the same logits
-    theirs.save_pretrained(tmp_path / "theirs")
-    fresh, _ = load_model(source, dtype="float32", device="cpu")
-    peftlab.load_adapter(fresh, tmp_path / "theirs")
-    with torch.no_grad():
-        assert (fresh(**ids).logits - peft_logits).abs().max() <= 1e-4
+    report = check_peft_roundtrip("lora", {"r": 8, "target_modules": "all-linear"},
+                                  make_model=lambda: load_model(smollm2_dir, dtype="float32", device="cpu")[0],
+                                  inputs=(ids["input_ids"], ids["attention_mask"]), generate=False,
+                                  tmp_path=tmp_path)
+    assert report["to_peft_max_diff"] <= 1e-4 and report["from_peft_max_diff"] <= 1e-4
 
 
 @pytest.mark.smollm2

@@ -12,7 +12,7 @@ import torch
 import peftlab
 from peftlab import adapters as ad
 from peftlab.models import tiny_model
-from peftlab.testing import check_method
+from peftlab.testing import check_method, check_peft_roundtrip, logits, random_ids, train_briefly
 from peftlab_lora import LoraLayer
 from peftlab_qlora import QLoraConfig, linear4bit_layers
 
@@ -39,13 +39,7 @@ def load_4bit(folder: str, **config) -> torch.nn.Module:
 
 
 def _ids(seed: int = 0, batch: int = 2, length: int = 10) -> torch.Tensor:
-    return torch.randint(3, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def _logits(model, ids) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model(input_ids=ids).logits.float()
+    return random_ids(batch, length, seed)
 
 
 def _grads(model, ids, name: str = "default") -> dict[str, torch.Tensor]:
@@ -144,35 +138,28 @@ def test_the_repacking_trap_is_real_here_and_inject_undoes_it(tiny_folder):
 
 
 @pytest.mark.filterwarnings("ignore:Unexpected keyword arguments")  # peft on our bnb_4bit_* keys
-def test_peft_loads_our_adapter_on_the_4bit_base(tiny_folder, tmp_path):
-    ours = load_4bit(tiny_folder)
-    ad.add_adapter(ours, "qlora", {"r": 4, "init_lora_weights": False})
-    folder = peftlab.save_adapter(ours, tmp_path / "qlora")
+def test_round_trips_with_peft_on_the_4bit_base_as_qlora_and_as_lora(tiny_folder, tmp_path):
+    ids = _ids(1)
+    # both sides start from random LoRA weights of their own (init_lora_weights=False)
+    report = check_peft_roundtrip(
+        "qlora", {"r": 4, "init_lora_weights": False}, make_model=lambda: load_4bit(tiny_folder),
+        prepare=lambda model: None, prepare_peft=lambda model: None, claims=False, generate=False,
+        peft_config=peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
+                                    task_type="CAUSAL_LM"),
+        inputs=(ids, torch.ones_like(ids)), tmp_path=tmp_path)
+    folder = report["peftlab_saved"]
     assert json.loads((folder / "peftlab.json").read_text())["method"] == "qlora"
     saved = json.loads((folder / "adapter_config.json").read_text())
     assert saved["peft_type"] == "LORA" and saved["bnb_4bit_quant_type"] == "nf4"
-    ids = _ids(1)
-    theirs = peft.PeftModel.from_pretrained(load_4bit(tiny_folder), folder)
-    want = _logits(ours, ids)
-    assert (_logits(theirs, ids) - want).abs().max().item() <= 1e-4
-    assert (want - _logits(load_4bit(tiny_folder), ids)).abs().max().item() > 1e-2  # the adapter matters
-
-
-def test_peft_lora_on_4bit_loads_as_qlora_and_as_lora(tiny_folder, tmp_path):
-    theirs = peft.get_peft_model(load_4bit(tiny_folder), peft.LoraConfig(
-        r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"))
-    theirs.save_pretrained(tmp_path / "peft")
-    ids = _ids(2)
-    want = _logits(theirs, ids)
-    ours = load_4bit(tiny_folder)
-    peftlab.load_adapter(ours, tmp_path / "peft", method="qlora")
-    assert ad.entry(ours, "default")[0].name == "qlora"
-    assert (_logits(ours, ids) - want).abs().max().item() <= 1e-4
-    # without a peftlab sidecar a peft LORA adapter is LoRA's: qlora does not claim it
-    assert peftlab.read_adapter(tmp_path / "peft").method.name == "lora"
+    assert report["to_peft_max_diff"] <= 1e-4  # peft loads ours on the 4-bit base
+    assert report["to_peft_effect"] > 1e-2  # the adapter matters
+    # peft's LoRA on a 4-bit base loads here as qlora when asked to ...
+    assert report["loaded_as"] == "qlora" and report["from_peft_max_diff"] <= 1e-4
+    # ... but without a peftlab sidecar a peft LORA adapter is LoRA's: qlora does not claim it
+    assert peftlab.read_adapter(report["peft_saved"]).method.name == "lora"
     plain = load_4bit(tiny_folder)
-    peftlab.load_adapter(plain, tmp_path / "peft")
-    assert (_logits(plain, ids) - want).abs().max().item() <= 1e-4
+    peftlab.load_adapter(plain, report["peft_saved"])
+    assert (logits(plain, ids) - logits(report["peft_source"], ids)).abs().max().item() <= 1e-4
 
 
 def test_merge_requantizes_close_and_unmerge_restores_exactly(tiny_folder):
@@ -183,10 +170,10 @@ def test_merge_requantizes_close_and_unmerge_restores_exactly(tiny_folder):
     original = layer.base_layer.weight
     ids = _ids(3)
     with peftlab.active_adapters(model, None):
-        base = _logits(model, ids)
-    want = _logits(model, ids)
+        base = logits(model, ids)
+    want = logits(model, ids)
     ad.merge_adapter(model)
-    merged = _logits(model, ids)
+    merged = logits(model, ids)
     assert layer.base_layer.weight is not original and layer.base_layer.weight.dtype == torch.uint8  # still 4-bit
     effect = (want - base).abs().max().item()
     error = (merged - want).abs().max().item()
@@ -197,7 +184,7 @@ def test_merge_requantizes_close_and_unmerge_restores_exactly(tiny_folder):
     assert torch.equal(layer.base_layer.weight.data, expected)  # W₄ = quantize(dequantize(W₄) + ΔW)
     ad.unmerge_adapter(model)
     assert layer.base_layer.weight is original  # the exact 4-bit original, no second rounding
-    assert torch.equal(_logits(model, ids), want)
+    assert torch.equal(logits(model, ids), want)
 
 
 def test_missing_bitsandbytes_is_a_clear_error(tiny_folder, monkeypatch):
@@ -247,8 +234,6 @@ def smollm2_4bit():
 
 @pytest.mark.smollm2
 def test_smollm2_4bit_trains(smollm2_4bit, tmp_path):
-    from peftlab.train import TrainArgs, train
-
     model, tokenizer = smollm2_4bit
     layers = linear4bit_layers(model)
     assert len(layers) == 30 * 7
@@ -256,10 +241,7 @@ def test_smollm2_4bit_trains(smollm2_4bit, tmp_path):
     assert packed * 2 == sum(layer.in_features * layer.out_features for layer in layers)
     with torch.no_grad():  # the chat tab may generate before training starts
         model.generate(**tokenizer("Hello", return_tensors="pt"), max_new_tokens=2, do_sample=False)
-    result = train(TrainArgs(method="qlora", method_config={"r": 8}, dataset="capitals-json", max_steps=12,
-                             batch_size=8, max_length=128, output_dir=str(tmp_path / "out"), eval_every=0,
-                             max_eval_samples=16), model=model, tokenizer=tokenizer)
-    print(f"qlora smollm2 eval loss {result.eval_loss_before:.3f} -> {result.eval_loss_after:.3f}")
+    result = train_briefly(model, tokenizer, "qlora", tmp_path / "out", {"r": 8})
     assert result.eval_loss_after < 0.7 * result.eval_loss_before
 
 
