@@ -21,6 +21,8 @@ optimizer steps on one batch (``train_steps``) and the short SmolLM2 training ru
 
 from __future__ import annotations
 
+import functools
+import inspect
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -582,3 +584,55 @@ def check_peft_roundtrip(method: str, config: dict[str, Any] | None = None, *, a
         loaded.eval()
         compare("from_peft", source, loaded)
     return report
+
+
+# --- whether peft itself works here ------------------------------------------------------------------------------
+
+
+def skip_if_peft_fails(method: str, task: str = "CAUSAL_LM") -> None:
+    """Skip the calling test (``pytest.skip``) when ``peft``, the reference of an interop test, fails at ``method``'s
+    ``peft_type`` on ``task`` with the installed transformers, naming both versions and what failed.
+
+    The check is measured, not read from a version table: once per session and ``(peft_type, task)`` it builds
+    ``peft.get_peft_model`` of ``responsive_tiny_model(task)`` with random weights and runs it, and for
+    ``CAUSAL_LM`` compares peft's greedy ``generate`` with greedy decoding by its own forward, step by step
+    (e.g. peft 0.21 on transformers 5.24, which renamed the cache argument ``past_key_values`` to ``cache``:
+    prefix tuning of a classifier raises, and prompt-learning ``generate`` re-injects its prompt on every step).
+    """
+    reason = _peft_failure(resolve_method(method).peft_type, task)
+    if reason is not None:
+        import pytest
+
+        pytest.skip(reason)
+
+
+@functools.cache
+def _peft_failure(peft_type: str, task: str) -> str | None:
+    import peft
+    import transformers
+
+    def stepwise(model, ids: torch.Tensor, n: int) -> torch.Tensor:
+        seq = ids
+        for _ in range(n):
+            seq = torch.cat([seq, logits(model, seq)[:, -1:].argmax(-1)], dim=1)
+        return seq[:, ids.shape[1]:]
+
+    base = responsive_tiny_model(task)
+    renamed = ", which renamed the cache argument past_key_values to cache," if "cache" in inspect.signature(
+        base.base_model.forward).parameters else ""
+    where = f"peft {peft.__version__} on transformers {transformers.__version__}{renamed} at {peft_type} ({task})"
+    try:
+        config = peft.PEFT_TYPE_TO_CONFIG_MAPPING[peft_type](task_type=task, num_virtual_tokens=4)
+        model = peft.get_peft_model(base, config)
+        _randomize([p for p in model.parameters() if p.requires_grad], 1.0, 0)
+        model.eval()
+        x = random_ids(2, 6, seed=0)
+        if task != "CAUSAL_LM":
+            logits(model, x)
+            return None
+        got, want = greedy(model, x, n=6), stepwise(model, x, 6)
+    except Exception as e:  # whatever peft raises is the reason to skip
+        return f"{where} raises {type(e).__name__}: {e}"
+    if not torch.equal(got, want):
+        return f"{where}: its greedy generate differs from greedy decoding by its own forward, step by step"
+    return None
