@@ -153,3 +153,84 @@ def test_stale_running_job_is_settled(tmp_path):
     assert jobs.current_job(tmp_path / "runs") is None
     settled = jobs.Job.load(run)
     assert settled.status == "stopped" and "step 7" in settled.message
+
+
+def _kill_all(*started: jobs.Job) -> None:
+    for job in started:
+        job.refresh()
+        if job.alive():
+            jobs._signal(job.pid, 9)
+
+
+def test_jobs_beyond_the_limit_queue_and_start_in_order(tiny_base, tmp_path, monkeypatch):
+    """Limit 1: the first job runs, the next two wait (places 1 and 2); stopping the first starts the second at
+    once, and when the second ends by itself the queue starts the third."""
+    monkeypatch.setenv("PEFTLAB_MAX_JOBS", "1")
+    runs = tmp_path / "runs"
+    long = {**FAST, "base_model": str(tiny_base), "max_steps": 10_000}
+    a = jobs.start_job(runs, "lora", long, {"r": "4"}, queue=True)
+    b = jobs.start_job(runs, "lora", {**long, "max_steps": 2}, queue=True)
+    c = jobs.start_job(runs, "lora", long, queue=True)
+    try:
+        assert [a.status, b.status, c.status] == ["running", "queued", "queued"]
+        assert b.pid == 0 and not b.alive() and json.loads((b.run_dir / jobs.JOB_FILE).read_text())["status"] == \
+            "queued"
+        assert [jobs.queue_place(j) for j in (a, b, c)] == [None, 1, 2]
+        with pytest.raises(jobs.JobError, match="still running"):
+            jobs.start_job(runs, "lora", long)  # without queue: refused, as before
+        assert jobs.current_job(runs).run_dir == c.run_dir  # the newest of the running or queued
+        wait_for(lambda: len(steps(a)) >= 1, what="the first job's first step")
+        assert not steps(b) and not (b.run_dir / jobs.LOG_FILE).exists()  # the queued ones did not start
+
+        assert jobs.stop(a, timeout=60).status == "stopped"
+        assert b.refresh().status == "running" and b.pid > 0  # started by stop, the next in line
+        assert c.refresh().status == "queued" and jobs.queue_place(c) == 1
+        wait_for(lambda: b.refresh().status != "running", what="the second job to finish")
+        assert b.status == "done", b.log_tail()
+        wait_for(lambda: c.refresh().status == "running", timeout=30, what="the queue to start the third job")
+        wait_for(lambda: len(steps(c)) >= 1, what="the third job's first step")
+        assert jobs.stop(c, timeout=60).status == "stopped"
+    finally:
+        _kill_all(a, b, c)
+    assert jobs.current_job(runs) is None
+
+
+def test_a_queued_job_can_be_stopped_and_the_limit_is_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("PEFTLAB_MAX_JOBS", "0")
+    with pytest.raises(jobs.JobError, match="PEFTLAB_MAX_JOBS must be a positive integer"):
+        jobs.start_job(tmp_path / "runs", "lora", FAST)
+    monkeypatch.delenv("PEFTLAB_MAX_JOBS")
+    assert jobs.max_jobs() >= 1
+
+
+def test_sessions_see_and_stop_only_their_own_jobs(tiny_base, tmp_path, monkeypatch):
+    monkeypatch.setenv("PEFTLAB_MAX_JOBS", "1")
+    monkeypatch.delenv("PEFTLAB_SHARE_JOBS", raising=False)
+    runs = tmp_path / "runs"
+    long = {**FAST, "base_model": str(tiny_base), "max_steps": 10_000}
+    alice = jobs.start_job(runs, "lora", long, queue=True, owner="alice")
+    bob = jobs.start_job(runs, "lora", long, queue=True, owner="bob")
+    try:
+        assert (alice.status, bob.status) == ("running", "queued")
+        assert [j.run_dir for j in jobs.list_jobs(runs, "alice")] == [alice.run_dir]
+        assert [j.run_dir for j in jobs.list_jobs(runs, "bob")] == [bob.run_dir]
+        assert len(jobs.list_jobs(runs)) == 2  # the API and the CLI (no owner) see every job
+        assert jobs.current_job(runs, "alice").run_dir == alice.run_dir
+        assert jobs.current_job(runs, "bob").run_dir == bob.run_dir
+        assert jobs.current_job(runs, "carol") is None
+        assert jobs.queue_place(bob) == 1  # the place counts everyone's jobs
+        with pytest.raises(jobs.JobError, match="another session"):
+            jobs.stop(alice, owner="bob")
+        assert alice.refresh().status == "running" and alice.alive()
+        assert json.loads((alice.run_dir / jobs.JOB_FILE).read_text())["owner"] == "alice"
+
+        monkeypatch.setenv("PEFTLAB_SHARE_JOBS", "1")  # the server shares jobs: everyone sees everything
+        assert len(jobs.list_jobs(runs, "carol")) == 2 and jobs.current_job(runs, "carol") is not None
+        monkeypatch.delenv("PEFTLAB_SHARE_JOBS")
+
+        gone = jobs.stop(bob, owner="bob")  # a queued job leaves the queue, no process was started
+        assert gone.status == "stopped" and "queue" in gone.message and gone.pid == 0
+        assert jobs.current_job(runs, "bob") is None
+        assert jobs.stop(alice, owner="alice", timeout=60).status == "stopped"
+    finally:
+        _kill_all(alice, bob)

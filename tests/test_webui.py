@@ -259,3 +259,41 @@ def test_chat_engine_shows_the_nearest_tokens_of_a_soft_prompt(tiny_folder, tmp_
     assert table.count("\n| ") == 4 and "| 0 | `Paris` 1.00" in table  # the header and one row per token
     assert engine.nearest_tokens(engine.load(make_adapter(tiny_folder, tmp_path / "lora", seed=0))) is None
     assert nearest_markdown(None) == ""
+
+
+def test_train_tab_shows_and_stops_only_its_browsers_jobs(demo, tmp_path, monkeypatch):
+    """The tab passes the browser's owner id to the jobs: a reload (on_load) reattaches to its own job, queued
+    or running, and another browser neither sees it nor stops it."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("PEFTLAB_MAX_JOBS", "1")
+    monkeypatch.delenv("PEFTLAB_SHARE_JOBS", raising=False)
+    tab = demo.peftlab_train
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(tab, "runs_dir", runs)
+    busy, waiting = runs / "20240101-000000-lora", runs / "20240101-000001-lora"
+    busy.mkdir(parents=True)
+    waiting.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(busy)])  # "training"
+    try:
+        Job(busy, sleeper.pid, [], "lora", owner="bob").save()
+        Job(waiting, 0, [], "lora", "queued", owner="alice", queued=1.0).save()
+
+        out = tab.on_load("alice")
+        assert out[0] == str(waiting) and out[2].startswith("**Queued**") and "place **1**" in out[2]
+        assert out[-1] == "alice" and out[8].interactive  # Stop takes it off the queue
+        out = tab.on_load("bob")
+        assert out[0] == str(busy) and out[2].startswith("**Running**") and out[-1] == "bob"
+        out = tab.on_load("")  # a new browser: a new owner id, and nothing to reattach to
+        assert len(out[-1]) == 32 and all(isinstance(o, type(gr.skip())) for o in out[:-1])
+
+        assert tab.on_poll(str(waiting), -1, "bob")[2].startswith("No job running")  # not bob's: not shown
+        assert tab.on_stop(str(busy), "alice")[2] == "Nothing to stop."
+        assert sleeper.poll() is None  # alice could not stop bob's job
+        out = tab.on_stop(str(waiting), "alice")
+        assert out[2].startswith("**Stopped**") and "queue" in out[2]
+        assert Job.load(waiting).status == "stopped"
+    finally:
+        sleeper.kill()
+        sleeper.wait()

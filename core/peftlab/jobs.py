@@ -4,10 +4,16 @@ A job is ``python -m peftlab train ... --json --output RUNS/<run>`` in its own p
 holds ``job.json`` (pid, command, status), ``train.log`` (the child's stdout and stderr) and what the trainer
 writes: ``progress.jsonl``, ``checkpoints/``, ``adapter/``. Anything that can read the folder can follow the job
 (``events()``), so a reloaded page, or a restarted app, reattaches with ``current_job(runs_dir)``.
+
+At most ``max_jobs()`` jobs run at once (``PEFTLAB_MAX_JOBS``; default: one per CUDA GPU, one on a CPU). With
+``start_job(..., queue=True)`` a further job waits as ``queued`` (``queue_place`` says its place) and starts when a
+slot frees. A job may have an ``owner`` (the web app's browser session): ``list_jobs``, ``current_job`` and ``stop``
+given an owner only see that owner's jobs (and jobs without one), unless ``PEFTLAB_SHARE_JOBS=1``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -17,6 +23,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +36,40 @@ from .train import PROGRESS_FILE, TrainArgs, read_progress
 JOB_FILE = "job.json"
 LOG_FILE = "train.log"
 RUNNING = "running"
+QUEUED = "queued"  # waiting for a free slot (``max_jobs``): no process yet
 FINISHED = ("done", "stopped", "failed")  # the statuses a job ends in
 
 _children: dict[int, subprocess.Popen] = {}  # jobs this process started: poll() reaps them (no zombies)
 _settle_lock = threading.Lock()
+_queue_lock = threading.Lock()  # starting jobs, in this process (a lock on the runs folder: across processes)
+_schedulers: dict[Path, threading.Thread] = {}  # runs folder → the thread that starts its queued jobs
+_schedulers_lock = threading.Lock()
+QUEUE_POLL = 1.0  # seconds between the queue's looks for a free slot
+
+
+def max_jobs() -> int:
+    """How many jobs may run at once: ``PEFTLAB_MAX_JOBS``, else the number of CUDA GPUs (at least one)."""
+    value = os.environ.get("PEFTLAB_MAX_JOBS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise JobError(f"PEFTLAB_MAX_JOBS must be a positive integer, not {value!r}")
+        return int(value)
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except Exception:  # noqa: BLE001 (no usable torch.cuda: the CPU)
+        return 1
+
+
+def shared_jobs() -> bool:
+    """``PEFTLAB_SHARE_JOBS=1``: every session sees and may stop every job."""
+    return os.environ.get("PEFTLAB_SHARE_JOBS", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def visible(job: Job, owner: str | None) -> bool:
+    """Whether ``owner`` (a session; ``None`` = the API or CLI, which see everything) may see and stop ``job``."""
+    return owner is None or job.owner is None or job.owner == owner or shared_jobs()
 
 
 class JobError(PeftlabError):
@@ -52,6 +90,9 @@ class Job:
     returncode: int | None = None
     message: str = ""
     stop_requested: float | None = None  # when stop() sent SIGTERM
+    owner: str | None = None  # the session that started it (None: the API or CLI; every session sees it)
+    queued: float | None = None  # when it was asked for (the queue's order)
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for the process (a queued job's)
 
     @property
     def name(self) -> str:
@@ -73,13 +114,21 @@ class Job:
 
     def alive(self) -> bool:
         """Whether the training process still runs."""
+        if self.pid <= 0:  # queued: no process yet
+            return False
         child = _children.get(self.pid)
         if child is not None:
             return child.poll() is None
         return _pid_runs(self.pid, str(self.run_dir))
 
     def refresh(self) -> Job:
-        """Settle the status of a job whose process has ended (and record it in ``job.json``)."""
+        """Settle the status of a job whose process has ended (and record it in ``job.json``); a queued job is
+        read again (the queue may have started it)."""
+        if self.status == QUEUED:
+            try:
+                self.__dict__.update(Job.load(self.run_dir).__dict__)
+            except JobError:
+                return self
         if self.status != RUNNING or self.alive():
             return self
         with _settle_lock:  # the page's poll and Stop may both see the end: one settles, the other reads it
@@ -101,7 +150,8 @@ class Job:
     def save(self) -> None:
         data = {"pid": self.pid, "argv": self.argv, "method": self.method, "status": self.status,
                 "started": self.started, "finished": self.finished, "returncode": self.returncode,
-                "message": self.message, "stop_requested": self.stop_requested}
+                "message": self.message, "stop_requested": self.stop_requested, "owner": self.owner,
+                "queued": self.queued, "env": self.env}
         tmp = self.run_dir / f".{JOB_FILE}.{uuid.uuid4().hex[:8]}.tmp"  # concurrent writers never share one
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, self.run_dir / JOB_FILE)  # a reader never sees half a file
@@ -113,9 +163,10 @@ class Job:
             data = json.loads((run_dir / JOB_FILE).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise JobError(f"{run_dir}: no readable {JOB_FILE} ({e})") from None
-        return cls(run_dir, int(data["pid"]), list(data.get("argv", [])), data.get("method", ""),
+        return cls(run_dir, int(data.get("pid") or 0), list(data.get("argv", [])), data.get("method", ""),
                    data.get("status", RUNNING), data.get("started", 0.0), data.get("finished"),
-                   data.get("returncode"), data.get("message", ""), data.get("stop_requested"))
+                   data.get("returncode"), data.get("message", ""), data.get("stop_requested"), data.get("owner"),
+                   data.get("queued"), dict(data.get("env") or {}))
 
 
 def _pid_runs(pid: int, marker: str) -> bool:
@@ -199,53 +250,158 @@ def check_dataset(method: str, dataset: str) -> str:
 
 def start_job(runs_dir: str | os.PathLike, method: str, settings: dict[str, Any] | None = None,
               method_flags: dict[str, str] | None = None, *, env: dict[str, str] | None = None,
-              check_data: bool = False) -> Job:
+              check_data: bool = False, queue: bool = False, owner: str | None = None) -> Job:
     """Start training in a child process (its own process group) under ``runs_dir/<timestamp>-<method>``.
 
     ``settings`` are ``TrainArgs`` fields (``max_steps``, ``base_model``, ...), as text (a form's) or typed;
     ``method_flags`` are config fields as text (``{"r": "4"}``). Both are checked first, the way ``peftlab train``
     checks its flags (``TrainArgs.from_strings``: a ``ConfigError`` names the bad value); with ``check_data``
-    the dataset is read too (``check_dataset``). One job at a time: raises ``JobError`` while another one runs.
+    the dataset is read too (``check_dataset``). At most ``max_jobs()`` run at once: beyond that, raises
+    ``JobError``, or with ``queue`` returns the job ``queued`` (it starts when a slot frees, in order).
+    ``owner`` (a session id) is recorded: see ``visible``.
     """
     runs_dir = Path(runs_dir)
-    running = current_job(runs_dir)
-    if running is not None:
-        raise JobError(f"job {running.name} is still running (pid {running.pid}); stop it first")
     args = TrainArgs.from_strings({**(settings or {}), "method": method}, method_flags)
+    limit = max_jobs()
     if check_data:
         check_dataset(method, args.dataset)
-    run_dir = _run_name(runs_dir, method)
-    run_dir.mkdir(parents=True)
-    argv = train_command(method, dict(settings or {}), dict(method_flags or {}), run_dir.resolve())
-    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    with open(run_dir / LOG_FILE, "wb") as log:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 env=child_env, start_new_session=True)  # own group: Stop reaches it alone
-    _children[child.pid] = child
-    job = Job(run_dir, child.pid, argv, method)
-    job.save()
+    with _scheduling(runs_dir):
+        _start_queued(runs_dir)  # the jobs already waiting go first
+        every = list_jobs(runs_dir)
+        running = [j for j in every if j.status == RUNNING]
+        waiting = any(j.status == QUEUED for j in every)
+        if (len(running) >= limit or waiting) and not queue:
+            raise JobError(f"job {running[0].name} is still running (pid {running[0].pid}); stop it first"
+                           if running else "other jobs are waiting for a free slot")
+        run_dir = _run_name(runs_dir, method)
+        run_dir.mkdir(parents=True)
+        argv = train_command(method, dict(settings or {}), dict(method_flags or {}), run_dir.resolve())
+        job = Job(run_dir, 0, argv, method, QUEUED, owner=owner, queued=time.time(), env=dict(env or {}))
+        if len(running) < limit and not waiting:
+            _launch(job)
+            return job
+        job.save()
+    _ensure_scheduler(runs_dir)
     return job
 
 
-def list_jobs(runs_dir: str | os.PathLike) -> list[Job]:
-    """Every job under ``runs_dir``, newest first, with settled statuses."""
+def _launch(job: Job) -> None:
+    """Start a queued job's process now (the caller holds ``_scheduling``)."""
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **job.env}
+    with open(job.run_dir / LOG_FILE, "wb") as log:
+        child = subprocess.Popen(job.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                 env=child_env, start_new_session=True)  # own group: Stop reaches it alone
+    _children[child.pid] = child
+    job.pid, job.status, job.started = child.pid, RUNNING, time.time()
+    job.save()
+
+
+@contextmanager
+def _scheduling(runs_dir: Path) -> Iterator[None]:
+    """One starter at a time: a lock in this process and one on the runs folder (another app on the same folder)."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    with _queue_lock:
+        fd = os.open(runs_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+
+def _start_queued(runs_dir: Path) -> list[Job]:
+    every = list_jobs(runs_dir)
+    free = max_jobs() - sum(j.status == RUNNING for j in every)
+    waiting = sorted((j for j in every if j.status == QUEUED), key=lambda j: (j.queued or 0, j.name))
+    for job in waiting[:max(0, free)]:
+        _launch(job)
+    return waiting[:max(0, free)]
+
+
+def schedule(runs_dir: str | os.PathLike) -> list[Job]:
+    """Start as many queued jobs as there are free slots, oldest first; returns those started."""
+    with _scheduling(Path(runs_dir)):
+        return _start_queued(Path(runs_dir))
+
+
+def queue_place(job: Job) -> int | None:
+    """A queued job's place in its queue (1 = next to start), counting every owner's jobs; None if not queued."""
+    if job.refresh().status != QUEUED:
+        return None
+    waiting = sorted((j for j in list_jobs(job.run_dir.parent) if j.status == QUEUED),
+                     key=lambda j: (j.queued or 0, j.name))
+    return next((i + 1 for i, j in enumerate(waiting) if j.run_dir == job.run_dir), None)
+
+
+def _ensure_scheduler(runs_dir: Path) -> None:
+    """A thread of this process starts ``runs_dir``'s queued jobs as slots free (it ends when none waits)."""
+    key = runs_dir.resolve()
+    with _schedulers_lock:
+        thread = _schedulers.get(key)
+        if thread is not None and thread.is_alive():
+            return
+        thread = threading.Thread(target=_schedule_loop, args=(key,), daemon=True, name="peftlab-job-queue")
+        _schedulers[key] = thread
+        thread.start()
+
+
+def _schedule_loop(runs_dir: Path) -> None:
+    while True:
+        time.sleep(QUEUE_POLL)
+        try:
+            schedule(runs_dir)
+            waiting = any(j.status == QUEUED for j in list_jobs(runs_dir))
+        except Exception:  # noqa: BLE001 (a bad job file or a failed start: try again next time)
+            continue
+        with _schedulers_lock:
+            if not waiting and not any(j.status == QUEUED for j in list_jobs(runs_dir)):
+                _schedulers.pop(runs_dir, None)
+                return
+
+
+def list_jobs(runs_dir: str | os.PathLike, owner: str | None = None) -> list[Job]:
+    """Every job under ``runs_dir`` that ``owner`` may see (``visible``), newest first, with settled statuses."""
     out = []
     for file in sorted(Path(runs_dir).glob(f"*/{JOB_FILE}"), reverse=True):
         try:
-            out.append(Job.load(file.parent).refresh())
+            job = Job.load(file.parent).refresh()
         except JobError:
             continue
+        if visible(job, owner):
+            out.append(job)
     return out
 
 
-def current_job(runs_dir: str | os.PathLike) -> Job | None:
-    """The job still running under ``runs_dir``, if any (what a reloaded page reattaches to)."""
-    return next((j for j in list_jobs(runs_dir) if j.status == RUNNING), None)
+def current_job(runs_dir: str | os.PathLike, owner: str | None = None) -> Job | None:
+    """The job of ``owner`` still running or queued under ``runs_dir``, if any (what a reloaded page reattaches
+    to). Queued jobs found here (an app restarted meanwhile) get a thread that starts them."""
+    every = list_jobs(runs_dir, owner)
+    if any(j.status == QUEUED for j in every):
+        _ensure_scheduler(Path(runs_dir))
+    return next((j for j in every if j.status in (RUNNING, QUEUED)), None)
 
 
-def stop(job: Job, timeout: float = 60.0) -> Job:
+def stop(job: Job, timeout: float = 60.0, owner: str | None = None) -> Job:
     """Stop a job: SIGTERM (the trainer finishes its step, saves a checkpoint and the adapter, exits), then
-    SIGKILL if it is still running after ``timeout`` seconds. Returns the job with its final status."""
+    SIGKILL if it is still running after ``timeout`` seconds; a queued job leaves the queue. Returns the job with
+    its final status, after starting the next queued job. ``owner``: the session asking (see ``visible``)."""
+    if not visible(job, owner):
+        raise JobError(f"job {job.name} belongs to another session")
+    if job.refresh().status == QUEUED:
+        with _scheduling(job.run_dir.parent):
+            if job.refresh().status == QUEUED:
+                job.status, job.finished = "stopped", time.time()
+                job.message = "removed from the queue before it started (no adapter)"
+                job.save()
+                return job
+    try:
+        return _stop_running(job, timeout)
+    finally:
+        if job.status != RUNNING:
+            schedule(job.run_dir.parent)  # its slot is free: the next queued job starts
+
+
+def _stop_running(job: Job, timeout: float) -> Job:
     if job.refresh().status != RUNNING:
         return job
     job.stop_requested = time.time()
@@ -293,4 +449,4 @@ def saved_adapters(runs_dir: str | os.PathLike) -> list[tuple[str, Path]]:
 
 
 __all__ = ["Job", "JobError", "check_dataset", "start_job", "current_job", "list_jobs", "stop", "saved_adapters",
-           "train_command", "PROGRESS_FILE"]
+           "train_command", "PROGRESS_FILE", "QUEUED", "max_jobs", "queue_place", "schedule", "shared_jobs", "visible"]

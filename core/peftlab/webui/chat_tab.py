@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,11 +116,12 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> ChatPicker:
         base_hist = [*(base_hist or []), user, {"role": "assistant", "content": ""}]
         adapted_hist = [*(adapted_hist or []), user, {"role": "assistant", "content": ""}]
         yield base_hist, adapted_hist, "", text
-        try:
-            for b, a in engine.stream(loaded, message, int(limit)):
-                base_hist[-1] = {"role": "assistant", "content": b}
-                adapted_hist[-1] = {"role": "assistant", "content": a}
-                yield base_hist, adapted_hist, gr.skip(), gr.skip()
+        try:  # closing: when Gradio closes this handler (the browser went away), the reply stops at once
+            with closing(engine.stream(loaded, message, int(limit))) as replies:
+                for b, a in replies:
+                    base_hist[-1] = {"role": "assistant", "content": b}
+                    adapted_hist[-1] = {"role": "assistant", "content": a}
+                    yield base_hist, adapted_hist, gr.skip(), gr.skip()
         except Exception as e:  # a failed generation is reported, never a crash of the app
             yield base_hist, adapted_hist, gr.skip(), f"**Generation failed:** {type(e).__name__}: {e}"
 

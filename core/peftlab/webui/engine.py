@@ -1,23 +1,37 @@
 """The chat tab's model: one base model kept loaded, adapters loaded into it once each, replies streamed.
 
-Each adapter gets a unique slot name in the shared base model, so switching adapters is a name lookup, and
-``stream_side_by_side`` answers with the adapter and the base model in one batched pass (a mixed-adapter batch).
+Each adapter gets a unique slot name in the shared base model, so switching adapters is a name lookup, and a
+reply is the adapter and the base model in one batched pass (a mixed-adapter batch) where the method allows.
+
+Several browser sessions share the engine. The model is only touched under ``lock``, and the lock is only ever
+held inside one frame of one thread (``with self.lock:``), never across a ``yield``: Gradio runs each step of a
+streaming handler on whichever worker thread is free and closes the generator from yet another thread when the
+browser goes away, so a lock held across a yield was released by a thread that did not own it ("cannot release
+un-acquired lock") and stayed held forever. A reply is generated on its own thread, which takes the lock,
+generates and releases it; ``stream`` only reads that thread's queue, and closing ``stream`` early cancels the
+generation at the next token.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from transformers import StoppingCriteriaList
+from transformers.generation.stopping_criteria import StoppingCriteria
+
 from ..errors import AdapterError, MethodError
-from ..generate import stream_side_by_side
+from ..generate import _left_pad, _stop_ids, prompt_ids
 from ..inspect import nearest_tokens
 from ..io import WEIGHTS_FILE, AdapterFiles, load_adapter, read_adapter
 from ..models import load_model, resolve_source
 from ..plugins import MethodHandle
+from ..state import mixed_batch
 
 
 @dataclass
@@ -27,6 +41,7 @@ class LoadedAdapter:
     method: MethodHandle
     base: str  # the base model it is loaded on (as recorded or given)
     files: AdapterFiles
+    requested_base: str | None = None  # the base asked for (None = the recorded one): to load it again
 
 
 def recorded_base(files: AdapterFiles) -> str | None:
@@ -39,7 +54,8 @@ class ChatEngine:
     """Holds one base model (reloaded only when another base is asked for) and its loaded adapters."""
 
     def __init__(self) -> None:
-        self.lock = threading.RLock()  # one generation or load at a time: routing state is per model
+        self.lock = threading.RLock()  # one generation or load at a time: routing state is per model. Held only
+        # with ``with self.lock:`` inside one call on one thread, never across a yield (see the module docstring)
         self.base_key: tuple | None = None
         self.model = None
         self.tokenizer = None
@@ -84,7 +100,7 @@ class ChatEngine:
             except Exception:
                 self.base_key = None  # the model may hold a half-loaded adapter: start fresh next time
                 raise
-            loaded = LoadedAdapter(name, path, method, base or "SmolLM2-135M-Instruct (default)", files)
+            loaded = LoadedAdapter(name, path, method, base or "SmolLM2-135M-Instruct (default)", files, base)
             self.adapters[key] = loaded
             return loaded
 
@@ -94,35 +110,123 @@ class ChatEngine:
         with self.lock:
             if not adapter.method.implements("soft_prompt"):
                 return None
+            adapter = self._current(adapter)
             try:
                 return nearest_tokens(self.model, self.tokenizer, adapter.name, top_k=top_k)
             except MethodError:  # the method says it has none (prefixes live in attention, not in the input)
                 return None
 
+    def _current(self, adapter: LoadedAdapter) -> LoadedAdapter:
+        """``adapter`` if it is still loaded in the current model, else loaded again: another session may have
+        swapped the base since (a non-stackable method or another base model). Call it holding ``lock``."""
+        if self.model is not None and any(a is adapter for a in self.adapters.values()):
+            return adapter
+        return self.load(adapter.path, adapter.requested_base)
+
     def stream(self, adapter: LoadedAdapter, message: str, max_new_tokens: int = 128) -> Iterator[tuple[str, str]]:
-        """Yield (base reply, adapted reply) so far, token by token."""
-        with self.lock:
-            if adapter.method.capabilities.mixed_batch:  # one batched pass: row 0 adapted, row 1 base
-                yield from _drained((t[1], t[0]) for t in stream_side_by_side(
-                    self.model, self.tokenizer, message, [adapter.name, None], max_new_tokens=max_new_tokens))
-                return
-            adapted = ""
-            for texts in _drained(stream_side_by_side(self.model, self.tokenizer, message, [adapter.name],
-                                                      max_new_tokens=max_new_tokens)):
-                adapted = texts[0]
-                yield "", adapted
-            for texts in _drained(stream_side_by_side(self.model, self.tokenizer, message, [None],
-                                                      max_new_tokens=max_new_tokens)):
-                yield texts[0], adapted
+        """Yield (base reply, adapted reply) so far, token by token.
+
+        The reply is generated on a thread of its own (it waits for the lock while another reply is generated);
+        this generator holds no lock, so any thread may advance it or close it. Closing it early (Gradio does when
+        the browser goes away) stops the generation at its next token and frees the model for the next request.
+        """
+        out: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        worker = threading.Thread(target=self._generate, args=(adapter, message, max_new_tokens, out, cancel),
+                                  daemon=True, name="peftlab-chat-reply")
+        worker.start()
+        try:
+            while True:
+                item = out.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item
+        finally:
+            cancel.set()  # the consumer is gone (or done): the worker stops at its next token
+
+    def _generate(self, adapter: LoadedAdapter, message: str, max_new_tokens: int, out: queue.Queue,
+                  cancel: threading.Event) -> None:
+        """The worker thread of one reply: takes the lock, generates, puts (base, adapted) pairs on ``out``."""
+        try:
+            with self.lock:
+                if cancel.is_set():
+                    return
+                adapter = self._current(adapter)
+                if adapter.method.capabilities.mixed_batch:  # one batched pass: row 0 adapted, row 1 base
+                    self._rows(message, [adapter.name, None], max_new_tokens, cancel,
+                               lambda texts: out.put((texts[1], texts[0])))
+                    return
+                adapted = [""]
+
+                def first_pass(texts: list[str]) -> None:
+                    adapted[0] = texts[0]
+                    out.put(("", texts[0]))
+
+                self._rows(message, [adapter.name], max_new_tokens, cancel, first_pass)
+                self._rows(message, [None], max_new_tokens, cancel, lambda texts: out.put((texts[0], adapted[0])))
+        except BaseException as e:  # handed to the consumer, which raises it
+            out.put(_Failed(e))
+        finally:
+            out.put(_END)
+
+    @torch.no_grad()
+    def _rows(self, message: str, rows: list[str | None], max_new_tokens: int, cancel: threading.Event,
+              emit: Callable[[list[str]], None]) -> None:
+        """Greedy replies to ``message`` from several adapters (``None`` = base) in one batched pass, on this
+        thread; ``emit`` gets the texts so far after each token. Stops once ``cancel`` is set. Hold ``lock``."""
+        model, tokenizer = self.model, self.tokenizer
+        device = next(model.parameters()).device
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        ids = prompt_ids(tokenizer, message)
+        input_ids, mask = _left_pad([ids] * len(rows), pad, device)
+        stops = _stop_ids(tokenizer)
+        with mixed_batch(model, rows):
+            model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                           pad_token_id=pad, eos_token_id=stops, streamer=_Streamer(tokenizer, len(rows), stops, emit),
+                           stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]))
 
 
-def _drained(gen: Iterator) -> Iterator:
-    """Pass items through; if the consumer stops early, still run ``gen`` to its end (so its generation
-    thread ends before the next request uses the model)."""
-    it = iter(gen)
-    try:
-        for item in it:  # noqa: UP028 (``yield from`` would close ``it`` early instead of draining it)
-            yield item
-    finally:
-        for _ in it:
-            pass
+class _Streamer:
+    """A ``generate`` streamer: after each step (one token per row) it hands the texts so far to ``emit``."""
+
+    def __init__(self, tokenizer, n_rows: int, stops: list[int], emit: Callable[[list[str]], None]) -> None:
+        self.tokenizer, self.stops, self.emit = tokenizer, set(stops), emit
+        self.tokens: list[list[int]] = [[] for _ in range(n_rows)]
+        self.finished = [False] * n_rows
+        self.prompt = True  # the first put() is the prompt
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.prompt:
+            self.prompt = False
+            return
+        for i, t in enumerate(value.reshape(-1).tolist()):
+            if self.finished[i]:
+                continue
+            if t in self.stops:
+                self.finished[i] = True
+            else:
+                self.tokens[i].append(t)
+        self.emit([self.tokenizer.decode(t, skip_special_tokens=True) for t in self.tokens])
+
+    def end(self) -> None:
+        pass
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops every row once the reply's consumer has gone away."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self.cancel = cancel
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()

@@ -3,10 +3,16 @@ progress and loss curve. Training runs in a child process (``peftlab.jobs``); a 
 
 The ``_*_inputs`` / ``_progress_outputs`` functions only build widgets; ``build`` wires their events to the
 ``TrainTab`` methods, which only read the form and call what the CLI calls: ``jobs.start_job`` checks the
-settings with ``TrainArgs.from_strings`` (so ``TrainArgs`` and the method config validate them, once)."""
+settings with ``TrainArgs.from_strings`` (so ``TrainArgs`` and the method config validate them, once).
+
+Each browser gets an owner id (kept in its local storage, so a reload keeps it): its jobs are started with it, and
+the tab reattaches to, shows and stops only that owner's jobs (``jobs.visible``; ``PEFTLAB_SHARE_JOBS=1`` shares
+them). Jobs beyond ``jobs.max_jobs()`` wait in a queue; the tab shows the place."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,13 @@ N_OUTPUTS = 9  # what ``outputs_for`` returns: run, seen, status, progress, para
 
 def outputs_for(job: jobs.Job | None, seen: int) -> list:
     """Values for [run_state, seen_state, status, progress, params, plot, timer, start, stop]."""
+    place = jobs.queue_place(job) if job is not None and job.status == jobs.QUEUED else None
+    if place is not None:
+        running = "a running job ends" if jobs.max_jobs() == 1 else f"one of the {jobs.max_jobs()} running jobs ends"
+        status = (f"**Queued** `{job.name}` ({job.method}): place **{place}** in the queue; it starts when "
+                  f"{running}. Reloading the page reattaches to it; **Stop** takes it off the queue.")
+        return [str(job.run_dir), 0, status, "waiting for a free slot…", "", gr.skip() if seen == 0 else None,
+                gr.Timer(active=True), gr.Button(interactive=False), gr.Button(interactive=True)]
     view = job_view(job)
     events = job.events() if job else []
     frame = loss_frame(events)
@@ -53,6 +66,12 @@ class TrainTab:
     handles: dict[str, MethodHandle] = field(default_factory=dict)
     inputs: dict[str, Any] = field(default_factory=dict)  # "base", "dataset", "upload" widgets
     runs_dir: Path = Path("runs")
+    owner: Any = None  # the gr.BrowserState holding this browser's owner id
+
+    def owner_of(self, v: dict | str | None) -> str:
+        """The browser's owner id (from the form values or the state's value), a new one if it has none yet."""
+        value = v.get(self.owner, "") if isinstance(v, dict) else v
+        return value or uuid.uuid4().hex
 
     def on_method(self, name: str) -> list:
         """[method info, learning-rate placeholder, one visibility per method form]."""
@@ -72,32 +91,47 @@ class TrainTab:
         return name, settings, flags
 
     def on_start(self, v: dict) -> list:
+        """Start (or queue, when ``jobs.max_jobs()`` run already) a job owned by this browser; the outputs, then
+        the owner id (for the browser state)."""
         name, settings, flags = self.read_form(v)
         if not settings["dataset"]:
             raise gr.Error("Pick a built-in dataset or upload a file.")
+        owner = self.owner_of(v)
         try:  # checks every setting as `peftlab train` does, and reads the dataset, before a process starts
-            job = jobs.start_job(self.runs_dir, name, settings, flags, check_data=True)
+            job = jobs.start_job(self.runs_dir, name, settings, flags, check_data=True, queue=True, owner=owner)
         except PeftlabError as e:
             raise gr.Error(str(e)) from None
-        return outputs_for(job, -1)
+        return [*outputs_for(job, -1), owner]
 
-    def on_poll(self, run_dir: str, seen: int) -> list:
-        job = jobs.Job.load(run_dir).refresh() if run_dir and Path(run_dir, jobs.JOB_FILE).exists() else None
-        return outputs_for(job, seen)
+    def _job(self, run_dir: str, owner: str | None) -> jobs.Job | None:
+        """The job in ``run_dir`` if this browser may see it."""
+        if not run_dir or not Path(run_dir, jobs.JOB_FILE).exists():
+            return None
+        job = jobs.Job.load(run_dir).refresh()
+        return job if jobs.visible(job, owner or "") else None
+
+    def on_poll(self, run_dir: str, seen: int, owner: str | None = None) -> list:
+        return outputs_for(self._job(run_dir, owner), seen)
 
     def on_stopping(self) -> tuple:
         return f"**Stopping…** {STOPPING}", gr.Button(interactive=False)
 
-    def on_stop(self, run_dir: str) -> list:
-        if not run_dir:
+    def on_stop(self, run_dir: str, owner: str | None = None) -> list:
+        job = self._job(run_dir, owner)
+        if job is None:
             return [gr.skip()] * 2 + ["Nothing to stop."] + [gr.skip()] * (N_OUTPUTS - 3)
-        return outputs_for(jobs.stop(jobs.Job.load(run_dir), timeout=STOP_TIMEOUT), -1)
+        try:
+            return outputs_for(jobs.stop(job, timeout=STOP_TIMEOUT, owner=owner or ""), -1)
+        except jobs.JobError as e:
+            raise gr.Error(str(e)) from None
 
-    def on_load(self) -> list:
-        """A page (re)load reattaches to the job still running, if any (else leaves the page as it is, so a
-        Start pressed before this ran is not undone)."""
-        job = jobs.current_job(self.runs_dir)
-        return outputs_for(job, -1) if job is not None else [gr.skip()] * N_OUTPUTS
+    def on_load(self, owner: str | None = None) -> list:
+        """A page (re)load reattaches to this browser's job still running or queued, if any (else leaves the
+        page as it is, so a Start pressed before this ran is not undone); then the owner id (a new one for a
+        browser that has none)."""
+        owner = self.owner_of(owner)
+        job = jobs.current_job(self.runs_dir, owner)
+        return [*(outputs_for(job, -1) if job is not None else [gr.skip()] * N_OUTPUTS), owner]
 
 
 def capability_text(m: MethodHandle) -> str:
@@ -221,20 +255,24 @@ def build(demo: gr.Blocks, runs_dir: Path) -> TrainTab:
         with gr.Column(scale=6, min_width=380):
             status, progress, params, plot = _progress_outputs()
     tab.inputs, tab.runs_dir = inputs, Path(runs_dir)
+    # this browser's owner id, in its local storage (a reload keeps it); the secret only makes it opaque there
+    tab.owner = gr.BrowserState("", storage_key="peftlab-owner",
+                                secret=os.environ.get("PEFTLAB_SECRET") or f"peftlab:{tab.runs_dir.resolve()}")
     run_state = gr.State("")  # the run folder this page follows
     seen_state = gr.State(-1)  # events already drawn (skip redrawing an unchanged plot)
     timer = gr.Timer(POLL_SECONDS, active=False)
     outs = [run_state, seen_state, status, progress, params, plot, timer, start, stop]
-    form = {tab.method, inputs["base"], inputs["dataset"], inputs["upload"], *tab.train_widgets,
+    form = {tab.method, inputs["base"], inputs["dataset"], inputs["upload"], tab.owner, *tab.train_widgets,
             *(w for ws in tab.forms.values() for w in ws)}
 
     tab.method.change(tab.on_method, tab.method, [method_info, lr, *tab.groups.values()])
     for source in (inputs["dataset"], inputs["upload"]):
         source.change(dataset_text, [inputs["dataset"], inputs["upload"]], inputs["dataset_info"])
-    start.click(tab.on_start, form, outs, concurrency_limit=1, show_progress="hidden")
-    timer.tick(tab.on_poll, [run_state, seen_state], outs, show_progress="hidden")
-    stop.click(tab.on_stopping, None, [status, stop], show_progress="hidden").then(tab.on_stop, run_state, outs)
-    demo.load(tab.on_load, None, outs, show_progress="hidden")
+    start.click(tab.on_start, form, [*outs, tab.owner], concurrency_limit=1, show_progress="hidden")
+    timer.tick(tab.on_poll, [run_state, seen_state, tab.owner], outs, show_progress="hidden")
+    stop.click(tab.on_stopping, None, [status, stop], show_progress="hidden").then(
+        tab.on_stop, [run_state, tab.owner], outs)
+    demo.load(tab.on_load, tab.owner, [*outs, tab.owner], show_progress="hidden")
     return tab
 
 
