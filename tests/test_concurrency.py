@@ -188,3 +188,105 @@ def test_over_http_a_cancelled_reply_does_not_block_the_next_session(served, ada
     assert (text(base_hist[-1]), text(adapted_hist[-1])) == tuple(w.strip() for w in want)
     first.close()
     second.close()
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.browser
+def test_in_the_browser_a_tab_closed_mid_reply_does_not_block_the_next_one(served, adapters):
+    """Headless Chromium: one tab asks for a long reply and is closed while it streams; a tab of another browser
+    then asks and is answered."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    demo, url = served
+    bots = """() => ['#chat-base-bot', '#chat-adapted-bot'].map(
+        id => [...document.querySelectorAll(id + ' [data-testid="bot"]')].map(e => e.innerText.trim()).pop() || '')"""
+
+    def ask(pg, adapter: Path, message: str, tokens: int) -> None:
+        pg.goto(url)
+        pg.wait_for_selector("#train-start")
+        pg.click("#tab-chat-button")
+        pg.fill("#chat-adapter-path textarea", str(adapter))
+        pg.press("#chat-adapter-path textarea", "Enter")
+        pg.wait_for_function("(document.querySelector('#chat-info') || {}).innerText.includes('Loaded')",
+                             timeout=TIMEOUT * 1000)
+        pg.fill("#chat-max-new-tokens input[type=number]", str(tokens))
+        pg.press("#chat-max-new-tokens input[type=number]", "Tab")
+        pg.fill("#chat-msg textarea", message)
+        pg.click("#chat-send")
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            first = browser.new_context()
+            pg = first.new_page()
+            pg.set_default_timeout(TIMEOUT * 1000)
+            ask(pg, adapters[0], "A long story, please.", 512)
+            pg.wait_for_function(f"({bots})()[1].length > 0")  # the adapted reply streams
+            first.close()  # the tab goes away mid-reply
+
+            second = browser.new_context()
+            pg = second.new_page()
+            pg.set_default_timeout(TIMEOUT * 1000)
+            started = time.time()
+            ask(pg, adapters[1], "Capital of France?", 8)
+            pg.wait_for_function(f"({bots})()[1].length > 0")  # (the tiny base model's reply may be blank)
+            assert time.time() - started < TIMEOUT
+            assert "Generation failed" not in pg.inner_text("#chat-info")
+            second.close()
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+def test_in_the_browser_a_job_is_seen_only_by_the_browser_that_started_it(served, tiny_dir, monkeypatch):
+    """Browser A starts a job: a reload of A reattaches to it, browser B sees no job (and has nothing to stop);
+    with PEFTLAB_SHARE_JOBS=1 a browser C sees it."""
+    from playwright.sync_api import sync_playwright
+
+    from peftlab import jobs
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    demo, url = served
+    runs = demo.peftlab_train.runs_dir
+    status = "document.querySelector('#train-status [data-testid=\"markdown\"]').innerText"
+
+    def open_page(ctx):
+        pg = ctx.new_page()
+        pg.set_default_timeout(TIMEOUT * 1000)
+        pg.goto(url)
+        pg.wait_for_selector("#train-start")
+        return pg
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            a = open_page(browser.new_context())
+            a.wait_for_timeout(1000)  # the page load gave this browser its owner id
+            a.fill("#train-base textarea", str(tiny_dir))
+            for name, value in (("max_steps", 10_000), ("batch_size", 2), ("max_length", 48)):
+                a.fill(f"#train-{name} input", str(value))
+            a.click("#train-start")
+            a.wait_for_function(f"{status}.startsWith('Running')")
+            run = jobs.current_job(runs).name
+            a.reload()
+            a.wait_for_selector("#train-start")
+            a.wait_for_function(f"{status}.includes({run!r})")  # the same browser reattaches
+
+            b = open_page(browser.new_context())  # another browser: another owner
+            b.wait_for_timeout(2000)
+            assert b.inner_text("#train-status").startswith("No job running")
+            assert not b.is_enabled("#train-stop")
+            monkeypatch.setenv("PEFTLAB_SHARE_JOBS", "1")  # a server that shares jobs: the other browser sees it
+            c = open_page(browser.new_context())
+            c.wait_for_function(f"{status}.includes({run!r})")
+            assert b.inner_text("#train-status").startswith("No job running")  # (B's page loaded before)
+        finally:
+            browser.close()
+            running = jobs.current_job(runs)
+            if running is not None:
+                jobs.stop(running, timeout=30)
