@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from peftlab import jobs
+from peftlab.data import DatasetError
 from peftlab.errors import ConfigError, UnknownMethodError
 
 # A fast job on the tiny base: small rows, few eval rows; tiny llama has 256 positions.
@@ -69,8 +70,8 @@ def test_bad_settings_are_refused_before_a_process_starts(tmp_path):
         jobs.start_job(runs, "lora", FAST, {"r": "0"})
     with pytest.raises(UnknownMethodError, match="nope"):
         jobs.start_job(runs, "nope", FAST)
-    with pytest.raises(jobs.JobError, match="Dataset: .*missing.jsonl"):
-        jobs.start_job(runs, "lora", {**FAST, "dataset": str(tmp_path / "missing.jsonl")}, check_data=True)
+    with pytest.raises(DatasetError, match=r"missing\.jsonl: no such file"):  # the trainer's own check, up front
+        jobs.start_job(runs, "lora", {**FAST, "dataset": str(tmp_path / "missing.jsonl")})
     assert not runs.exists() or not list(runs.iterdir())
 
 
@@ -135,10 +136,10 @@ def test_job_runs_to_done_and_its_adapter_loads(tiny_base, tmp_path):
 
 def test_failed_job_reports_the_error(tmp_path):
     runs = tmp_path / "runs"
-    job = jobs.start_job(runs, "lora", {**FAST, "dataset": str(tmp_path / "missing.jsonl"), "max_steps": 2})
+    job = jobs.start_job(runs, "lora", {**FAST, "base_model": str(tmp_path / "no-model"), "max_steps": 2})
     wait_for(lambda: job.refresh().status != "running", what="the job to fail")
     assert job.status == "failed"
-    assert "missing.jsonl" in job.message
+    assert "no-model does not exist" in job.message
     assert jobs.current_job(runs) is None
 
 
