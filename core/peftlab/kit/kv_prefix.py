@@ -2,7 +2,9 @@
 
 One ``KVPrefix`` per model holds the prefix encoders of every KV-prefix adapter (prefix tuning,
 P-Tuning v2, ...) and two hooks on the model's backbone (``model.base_model``, whose forward takes
-``past_key_values``, ``attention_mask`` and ``position_ids`` under those names for every head):
+the cache, ``attention_mask`` and ``position_ids`` under those names for every head; the cache is
+``past_key_values`` up to transformers 5.23 and ``cache`` from 5.24, in arguments and outputs alike:
+``cache_name`` reads which one a model takes, and both are read wherever a cache may come in):
 
 * before forward, when no cache or an empty one is passed, it fills a cache with each layer's prefix
   keys/values ``[batch, kv_heads, K, head_dim]`` (the prefixes of the adapters acting on the batch,
@@ -33,6 +35,30 @@ from .modules import context_size
 ATTR = "_peftlab_kv_prefix"  # on the model: its KVPrefix (a plain attribute, not a submodule)
 STORE = "peftlab_prefix"  # on the model: the ModuleDict of prefix encoders, one per adapter
 SLOTS = "_peftlab_prefix_slots"  # on a cache: the PrefixSlots at its front
+CACHE_NAMES = ("cache", "past_key_values")  # the KV cache's argument and output field: 5.24+, then up to 5.23
+
+
+def cache_name(forward) -> str | None:
+    """The name under which ``forward`` takes the KV cache (``cache`` from transformers 5.24, ``past_key_values``
+    before), or None when it takes none."""
+    params = inspect.signature(forward).parameters
+    return next((name for name in CACHE_NAMES if name in params), None)
+
+
+def cache_key(kwargs: dict, default: str) -> str:
+    """The key of ``kwargs`` that holds the cache: the one a caller set (5.24 still takes the old name, with a
+    deprecation warning), else ``default``, the model's own name (so a cache written back goes where it came from)."""
+    given = [name for name in CACHE_NAMES if kwargs.get(name) is not None]
+    if default in given or not given:
+        return default
+    return given[0]
+
+
+def output_cache(output):
+    """The cache a model output carries, under either name (``None`` when it carries none)."""
+    if not isinstance(output, dict):
+        return getattr(output, "past_key_values", None)
+    return next((output[name] for name in CACHE_NAMES if name in output), None)
 
 
 @dataclass
@@ -55,10 +81,12 @@ class KVPrefix:
     def __init__(self, model: nn.Module) -> None:
         backbone = model.base_model
         params = inspect.signature(backbone.forward).parameters
-        if "past_key_values" not in params:
+        self.cache_name = cache_name(backbone.forward)
+        if self.cache_name is None:
             raise MethodError(
-                f"{type(model).__name__}: its attention takes no KV cache (its forward has no past_key_values), "
-                f"so there is nowhere to put key/value prefixes; use a method that changes weights or inputs")
+                f"{type(model).__name__}: its attention takes no KV cache (its forward has no cache or "
+                f"past_key_values), so there is nowhere to put key/value prefixes; use a method that changes weights "
+                f"or inputs")
         self.arg_names = [n for n, p in params.items()
                           if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         self.takes_positions = "position_ids" in params
@@ -85,7 +113,8 @@ class KVPrefix:
 
     def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         kwargs = {**dict(zip(self.arg_names, args)), **kwargs}  # name positional arguments
-        cache = kwargs.get("past_key_values")
+        key = cache_key(kwargs, self.cache_name)
+        cache = kwargs.get(key)
         slots = getattr(cache, SLOTS, None)
         empty = cache is None or (isinstance(cache, Cache) and cache.get_seq_length() == 0)
         if not empty and slots is None:
@@ -101,7 +130,7 @@ class KVPrefix:
             slots = self._slots(acting, batch, no_cache_call=cache is None and kwargs.get("use_cache") is False)
             cache = self._fill(cache, acting, batch)
             setattr(cache, SLOTS, slots)
-            kwargs["past_key_values"] = cache
+            kwargs[key] = cache
             past = 0
         else:
             past = cache.get_seq_length() - slots.K  # real tokens already in the cache
@@ -116,10 +145,10 @@ class KVPrefix:
         return (), kwargs
 
     def _after(self, module: nn.Module, args: tuple, kwargs: dict, output):
-        slots = getattr(getattr(output, "past_key_values", None), SLOTS, None)
+        slots = getattr(output_cache(output), SLOTS, None)
         if slots is None or not slots.no_cache_call:
             return None
-        return type(output)(**{k: v for k, v in output.items() if k != "past_key_values"})
+        return type(output)(**{k: v for k, v in output.items() if k not in CACHE_NAMES})
 
     # --- the pieces ----------------------------------------------------------------------------
 

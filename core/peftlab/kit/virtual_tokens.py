@@ -4,13 +4,14 @@ Every virtual-token adapter (Prompt Tuning, P-Tuning, ...) registers a *source* 
 ``forward()`` returns its ``[k, d]`` prompt in input-embedding space. On each call of the model, the
 hook asks the routing state which sources act on which rows and rewrites the call:
 
-* first step (no cache, or an empty one): prepend ``K`` slots to the input, ``K`` = the longest
-  prompt of any row. Row r holds ``K - k_r`` filler slots (attention 0) followed by its ``k_r``
-  virtual tokens; a row with no adapter holds only fillers, so it computes what the base model
-  computes. ``input_ids`` grow by ``K`` placeholder ids and a forward hook on the input-embedding
-  layer swaps the prompts in for them (so models that read ``input_ids`` after embedding them,
-  like ``*ForSequenceClassification`` pooling the last non-pad token, still see real ids);
-  ``inputs_embeds`` simply grow by the prompts. Labels get ``-100`` for the new slots.
+* first step (no KV cache, or an empty one; the call's ``cache`` from transformers 5.24, its
+  ``past_key_values`` before): prepend ``K`` slots to the input, ``K`` = the longest prompt of any row.
+  Row r holds ``K - k_r`` filler slots (attention 0) followed by its ``k_r`` virtual tokens; a row
+  with no adapter holds only fillers, so it computes what the base model computes. ``input_ids`` grow
+  by ``K`` placeholder ids and a forward hook on the input-embedding layer swaps the prompts in for
+  them (so models that read ``input_ids`` after embedding them, like ``*ForSequenceClassification``
+  pooling the last non-pad token, still see real ids); ``inputs_embeds`` simply grow by the prompts.
+  Labels get ``-100`` for the new slots.
 * later steps (the KV cache already holds the ``K`` slots): nothing is prepended; the attention
   mask grows by the same ``K`` columns and positions shift as on the first step.
 
@@ -35,6 +36,7 @@ from transformers.utils import ModelOutput
 from ..adapters import model_task
 from ..errors import MethodError
 from ..state import adapter_state
+from .kv_prefix import CACHE_NAMES
 from .modules import context_size
 
 ATTR = "_peftlab_virtual_tokens"  # the controller, a plain attribute of the model (not a submodule)
@@ -186,7 +188,7 @@ class VirtualTokens:
         plan = self.plan(model, B, device)
         if plan is None:
             return None  # no virtual-token adapter acts on this batch: the call is untouched
-        past = _cache_length(kwargs.get("past_key_values"))
+        past = _cache_length(next((kwargs[n] for n in CACHE_NAMES if kwargs.get(n) is not None), None))
         first = past == 0
         self._check_context(plan.K, past, L, first)
         if first:
