@@ -30,9 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         from peftlab.compare import run_comparison, to_markdown
 
         methods = a.methods.split(",") if a.methods else None
-        results = run_comparison(methods, steps=a.steps, out_dir=str(RESULTS / "compare"),
-                                 on_result=lambda r: print(f"[compare] {r['method']}: "
-                                                           f"{r.get('error') or 'ok'}", flush=True))
+        results = run_comparison(
+            methods,
+            steps=a.steps,
+            out_dir=str(RESULTS / "compare"),
+            on_result=lambda r: print(f"[compare] {r['method']}: {r.get('error') or 'ok'}", flush=True),
+        )
         md = to_markdown(results)
         (RESULTS / "compare.md").write_text(md)
         print(md)
@@ -41,9 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in PAIRS]
     if unknown:
         p.error(f"unknown pair(s) {unknown}; known: {', '.join(PAIRS)}")
-    opts = {"steps": a.steps, "warmup": a.warmup, "timed": a.timed, "threads": a.threads, "gen_reps": a.gen_reps,
-            "eval_samples": a.eval_samples, "new_tokens": a.new_tokens, "batch_size": a.batch_size,
-            "max_length": a.max_length}
+    opts = {
+        "steps": a.steps,
+        "warmup": a.warmup,
+        "timed": a.timed,
+        "threads": a.threads,
+        "gen_reps": a.gen_reps,
+        "eval_samples": a.eval_samples,
+        "new_tokens": a.new_tokens,
+        "batch_size": a.batch_size,
+        "max_length": a.max_length,
+    }
     out = []
     for name in names:
         summary = bench_pair(name, a.repeats, opts, log=lambda m: print(m, flush=True))

@@ -62,11 +62,17 @@ def main(argv: list[str] | None = None) -> None:
             log(f"{name} step {i + 1}: {times[name][-1]:.1f}s")
     gen = {name: [] for name in variants}
     for k in range(a.gen_reps):
-        for name in (list(variants) if k % 2 == 0 else list(reversed(variants))):
+        for name in list(variants) if k % 2 == 0 else list(reversed(variants)):
             gen[name].append(gen_speed(variants[name].model, prompt, tok.pad_token_id, a.new_tokens, 1)[0])
             log(f"{name} generate {gen[name][-1]:.2f} tok/s")
-    res = {"pair": a.pair, "threads": a.threads, "loadavg_end": os.getloadavg()[0], "step_times": times,
-           "gen_tok_s": gen, "new_tokens": a.new_tokens}
+    res = {
+        "pair": a.pair,
+        "threads": a.threads,
+        "loadavg_end": os.getloadavg()[0],
+        "step_times": times,
+        "gen_tok_s": gen,
+        "new_tokens": a.new_tokens,
+    }
     for name in variants:
         res[f"{name}_step_median_s"] = statistics.median(times[name][1:])
         res[f"{name}_gen_best_tok_s"] = max(gen[name])

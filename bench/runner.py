@@ -18,8 +18,19 @@ IMPLS = ("peftlab", "peft")
 
 
 def run_variant(pair: str, impl: str, seed: int, opts: dict[str, Any], out: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench.worker", "--pair", pair, "--impl", impl, "--seed", str(seed),
-           "--out", str(out)] + [f"--{k.replace('_', '-')}={v}" for k, v in opts.items() if v is not None]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.worker",
+        "--pair",
+        pair,
+        "--impl",
+        impl,
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ] + [f"--{k.replace('_', '-')}={v}" for k, v in opts.items() if v is not None]
     t = time.perf_counter()
     log = out.with_suffix(".log")  # the worker's progress lines, readable while it runs
     with open(log, "w") as f:
@@ -68,14 +79,23 @@ def summarise(pair: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         table.setdefault("unloaded_vs_base", {})[impl] = statistics.median(ratios) if ratios else None
         ratios = [r["gen_merged_tok_s"] / r["gen_base_tok_s"] for r in by[impl] if r.get("gen_merged_tok_s")]
         table.setdefault("merged_vs_base", {})[impl] = statistics.median(ratios) if ratios else None
-    curves = {impl: [statistics.mean(step) for step in zip(*[r["losses"] for r in by[impl]])] for impl in IMPLS
-              if by[impl]}
-    seeds_spread = {impl: (max(x) - min(x)) if len(x := [r["eval_loss_after"] for r in by[impl]]) > 1 else None
-                    for impl in IMPLS}
-    return {"pair": pair, "method": PAIRS[pair].method, "config": PAIRS[pair].config, "note": PAIRS[pair].note,
-            "table": table, "loss_curves": curves, "eval_loss_spread_across_seeds": seeds_spread,
-            "errors": [f"{r['impl']} seed {r['seed']}: {r['error']}" for r in runs if "error" in r],
-            "runs": runs}
+    curves = {
+        impl: [statistics.mean(step) for step in zip(*[r["losses"] for r in by[impl]])] for impl in IMPLS if by[impl]
+    }
+    seeds_spread = {
+        impl: (max(x) - min(x)) if len(x := [r["eval_loss_after"] for r in by[impl]]) > 1 else None for impl in IMPLS
+    }
+    return {
+        "pair": pair,
+        "method": PAIRS[pair].method,
+        "config": PAIRS[pair].config,
+        "note": PAIRS[pair].note,
+        "table": table,
+        "loss_curves": curves,
+        "eval_loss_spread_across_seeds": seeds_spread,
+        "errors": [f"{r['impl']} seed {r['seed']}: {r['error']}" for r in runs if "error" in r],
+        "runs": runs,
+    }
 
 
 def bench_pair(pair: str, repeats: int = 2, opts: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
@@ -88,14 +108,21 @@ def bench_pair(pair: str, repeats: int = 2, opts: dict[str, Any] | None = None, 
         for impl in impls:
             res = run_variant(pair, impl, k, opts, RESULTS / f"{pair}-{impl}-{k}.json")
             loads.append(os.getloadavg()[0])
-            brief = res.get("error") or (f"step {res['step_median_s']:.3f}s, rss +{res['rss_train_delta_mb']:.0f}MB, "
-                                         f"eval {res['eval_loss_before']:.3f}->{res['eval_loss_after']:.3f}, "
-                                         f"wall {res['wall_s']:.0f}s")
+            brief = res.get("error") or (
+                f"step {res['step_median_s']:.3f}s, rss +{res['rss_train_delta_mb']:.0f}MB, "
+                f"eval {res['eval_loss_before']:.3f}->{res['eval_loss_after']:.3f}, "
+                f"wall {res['wall_s']:.0f}s"
+            )
             log(f"[{pair}] round {k} {impl}: {brief}")
             runs.append(res)
     summary = summarise(pair, runs)
     env = next((r["env"] for r in runs if "env" in r), {})
-    summary["env"] = {**env, "threads": opts.get("threads") or 2, "loadavg_1min": loads,
-                      "repeats": repeats, "options": opts}
+    summary["env"] = {
+        **env,
+        "threads": opts.get("threads") or 2,
+        "loadavg_1min": loads,
+        "repeats": repeats,
+        "options": opts,
+    }
     (RESULTS / f"{pair}.json").write_text(json.dumps(summary, indent=1))
     return summary

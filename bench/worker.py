@@ -33,8 +33,9 @@ def rss_now_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def fixed_data(tokenizer, dataset: str, n_batches: int, batch_size: int, max_length: int, seed: int,
-               eval_samples: int) -> tuple[list[dict], list[dict], list[dict]]:
+def fixed_data(
+    tokenizer, dataset: str, n_batches: int, batch_size: int, max_length: int, seed: int, eval_samples: int
+) -> tuple[list[dict], list[dict], list[dict]]:
     """The same training batches (cycled), eval items and prompt rows for every variant."""
     from peftlab import data as pdata
 
@@ -45,8 +46,10 @@ def fixed_data(tokenizer, dataset: str, n_batches: int, batch_size: int, max_len
     order = torch.randperm(len(items), generator=g).tolist()
     pad = tokenizer.pad_token_id
     per_epoch = len(order) // batch_size
-    batches = [pdata.collate([items[j] for j in order[(b % per_epoch) * batch_size:][:batch_size]], pad)
-               for b in range(n_batches)]
+    batches = [
+        pdata.collate([items[j] for j in order[(b % per_epoch) * batch_size :][:batch_size]], pad)
+        for b in range(n_batches)
+    ]
     eval_rows = eval_rows[:eval_samples]
     return batches, pdata.encode_rows(eval_rows, tokenizer, max_length=max_length), eval_rows
 
@@ -67,6 +70,7 @@ class Variant:
     def eval_model(self):
         """The module whose ``loss`` is the task loss alone (what eval reports)."""
         return self.model
+
     def merge_and_unload(self) -> None: ...
 
 
@@ -74,8 +78,9 @@ class PeftlabVariant(Variant):
     def load_base(self):
         from peftlab.models import load_model
 
-        self.model, _ = load_model(None, dtype="float32", device="cpu", method=self.pair.method,
-                                   method_config=self.pair.config)
+        self.model, _ = load_model(
+            None, dtype="float32", device="cpu", method=self.pair.method, method_config=self.pair.config
+        )
         return self.model
 
     def inject(self) -> None:
@@ -121,10 +126,15 @@ class PeftVariant(Variant):
         kwargs: dict[str, Any] = {}
         if self.pair.quantized_base:
             c = self.pair.config
-            kwargs = {"quantization_config": BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type=c["bnb_4bit_quant_type"],
-                bnb_4bit_use_double_quant=c["bnb_4bit_use_double_quant"], bnb_4bit_compute_dtype=torch.float32),
-                "device_map": {"": "cpu"}}
+            kwargs = {
+                "quantization_config": BitsAndBytesConfig(
+                    load_in_4bit=True,
+                    bnb_4bit_quant_type=c["bnb_4bit_quant_type"],
+                    bnb_4bit_use_double_quant=c["bnb_4bit_use_double_quant"],
+                    bnb_4bit_compute_dtype=torch.float32,
+                ),
+                "device_map": {"": "cpu"},
+            }
         self.model = AutoModelForCausalLM.from_pretrained(default_model_dir(), dtype=torch.float32, **kwargs)
         self.model.eval()
         return self.model
@@ -177,10 +187,11 @@ def gen_speed(model, ids: torch.Tensor, pad: int, new_tokens: int, reps: int) ->
     best, out = float("inf"), None
     for _ in range(reps):
         t = time.perf_counter()
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, **kw)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw
+        )
         best = min(best, time.perf_counter() - t)
-    return new_tokens / best, out[0, ids.shape[1]:].tolist()
+    return new_tokens / best, out[0, ids.shape[1] :].tolist()
 
 
 def log(msg: str) -> None:
@@ -200,15 +211,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     steps = max(args.steps, args.warmup + args.timed)
     tok = load_tokenizer(None)
     pad = tok.pad_token_id
-    batches, eval_items, eval_rows = fixed_data(tok, args.dataset, steps, args.batch_size, args.max_length,
-                                                args.seed, args.eval_samples)
+    batches, eval_items, eval_rows = fixed_data(
+        tok, args.dataset, steps, args.batch_size, args.max_length, args.seed, args.eval_samples
+    )
     prompt = torch.tensor([prompt_ids(tok, eval_rows[0]["messages"][:-1])])
     variant = (PeftlabVariant if args.impl == "peftlab" else PeftVariant)(pair, steps)
     if args.impl == "peft" and pair.peft is None:
         raise SystemExit(f"peft has no equivalent of {pair.method}")
-    res: dict[str, Any] = {"pair": args.pair, "impl": args.impl, "method": pair.method, "seed": args.seed,
-                           "steps": steps, "lr": lr, "threads": torch.get_num_threads(),
-                           "loadavg_start": os.getloadavg()[0]}
+    res: dict[str, Any] = {
+        "pair": args.pair,
+        "impl": args.impl,
+        "method": pair.method,
+        "seed": args.seed,
+        "steps": steps,
+        "lr": lr,
+        "threads": torch.get_num_threads(),
+        "loadavg_start": os.getloadavg()[0],
+    }
     t = time.perf_counter()
     model = variant.load_base()
     res["load_s"] = time.perf_counter() - t
@@ -239,10 +258,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         losses.append(float(loss.detach()))
         log(f"{args.impl} step {i + 1}: {times[-1]:.2f}s loss {losses[-1]:.3f}")
     rss_after = max_rss_mb()
-    timed = times[args.warmup:args.warmup + args.timed]
-    res.update(step_times=times, losses=losses, step_mean_s=statistics.mean(timed),
-               step_median_s=statistics.median(timed), rss_before_mb=rss_before, rss_peak_mb=rss_after,
-               rss_train_delta_mb=rss_after - rss_before, rss_after_train_mb=rss_now_mb())
+    timed = times[args.warmup : args.warmup + args.timed]
+    res.update(
+        step_times=times,
+        losses=losses,
+        step_mean_s=statistics.mean(timed),
+        step_median_s=statistics.median(timed),
+        rss_before_mb=rss_before,
+        rss_peak_mb=rss_after,
+        rss_train_delta_mb=rss_after - rss_before,
+        rss_after_train_mb=rss_now_mb(),
+    )
     res["eval_loss_after"] = eval_loss(variant.eval_model(), eval_items, pad)
     res["gen_adapter_tok_s"], adapter_tokens = gen_speed(variant.model, prompt, pad, args.new_tokens, args.gen_reps)
     res["adapter_changes_output"] = adapter_tokens != base_tokens
@@ -277,8 +303,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gen-reps", type=int, default=2)
     args = p.parse_args(argv)
     res = run(args)
-    res["env"] = {"python": sys.version.split()[0], "torch": torch.__version__, "cpu": platform.processor()
-                  or platform.machine(), "cpus": os.cpu_count()}
+    res["env"] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
     Path(args.out).write_text(json.dumps(res, indent=1))
 
 

@@ -25,8 +25,13 @@ pytestmark = [pytest.mark.browser, pytest.mark.smollm2]
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 TRAIN_S = 240_000  # ms a short SmolLM2 job may take on a busy 2-core machine
 
 
@@ -102,9 +107,12 @@ def md(pg, elem_id: str) -> str:
 
 def wait_js(pg, body: str, timeout: float = 60_000) -> None:
     """Wait until the JS expression ``body`` is true; ``MD(id)`` reads a Markdown widget's text."""
-    pg.wait_for_function(f"""() => {{
+    pg.wait_for_function(
+        f"""() => {{
         const MD = id => (document.querySelector('#' + id + ' [data-testid="markdown"]') || {{}}).innerText || '';
-        return {body}; }}""", timeout=timeout)
+        return {body}; }}""",
+        timeout=timeout,
+    )
 
 
 def pick(pg, dropdown: str, value: str) -> None:
@@ -206,8 +214,9 @@ def test_reload_reattaches_and_stop_stops(page, app, tmp_path):
     pg.wait_for_selector("#train-start")
     wait_js(pg, f"MD('train-status').includes({run.name!r})")
     assert md(pg, "train-status").startswith("Running")
-    wait_js(pg, f"(/step (\\d+) \\//.exec(MD('train-progress')) || [0, -1])[1] > {step_before}",
-            timeout=TRAIN_S)  # progress continues after the reload
+    wait_js(
+        pg, f"(/step (\\d+) \\//.exec(MD('train-progress')) || [0, -1])[1] > {step_before}", timeout=TRAIN_S
+    )  # progress continues after the reload
     assert pg.is_enabled("#train-stop") and not pg.is_enabled("#train-start")
     assert "train" in drawn_series(pg)  # the reattached page redrew the curve so far
 

@@ -16,8 +16,9 @@ from peftlab.cli import main
 
 def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "peftlab", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "peftlab", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def test_methods_json_lists_methods_with_their_fields(capsys):
@@ -38,14 +39,32 @@ def test_train_help_shows_flags_generated_from_the_method_config():
 # A non-default value for EVERY TrainArgs field, as typed on the command line, and the value it must become.
 # A field added to TrainArgs without a row here fails test_every_trainargs_field_parses_to_its_type.
 TRAIN_VALUES = {
-    "method": ("bitfit", "bitfit"), "base_model": ("/models/tiny", "/models/tiny"),
-    "dataset": ("iso-dates", "iso-dates"), "output_dir": ("runs/x", "runs/x"), "adapter_name": ("a1", "a1"),
-    "max_steps": ("7", 7), "learning_rate": ("5e-3", 5e-3), "batch_size": ("3", 3), "grad_accum": ("2", 2),
-    "warmup_ratio": ("0.25", 0.25), "lr_scheduler": ("linear", "linear"), "weight_decay": ("0.01", 0.01),
-    "max_grad_norm": ("0.5", 0.5), "seed": ("3", 3), "eval_every": ("5", 5), "save_every": ("6", 6),
-    "save_minutes": ("2.5", 2.5), "keep_checkpoints": ("3", 3),
-    "max_length": ("64", 64), "eval_fraction": ("0.2", 0.2), "max_eval_samples": ("9", 9), "loss_on": ("all", "all"),
-    "dtype": ("float32", "float32"), "device": ("cpu", "cpu"), "threads": ("2", 2), "resume": ("true", True),
+    "method": ("bitfit", "bitfit"),
+    "base_model": ("/models/tiny", "/models/tiny"),
+    "dataset": ("iso-dates", "iso-dates"),
+    "output_dir": ("runs/x", "runs/x"),
+    "adapter_name": ("a1", "a1"),
+    "max_steps": ("7", 7),
+    "learning_rate": ("5e-3", 5e-3),
+    "batch_size": ("3", 3),
+    "grad_accum": ("2", 2),
+    "warmup_ratio": ("0.25", 0.25),
+    "lr_scheduler": ("linear", "linear"),
+    "weight_decay": ("0.01", 0.01),
+    "max_grad_norm": ("0.5", 0.5),
+    "seed": ("3", 3),
+    "eval_every": ("5", 5),
+    "save_every": ("6", 6),
+    "save_minutes": ("2.5", 2.5),
+    "keep_checkpoints": ("3", 3),
+    "max_length": ("64", 64),
+    "eval_fraction": ("0.2", 0.2),
+    "max_eval_samples": ("9", 9),
+    "loss_on": ("all", "all"),
+    "dtype": ("float32", "float32"),
+    "device": ("cpu", "cpu"),
+    "threads": ("2", 2),
+    "resume": ("true", True),
 }
 
 
@@ -67,8 +86,9 @@ def test_every_trainargs_field_parses_to_its_type():
         assert getattr(defaults, name) != value, name
         args = parse_train(specs[name].option_string, text)  # one flag at a time, the others keep defaults
         assert getattr(args, name) == value and type(getattr(args, name)) is type(value), name
-        assert {k: v for k, v in vars(args).items() if k != name} == \
-            {k: v for k, v in vars(defaults).items() if k != name}, name
+        assert {k: v for k, v in vars(args).items() if k != name} == {
+            k: v for k, v in vars(defaults).items() if k != name
+        }, name
     argv = [a for name, (text, _) in TRAIN_VALUES.items() for a in (specs[name].option_string, text)]
     args = parse_train(*argv)  # all at once
     assert {name: getattr(args, name) for name in TRAIN_VALUES} == {k: v for k, (_, v) in TRAIN_VALUES.items()}
@@ -77,8 +97,9 @@ def test_every_trainargs_field_parses_to_its_type():
 
 
 def test_method_flags_parse_to_their_types():
-    args = parse_train("--method", "lora", "--r", "4", "--use-rslora", "--target-modules", "q_proj, v_proj",
-                       "--lora-alpha", "8")
+    args = parse_train(
+        "--method", "lora", "--r", "4", "--use-rslora", "--target-modules", "q_proj, v_proj", "--lora-alpha", "8"
+    )
     cfg = args.method_config
     assert cfg["r"] == 4 and cfg["use_rslora"] is True and cfg["target_modules"] == ["q_proj", "v_proj"]
     assert cfg["lora_alpha"] == 8.0 and isinstance(cfg["lora_alpha"], float)
@@ -115,8 +136,9 @@ def test_every_default_is_shown_in_help():
     for name, p in commands.items():
         formatter = _HelpFormatter(p.prog)
         for action in p._actions:
-            if (not action.option_strings or action.help == argparse.SUPPRESS or action.required
-                    or action.nargs == 0):  # --help, store_true flags
+            if (
+                not action.option_strings or action.help == argparse.SUPPRESS or action.required or action.nargs == 0
+            ):  # --help, store_true flags
                 continue
             assert "default" in formatter._get_help_string(action).lower(), (name, action.option_strings)
     text = " ".join(run("train", "--method", "lora", "--help").stdout.split("options:", 1)[1].split())  # unwrapped
@@ -148,22 +170,67 @@ def test_malformed_dataset_names_file_and_line(tmp_path):
 
 def test_train_generate_eval_merge_on_a_tiny_model(tiny_dir, tmp_path):
     out_dir = tmp_path / "run"
-    tr = run("train", "--method", "lora", "--base", str(tiny_dir), "--dataset", "capitals-json", "--max-steps", "3",
-             "--batch-size", "2", "--max-length", "96", "--max-eval-samples", "2", "--learning-rate", "1e-2",
-             "--r", "4", "--target-modules", "q_proj,v_proj", "--output", str(out_dir), "--json")
+    tr = run(
+        "train",
+        "--method",
+        "lora",
+        "--base",
+        str(tiny_dir),
+        "--dataset",
+        "capitals-json",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--max-length",
+        "96",
+        "--max-eval-samples",
+        "2",
+        "--learning-rate",
+        "1e-2",
+        "--r",
+        "4",
+        "--target-modules",
+        "q_proj,v_proj",
+        "--output",
+        str(out_dir),
+        "--json",
+    )
     assert tr.returncode == 0, tr.stderr[-2000:]
     events = [json.loads(line) for line in tr.stdout.splitlines() if line.startswith("{")]
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3]
     cfg = json.loads((out_dir / "adapter" / "adapter_config.json").read_text())
     assert cfg["r"] == 4 and cfg["target_modules"] == ["q_proj", "v_proj"]
 
-    gen = run("generate", "--base", str(tiny_dir), "--adapter", str(out_dir), "--prompt", "hello",
-              "--max-new-tokens", "4", "--json")
+    gen = run(
+        "generate",
+        "--base",
+        str(tiny_dir),
+        "--adapter",
+        str(out_dir),
+        "--prompt",
+        "hello",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    )
     assert gen.returncode == 0, gen.stderr[-2000:]
     assert isinstance(json.loads(gen.stdout)["reply"], str)
 
-    ev = run("eval", "--base", str(tiny_dir), "--adapter", str(out_dir), "--dataset", "capitals-json",
-             "--max-samples", "2", "--max-new-tokens", "4", "--json")
+    ev = run(
+        "eval",
+        "--base",
+        str(tiny_dir),
+        "--adapter",
+        str(out_dir),
+        "--dataset",
+        "capitals-json",
+        "--max-samples",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    )
     assert ev.returncode == 0, ev.stderr[-2000:]
     metrics = json.loads(ev.stdout)
     assert {"adapted", "base"} <= set(metrics) and "exact_match" in metrics["adapted"]
@@ -202,9 +269,26 @@ def test_merge_refused_for_an_adapter_that_cannot_merge(tmp_path, tiny_dir):
 def test_readme_cli_flow_on_smollm2(tmp_path):
     """The issue's commands, verbatim: train on the default model, then a greedy reply from the adapter."""
     out_dir = tmp_path / "capitals"
-    tr = run("train", "--method", "lora", "--dataset", "capitals-json", "--max-steps", "12",
-             "--learning-rate", "2e-3", "--output", str(out_dir), "--max-length", "128", "--max-eval-samples", "16",
-             "--target-modules", "all-linear", timeout=900)
+    tr = run(
+        "train",
+        "--method",
+        "lora",
+        "--dataset",
+        "capitals-json",
+        "--max-steps",
+        "12",
+        "--learning-rate",
+        "2e-3",
+        "--output",
+        str(out_dir),
+        "--max-length",
+        "128",
+        "--max-eval-samples",
+        "16",
+        "--target-modules",
+        "all-linear",
+        timeout=900,
+    )
     assert tr.returncode == 0, tr.stderr[-3000:]
     assert "trainable" in tr.stdout and "done at step 12" in tr.stdout
     prompt = "Vienna serves as the capital of Austria."
@@ -214,6 +298,7 @@ def test_readme_cli_flow_on_smollm2(tmp_path):
     assert '"capital"' in reply and "Vienna" in reply, reply  # the learned JSON reply format
     base = run("generate", "--prompt", prompt, "--max-new-tokens", "24")
     assert base.returncode == 0 and base.stdout.strip() != gen.stdout.strip()
-    raw = run("generate", "--adapter", str(out_dir), "--prompt", "The capital of Austria is", "--raw",
-              "--max-new-tokens", "5")
+    raw = run(
+        "generate", "--adapter", str(out_dir), "--prompt", "The capital of Austria is", "--raw", "--max-new-tokens", "5"
+    )
     assert raw.returncode == 0 and raw.stdout.strip()

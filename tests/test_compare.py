@@ -10,8 +10,9 @@ import pytest
 import peftlab
 from peftlab.compare import FIELDS, run_comparison, to_markdown
 
-OTHER = next((m.name for m in peftlab.methods() if m.name not in ("lora", "qlora") and not m.capabilities.mergeable),
-             None)
+OTHER = next(
+    (m.name for m in peftlab.methods() if m.name not in ("lora", "qlora") and not m.capabilities.mergeable), None
+)
 
 
 def _check_row(row: dict, steps: int) -> None:
@@ -31,8 +32,16 @@ def _check_row(row: dict, steps: int) -> None:
 @pytest.mark.skipif(OTHER is None, reason="needs a second, non-mergeable method plugin installed")
 def test_two_methods_in_process(tiny_dir, tmp_path):
     seen = []
-    rows = run_comparison(["lora", OTHER, "no-such-method"], steps=2, base=str(tiny_dir), out_dir=tmp_path,
-                          max_eval_samples=4, max_length=64, on_result=seen.append, isolate=False)
+    rows = run_comparison(
+        ["lora", OTHER, "no-such-method"],
+        steps=2,
+        base=str(tiny_dir),
+        out_dir=tmp_path,
+        max_eval_samples=4,
+        max_length=64,
+        on_result=seen.append,
+        isolate=False,
+    )
     assert [r["method"] for r in rows] == ["lora", OTHER, "no-such-method"] == [r["method"] for r in seen]
     for row in rows[:2]:
         _check_row(row, steps=2)
@@ -49,8 +58,7 @@ def test_two_methods_in_process(tiny_dir, tmp_path):
 
 
 def test_one_method_in_its_own_process(tiny_dir, tmp_path):
-    rows = run_comparison(["lora"], steps=1, base=str(tiny_dir), out_dir=tmp_path, max_eval_samples=2,
-                          max_length=64)
+    rows = run_comparison(["lora"], steps=1, base=str(tiny_dir), out_dir=tmp_path, max_eval_samples=2, max_length=64)
     _check_row(rows[0], steps=1)
     assert rows[0]["memory_kind"] == "process max RSS"
     assert (tmp_path / "lora.json").exists() and (tmp_path / "comparison.md").read_text().count("| lora |") == 1
@@ -59,8 +67,24 @@ def test_one_method_in_its_own_process(tiny_dir, tmp_path):
 def test_cli_compare_prints_the_table_and_writes_json(tiny_dir, tmp_path, capsys):
     from peftlab.cli import main
 
-    code = main(["compare", "--methods", "lora,no-such-method", "--steps", "1", "--base", str(tiny_dir),
-                 "--out-dir", str(tmp_path), "--max-eval-samples", "2", "--max-length", "64", "--json"])
+    code = main(
+        [
+            "compare",
+            "--methods",
+            "lora,no-such-method",
+            "--steps",
+            "1",
+            "--base",
+            str(tiny_dir),
+            "--out-dir",
+            str(tmp_path),
+            "--max-eval-samples",
+            "2",
+            "--max-length",
+            "64",
+            "--json",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0
     rows = json.loads(out.out)

@@ -211,8 +211,9 @@ def test_in_the_browser_a_tab_closed_mid_reply_does_not_block_the_next_one(serve
         pg.click("#tab-chat-button")
         pg.fill("#chat-adapter-path textarea", str(adapter))
         pg.press("#chat-adapter-path textarea", "Enter")
-        pg.wait_for_function("(document.querySelector('#chat-info') || {}).innerText.includes('Loaded')",
-                             timeout=TIMEOUT * 1000)
+        pg.wait_for_function(
+            "(document.querySelector('#chat-info') || {}).innerText.includes('Loaded')", timeout=TIMEOUT * 1000
+        )
         pg.fill("#chat-max-new-tokens input[type=number]", str(tokens))
         pg.press("#chat-max-new-tokens input[type=number]", "Tab")
         pg.fill("#chat-msg textarea", message)

@@ -27,15 +27,19 @@ SCALE = ROOT / "tests" / "thirdparty_plugin" / "peftlab_scale" / "__init__.py"
 
 
 def _test_sources() -> str:
-    return "".join(f.read_text() for folder in (ROOT / "tests", ROOT / "plugins", ROOT / "hub")
-                   for f in folder.rglob("test_*.py"))
+    return "".join(
+        f.read_text() for folder in (ROOT / "tests", ROOT / "plugins", ROOT / "hub") for f in folder.rglob("test_*.py")
+    )
 
 
 def _live_hooks() -> dict[str, list[str]]:
     """``{hook name: argument names}`` from the live plugin manager (not from a list kept by hand)."""
     pm = registry().pm
-    return {name: list(caller.spec.argnames) for name, caller in vars(pm.hook).items()
-            if not name.startswith("_") and getattr(caller, "spec", None) is not None}
+    return {
+        name: list(caller.spec.argnames)
+        for name, caller in vars(pm.hook).items()
+        if not name.startswith("_") and getattr(caller, "spec", None) is not None
+    }
 
 
 def test_every_hook_is_documented_with_its_signature_and_has_a_test_named_after_it():
@@ -101,8 +105,13 @@ def test_the_guides_example_runs_as_pasted_and_passes_the_kit(tmp_path, monkeypa
     module.Scale.name = "pasted_scale"  # not to clash with an installed peftlab-scale
     try:
         reg.add_plugin(module, name="pasted-scale")
-        report = check_method("pasted_scale", {"target_modules": ["v_proj", "o_proj", "up_proj", "down_proj"]},
-                              lr=0.3, steps=40, tmp_path=tmp_path)
+        report = check_method(
+            "pasted_scale",
+            {"target_modules": ["v_proj", "o_proj", "up_proj", "down_proj"]},
+            lr=0.3,
+            steps=40,
+            tmp_path=tmp_path,
+        )
     finally:
         for obj in [p for p in reg.pm.get_plugins() if isinstance(p, module.Scale)]:
             reg.pm.unregister(obj)

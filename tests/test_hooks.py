@@ -124,9 +124,20 @@ def test_merge_and_unmerge_hooks_called_once_each(spy):
 
 def test_extra_loss_and_on_train_step_hooks_driven_by_the_trainer(spy, tiny_dir, tmp_path):
     model, tok = load_model(tiny_dir)
-    train(TrainArgs(method="spy", dataset="capitals-json", max_steps=3, batch_size=2, max_length=96,
-                    max_eval_samples=2, output_dir=str(tmp_path / "run"), learning_rate=1e-2),
-          model=model, tokenizer=tok)
+    train(
+        TrainArgs(
+            method="spy",
+            dataset="capitals-json",
+            max_steps=3,
+            batch_size=2,
+            max_length=96,
+            max_eval_samples=2,
+            output_dir=str(tmp_path / "run"),
+            learning_rate=1e-2,
+        ),
+        model=model,
+        tokenizer=tok,
+    )
     steps = [c for c in spy.calls if c[0] == "on_train_step"]
     assert steps == [("on_train_step", 1, 3), ("on_train_step", 2, 3), ("on_train_step", 3, 3)]
     assert sum(c[0] == "extra_loss" for c in spy.calls) == 3
@@ -204,9 +215,20 @@ def test_make_optimizer_hook_chooses_the_trainers_optimizer(spy, tiny_dir, tmp_p
     model, tok = load_model(tiny_dir)
     seen = []
     monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: seen.append(type(self).__name__))
-    train(TrainArgs(method="spy", dataset="capitals-json", max_steps=2, batch_size=2, max_length=96,
-                    max_eval_samples=0, output_dir=str(tmp_path / "run"), learning_rate=5e-3),
-          model=model, tokenizer=tok)
+    train(
+        TrainArgs(
+            method="spy",
+            dataset="capitals-json",
+            max_steps=2,
+            batch_size=2,
+            max_length=96,
+            max_eval_samples=0,
+            output_dir=str(tmp_path / "run"),
+            learning_rate=5e-3,
+        ),
+        model=model,
+        tokenizer=tok,
+    )
     assert made == [("default", 5e-3, 1)] and seen == ["SGD", "SGD"]
     # without the hook (None), the trainer's AdamW
     fresh = tiny_model()

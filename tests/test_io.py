@@ -119,8 +119,14 @@ def test_peft_made_adapter_with_wrong_shapes_names_the_tensor(tmp_path):
 
     peftlab.save_adapter(_adapted(), tmp_path / "a")
     (tmp_path / "a" / "peftlab.json").unlink()  # as if written by peft: no fingerprint to compare
-    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     expected = r"lora_A.weight has shape \(4, 64\) but the model expects \(4, 32\)"
     with pytest.raises(AdapterMismatchError, match=expected):
         peftlab.load_adapter(LlamaForCausalLM(cfg), tmp_path / "a")

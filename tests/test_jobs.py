@@ -47,8 +47,12 @@ def steps(job: jobs.Job) -> list[int]:
 
 
 def test_train_command_passes_settings_and_method_flags(tmp_path):
-    argv = jobs.train_command("lora", {"max_steps": 5, "learning_rate": None, "base_model": "", "resume": True},
-                              {"r": "4", "target_modules": "q_proj, v_proj"}, tmp_path)
+    argv = jobs.train_command(
+        "lora",
+        {"max_steps": 5, "learning_rate": None, "base_model": "", "resume": True},
+        {"r": "4", "target_modules": "q_proj, v_proj"},
+        tmp_path,
+    )
     assert argv[:4] == [sys.executable, "-m", "peftlab", "train"]
     assert argv[argv.index("--method") + 1] == "lora" and "--json" in argv
     assert argv[argv.index("--output") + 1] == str(tmp_path)  # the flag names `peftlab train --help` lists
@@ -174,8 +178,9 @@ def test_jobs_beyond_the_limit_queue_and_start_in_order(tiny_base, tmp_path, mon
     c = jobs.start_job(runs, "lora", long, queue=True)
     try:
         assert [a.status, b.status, c.status] == ["running", "queued", "queued"]
-        assert b.pid == 0 and not b.alive() and json.loads((b.run_dir / jobs.JOB_FILE).read_text())["status"] == \
-            "queued"
+        assert (
+            b.pid == 0 and not b.alive() and json.loads((b.run_dir / jobs.JOB_FILE).read_text())["status"] == "queued"
+        )
         assert [jobs.queue_place(j) for j in (a, b, c)] == [None, 1, 2]
         with pytest.raises(jobs.JobError, match="still running"):
             jobs.start_job(runs, "lora", long)  # without queue: refused, as before

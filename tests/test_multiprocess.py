@@ -22,10 +22,39 @@ TOLERANCE = 1e-6  # measured: 3.5e-8 (float reduction order: two half-batches an
 
 
 def _args(tiny_dir, out, batch_size, *extra):
-    return ["-m", "peftlab", "train", "--method", "lora", "--base", str(tiny_dir), "--dataset", "capitals-json",
-            "--max-steps", "6", "--batch-size", str(batch_size), "--max-length", "96", "--max-eval-samples", "8",
-            "--learning-rate", "5e-3", "--r", "4", "--threads", "1", "--device", "cpu", "--save-every", "3",
-            "--output", str(out), "--json", *extra]
+    return [
+        "-m",
+        "peftlab",
+        "train",
+        "--method",
+        "lora",
+        "--base",
+        str(tiny_dir),
+        "--dataset",
+        "capitals-json",
+        "--max-steps",
+        "6",
+        "--batch-size",
+        str(batch_size),
+        "--max-length",
+        "96",
+        "--max-eval-samples",
+        "8",
+        "--learning-rate",
+        "5e-3",
+        "--r",
+        "4",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--save-every",
+        "3",
+        "--output",
+        str(out),
+        "--json",
+        *extra,
+    ]
 
 
 def _free_port() -> int:
@@ -35,16 +64,34 @@ def _free_port() -> int:
 
 
 def _env():
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", DEBUG_ROWS_ENV: "1",
-            "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        DEBUG_ROWS_ENV: "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def _launch(args: list[str]) -> subprocess.Popen:
     accelerate = Path(sys.executable).parent / "accelerate"
-    argv = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *args]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(),
-                            start_new_session=True)
+    argv = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        *args,
+    ]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -96,8 +143,9 @@ def _rows(out: Path, rank: int) -> dict[tuple[int, int], list[int]]:
 @pytest.mark.skipif(not Path("/proc").exists(), reason="cleans up through /proc")
 def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tiny_dir, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    single = subprocess.Popen([sys.executable, *_args(tiny_dir, one, 4)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, env=_env())
+    single = subprocess.Popen(
+        [sys.executable, *_args(tiny_dir, one, 4)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env()
+    )
     log = _finish(_launch(_args(tiny_dir, two, 2)))
     _finish(single)
 

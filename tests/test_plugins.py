@@ -238,8 +238,21 @@ def thirdparty_site(tmp_path_factory):
     site = tmp_path_factory.mktemp("site")
     src = tmp_path_factory.mktemp("src") / "plugin"
     shutil.copytree(HERE / "thirdparty_plugin", src)  # build in a copy: no build files in the repo
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(src)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        check=True,
+    )
     return site
 
 
@@ -255,18 +268,24 @@ def test_installed_third_party_plugin_appears_in_methods_and_passes_the_kit(thir
     assert "scale" in found and found["scale"]["plugin"] == "peftlab-scale"
     assert found["scale"]["fields"][0]["name"] == "target_modules"
     assert "lora" in found  # the built-in one still there, loaded the same way
-    kit = _run_with(thirdparty_site, "-c", "from peftlab.testing import check_method; "
-                    "cfg = {'target_modules': ['v_proj', 'o_proj', 'up_proj', 'down_proj']}; "
-                    "r = check_method('scale', cfg, lr=0.3, steps=40); print(r['merge_max_diff'])")
+    kit = _run_with(
+        thirdparty_site,
+        "-c",
+        "from peftlab.testing import check_method; "
+        "cfg = {'target_modules': ['v_proj', 'o_proj', 'up_proj', 'down_proj']}; "
+        "r = check_method('scale', cfg, lr=0.3, steps=40); print(r['merge_max_diff'])",
+    )
     assert kit.returncode == 0, kit.stderr[-2000:]
     assert float(kit.stdout.strip().splitlines()[-1]) < 1e-4
 
 
 def test_third_party_plugin_appears_in_the_app_method_list(thirdparty_site):
     pytest.importorskip("gradio")
-    script = ("import tempfile; from peftlab.webui import build_app; demo = build_app(tempfile.mkdtemp()); "
-              "blocks = {b.elem_id: b for b in demo.blocks.values() if getattr(b, 'elem_id', None)}; "
-              "print([c[0] for c in blocks['train-method'].choices]); print('cfg-scale-target_modules' in blocks)")
+    script = (
+        "import tempfile; from peftlab.webui import build_app; demo = build_app(tempfile.mkdtemp()); "
+        "blocks = {b.elem_id: b for b in demo.blocks.values() if getattr(b, 'elem_id', None)}; "
+        "print([c[0] for c in blocks['train-method'].choices]); print('cfg-scale-target_modules' in blocks)"
+    )
     out = _run_with(thirdparty_site, "-c", script)
     assert out.returncode == 0, out.stderr[-2000:]
     choices, has_form = out.stdout.strip().splitlines()[-2:]

@@ -20,8 +20,14 @@ from peftlab.train import TrainArgs, checkpoints, read_progress, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = dict(dataset="capitals-json", batch_size=2, max_length=96, max_eval_samples=4, learning_rate=5e-3,
-            method_config={"r": 4, "lora_dropout": 0.1})  # dropout: the RNG state must be restored too
+FAST = dict(
+    dataset="capitals-json",
+    batch_size=2,
+    max_length=96,
+    max_eval_samples=4,
+    learning_rate=5e-3,
+    method_config={"r": 4, "lora_dropout": 0.1},
+)  # dropout: the RNG state must be restored too
 
 
 def _run(tiny_dir, out, **kw):
@@ -50,8 +56,9 @@ def test_the_last_k_checkpoints_are_kept_each_complete(tiny_dir, tmp_path):
     for ckpt in checkpoints(tmp_path):
         state = json.loads((ckpt / "trainer_state.json").read_text())
         assert state["data"] == {"micro_batches": state["step"], "global_batch": 2, "num_processes": 1}
-        assert {"optimizer.safetensors", "rng_state.safetensors", "adapter_model.safetensors"} <= \
-            {p.name for p in ckpt.iterdir()}
+        assert {"optimizer.safetensors", "rng_state.safetensors", "adapter_model.safetensors"} <= {
+            p.name for p in ckpt.iterdir()
+        }
     assert not list((tmp_path / "checkpoints").glob(".*"))  # no temporary folders left
 
 
@@ -115,13 +122,44 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_dir, tmp_
 
 
 def _cli(tiny_dir, out, *extra):
-    argv = [sys.executable, "-m", "peftlab", "train", "--method", "lora", "--base", str(tiny_dir), "--dataset",
-            "capitals-json", "--max-steps", "30", "--batch-size", "2", "--max-length", "96", "--max-eval-samples",
-            "4", "--learning-rate", "5e-3", "--r", "4", "--lora-dropout", "0.1", "--save-every", "2", "--threads",
-            "1", "--device", "cpu", "--output", str(out), "--json", *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "peftlab",
+        "train",
+        "--method",
+        "lora",
+        "--base",
+        str(tiny_dir),
+        "--dataset",
+        "capitals-json",
+        "--max-steps",
+        "30",
+        "--batch-size",
+        "2",
+        "--max-length",
+        "96",
+        "--max-eval-samples",
+        "4",
+        "--learning-rate",
+        "5e-3",
+        "--r",
+        "4",
+        "--lora-dropout",
+        "0.1",
+        "--save-every",
+        "2",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--output",
+        str(out),
+        "--json",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                            start_new_session=True)
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
 
 
 def test_sigkill_mid_run_then_resume_writes_the_uninterrupted_adapter(tiny_dir, tmp_path):

@@ -19,8 +19,12 @@ def test_space_card_header_is_valid_for_a_gradio_space():
 
 
 def test_space_build_carries_every_requirement(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "spaces" / "build.py"), str(tmp_path / "space")],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "spaces" / "build.py"), str(tmp_path / "space")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     space = Path(out.stdout.strip())
     reqs = (space / "requirements.txt").read_text().split()
     assert "./core[app]" in reqs and "./plugins/lora" in reqs

@@ -11,8 +11,9 @@ import peftlab
 from peftlab.models import load_model
 from peftlab.train import StopFlag, TrainArgs, lr_lambda, read_progress, train
 
-FAST = dict(dataset="capitals-json", batch_size=2, max_length=96, max_eval_samples=4, learning_rate=5e-3,
-            method_config={"r": 4})
+FAST = dict(
+    dataset="capitals-json", batch_size=2, max_length=96, max_eval_samples=4, learning_rate=5e-3, method_config={"r": 4}
+)
 
 
 def _run(tiny_dir, out, **kw):
@@ -24,8 +25,12 @@ def _run(tiny_dir, out, **kw):
 def test_training_emits_progress_and_saves_a_loadable_adapter(tiny_dir, tmp_path):
     seen = []
     model, tok = load_model(tiny_dir)
-    res = train(TrainArgs(output_dir=str(tmp_path), max_steps=4, eval_every=2, **FAST), model=model,
-                tokenizer=tok, on_event=seen.append)
+    res = train(
+        TrainArgs(output_dir=str(tmp_path), max_steps=4, eval_every=2, **FAST),
+        model=model,
+        tokenizer=tok,
+        on_event=seen.append,
+    )
     kinds = [e["event"] for e in seen]
     assert kinds[0] == "start" and kinds[-1] == "done"
     start = seen[0]
@@ -73,8 +78,13 @@ def test_resume_continues_exactly_where_the_run_stopped(tiny_dir, tmp_path):
 def test_stop_finishes_the_step_and_keeps_the_adapter(tiny_dir, tmp_path):
     stop = StopFlag()
     model, tok = load_model(tiny_dir)
-    res = train(TrainArgs(output_dir=str(tmp_path), max_steps=50, **FAST), model=model, tokenizer=tok,
-                stop=stop, on_event=lambda e: stop.set() if e.get("step") == 2 and e["event"] == "step" else None)
+    res = train(
+        TrainArgs(output_dir=str(tmp_path), max_steps=50, **FAST),
+        model=model,
+        tokenizer=tok,
+        stop=stop,
+        on_event=lambda e: stop.set() if e.get("step") == 2 and e["event"] == "step" else None,
+    )
     assert res.stopped and res.steps == 2
     assert read_progress(tmp_path)[-1]["event"] == "stopped"
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()

@@ -73,7 +73,7 @@ def test_switching_method_shows_only_its_form(demo):
     names = [m.name for m in peftlab.methods()]
     for name in names:
         updates = fn.fn(name)
-        visible = [u.visible for u in updates[-len(names):]]
+        visible = [u.visible for u in updates[-len(names) :]]
         assert visible == [n == name for n in names]
         assert f"**{name}**" in updates[0]
 
@@ -102,15 +102,23 @@ def test_trainer_settings_form_comes_from_trainargs(demo):
 def test_start_shows_the_trainers_own_errors(demo, tmp_path):
     """Start hands the form to jobs.start_job; a bad setting is refused there, by the schema's checks."""
     tab = demo.peftlab_train
-    values = {tab.method: "lora", tab.inputs["base"]: "", tab.inputs["dataset"]: "capitals-json",
-              tab.inputs["upload"]: None, **{w: w.value for ws in tab.forms.values() for w in ws},
-              **{w: w.value for w in tab.train_widgets}}
+    values = {
+        tab.method: "lora",
+        tab.inputs["base"]: "",
+        tab.inputs["dataset"]: "capitals-json",
+        tab.inputs["upload"]: None,
+        **{w: w.value for ws in tab.forms.values() for w in ws},
+        **{w: w.value for w in tab.train_widgets},
+    }
     name, settings, flags = tab.read_form(values)
     assert (name, flags) == ("lora", {}) and settings == {"dataset": "capitals-json", "base_model": None}
     r = tab.forms["lora"][[s.name for s in tab.specs["lora"]].index("r")]
     steps = tab.train_widgets[[s.name for s in tab.train_specs].index("max_steps")]
-    for bad, match in (({r: 0}, "r must be a positive integer"), ({steps: 0}, "max_steps"),
-                       ({tab.inputs["upload"]: str(tmp_path / "missing.jsonl")}, r"missing\.jsonl")):
+    for bad, match in (
+        ({r: 0}, "r must be a positive integer"),
+        ({steps: 0}, "max_steps"),
+        ({tab.inputs["upload"]: str(tmp_path / "missing.jsonl")}, r"missing\.jsonl"),
+    ):
         with pytest.raises(gr.Error, match=match):
             tab.on_start({**values, **bad})
     assert not list(tab.runs_dir.iterdir())  # nothing was started
@@ -158,13 +166,17 @@ def test_upload_is_validated_with_a_clear_error(tmp_path):
 def test_progress_text_and_loss_frame():
     events = [{"event": "status", "message": "loading base model"}]
     assert "loading base model" in progress_line(events)
-    events += [{"event": "start", "steps": 6, "trainable": 1000, "total": 100000, "percent": 1.0},
-               {"event": "eval", "step": 0, "eval_loss": 2.5},
-               {"event": "step", "step": 1, "loss": 2.25, "tokens_per_s": 99.4, "eta_s": 65, "lr": 1e-3}]
+    events += [
+        {"event": "start", "steps": 6, "trainable": 1000, "total": 100000, "percent": 1.0},
+        {"event": "eval", "step": 0, "eval_loss": 2.5},
+        {"event": "step", "step": 1, "loss": 2.25, "tokens_per_s": 99.4, "eta_s": 65, "lr": 1e-3},
+    ]
     assert progress_line(events) == "step 1 / 6 · loss 2.2500 · eval loss 2.5000 · 99 tokens/s · ETA 1:05"
     frame = loss_frame(events)
-    assert frame.to_dict("records") == [{"step": 0, "loss": 2.5, "series": "eval"},
-                                        {"step": 1, "loss": 2.25, "series": "train"}]
+    assert frame.to_dict("records") == [
+        {"step": 0, "loss": 2.5, "series": "eval"},
+        {"step": 1, "loss": 2.25, "series": "train"},
+    ]
     only_eval = loss_frame(events[:3])  # every series has a row from the first point on (no loss: draws nothing)
     assert list(only_eval["series"]) == ["eval", "train"] and only_eval["loss"].isna().tolist() == [False, True]
     empty = loss_frame([])
@@ -173,8 +185,12 @@ def test_progress_text_and_loss_frame():
 
 def test_job_view_of_a_finished_job(tmp_path):
     job = Job(tmp_path, 1, [], "lora", status="stopped", message="stopped at step 3; adapter saved to x")
-    (tmp_path / "progress.jsonl").write_text(json.dumps(
-        {"event": "start", "steps": 9, "trainable": 10, "total": 1000, "percent": 1.0, "learning_rate": 2e-3}) + "\n")
+    (tmp_path / "progress.jsonl").write_text(
+        json.dumps(
+            {"event": "start", "steps": 9, "trainable": 10, "total": 1000, "percent": 1.0, "learning_rate": 2e-3}
+        )
+        + "\n"
+    )
     view = job_view(job)
     assert not view.running and view.status.startswith("**Stopped**") and "step 3" in view.status
     assert "**10** of 1,000 (**1.000 %**)" in view.params

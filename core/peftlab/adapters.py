@@ -33,9 +33,14 @@ def model_task(model: torch.nn.Module) -> str:
     return "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
 
 
-def add_adapter(model: torch.nn.Module, method: str | MethodHandle,
-                config: MethodConfig | dict[str, Any] | None = None, name: str = "default",
-                *, activate: bool = True) -> MethodConfig:
+def add_adapter(
+    model: torch.nn.Module,
+    method: str | MethodHandle,
+    config: MethodConfig | dict[str, Any] | None = None,
+    name: str = "default",
+    *,
+    activate: bool = True,
+) -> MethodConfig:
     """Inject a new adapter of ``method`` into ``model`` under ``name``; returns its config."""
     handle = resolve_method(method)
     cfg = make_config(handle, config)
@@ -44,16 +49,22 @@ def add_adapter(model: torch.nn.Module, method: str | MethodHandle,
         raise ConfigError(f"the model already has an adapter named {name!r}; pick another name")
     task = model_task(model)
     if task not in handle.capabilities.task_types:
-        raise MethodError(f"method {handle.name!r} does not support {task} models "
-                          f"(supports {', '.join(handle.capabilities.task_types)})")
+        raise MethodError(
+            f"method {handle.name!r} does not support {task} models "
+            f"(supports {', '.join(handle.capabilities.task_types)})"
+        )
     if state.adapters and not handle.capabilities.stackable:
-        raise MethodError(f"method {handle.name!r} cannot share a model with other adapters: "
-                          f"{handle.capabilities.stack_note or 'it declares stackable=False'}")
+        raise MethodError(
+            f"method {handle.name!r} cannot share a model with other adapters: "
+            f"{handle.capabilities.stack_note or 'it declares stackable=False'}"
+        )
     for other_name, entry in state.adapters.items():
         other = get_method(entry.method)
         if not other.capabilities.stackable:
-            raise MethodError(f"adapter {other_name!r} ({entry.method}) cannot be stacked with another adapter: "
-                              f"{other.capabilities.stack_note or 'it declares stackable=False'}")
+            raise MethodError(
+                f"adapter {other_name!r} ({entry.method}) cannot be stacked with another adapter: "
+                f"{other.capabilities.stack_note or 'it declares stackable=False'}"
+            )
     state.adapters[name] = AdapterEntry(handle.name, cfg)
     was_training = model.training
     try:
@@ -119,8 +130,10 @@ def count_parameters(model: torch.nn.Module, trainable: dict[str, torch.nn.Param
 
 def _require_mergeable(handle: MethodHandle, name: str) -> None:
     if not handle.capabilities.mergeable:
-        raise MethodError(f"adapter {name!r} ({handle.name}) cannot be merged: "
-                          f"{handle.capabilities.merge_note or 'the method is not mergeable'}")
+        raise MethodError(
+            f"adapter {name!r} ({handle.name}) cannot be merged: "
+            f"{handle.capabilities.merge_note or 'the method is not mergeable'}"
+        )
 
 
 def merge_adapter(model: torch.nn.Module, name: str = "default") -> None:
@@ -146,8 +159,10 @@ def merge_and_unload(model: torch.nn.Module, name: str = "default") -> torch.nn.
     handle, e = entry(model, name)
     _require_mergeable(handle, name)  # the first reason a user needs: it cannot merge at all
     if not handle.implements("unload"):
-        raise MethodError(f"method {handle.name!r} cannot remove its modules (no unload hook), so the merged "
-                          "model cannot be saved as a plain model")
+        raise MethodError(
+            f"method {handle.name!r} cannot remove its modules (no unload hook), so the merged "
+            "model cannot be saved as a plain model"
+        )
     merge_adapter(model, name)
     handle.hook("unload")(model=model, config=e.config, adapter_name=name)
     state = adapter_state(model)
@@ -161,12 +176,14 @@ def extra_loss(model: torch.nn.Module, name: str) -> torch.Tensor | None:
     return handle.hook("extra_loss")(model=model, config=e.config, adapter_name=name)
 
 
-def make_optimizer(model: torch.nn.Module, name: str, params: list[torch.nn.Parameter], lr: float,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module, name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
     """The optimizer adapter ``name``'s method asks for (``make_optimizer`` hook), else ``torch.optim.AdamW``."""
     handle, e = entry(model, name)
-    made = handle.hook("make_optimizer")(model=model, config=e.config, adapter_name=name, params=params, lr=lr,
-                                         weight_decay=weight_decay)
+    made = handle.hook("make_optimizer")(
+        model=model, config=e.config, adapter_name=name, params=params, lr=lr, weight_decay=weight_decay
+    )
     return made if made is not None else torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
@@ -175,5 +192,15 @@ def on_train_step(model: torch.nn.Module, name: str, step: int, total_steps: int
     handle.hook("on_train_step")(model=model, config=e.config, adapter_name=name, step=step, total_steps=total_steps)
 
 
-__all__ = ["add_adapter", "adapter_parameters", "prepare_for_training", "merge_adapter", "unmerge_adapter",
-           "count_parameters", "merge_and_unload", "set_active", "make_config", "model_task"]
+__all__ = [
+    "add_adapter",
+    "adapter_parameters",
+    "prepare_for_training",
+    "merge_adapter",
+    "unmerge_adapter",
+    "count_parameters",
+    "merge_and_unload",
+    "set_active",
+    "make_config",
+    "model_task",
+]

@@ -32,8 +32,12 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or action.required
-                or not action.option_strings):
+        if (
+            "default" in text.lower()
+            or action.default in (None, False, argparse.SUPPRESS)
+            or action.required
+            or not action.option_strings
+        ):
             return text
         return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
 
@@ -58,8 +62,13 @@ def _field_help(spec: FieldSpec) -> str:
     return text.strip().replace("%", "%%")  # argparse %-formats help texts
 
 
-def _add_field(p: argparse.ArgumentParser | argparse._ArgumentGroup, spec: FieldSpec, dest: str,
-               flag: str | None = None, default: Any = argparse.SUPPRESS) -> None:
+def _add_field(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup,
+    spec: FieldSpec,
+    dest: str,
+    flag: str | None = None,
+    default: Any = argparse.SUPPRESS,
+) -> None:
     """One flag for one schema field, as text (``FieldSpec.parse`` reads it); a bool flag alone means true.
     The field's other spellings (``--base-model`` for ``--base``) are accepted but not listed."""
     kw: dict[str, Any] = {"dest": dest, "default": default, "metavar": spec.kind.upper()}
@@ -125,8 +134,10 @@ def train_args(args: argparse.Namespace) -> TrainArgs:
     from .train import TrainArgs
 
     given = vars(args)
-    return TrainArgs.from_strings({k[len(TRAINER):]: v for k, v in given.items() if k.startswith(TRAINER)},
-                                  {k[len(METHOD):]: v for k, v in given.items() if k.startswith(METHOD)})
+    return TrainArgs.from_strings(
+        {k[len(TRAINER) :]: v for k, v in given.items() if k.startswith(TRAINER)},
+        {k[len(METHOD) :]: v for k, v in given.items() if k.startswith(METHOD)},
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -140,11 +151,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(e, default=str), flush=True)
         elif e["event"] == "start":
-            print(f"training {e['method']} on {e['train_rows']} rows for {e['steps']} steps; trainable "
-                  f"{e['trainable']:,} of {e['total']:,} parameters ({e['percent']:.3f}%)", flush=True)
+            print(
+                f"training {e['method']} on {e['train_rows']} rows for {e['steps']} steps; trainable "
+                f"{e['trainable']:,} of {e['total']:,} parameters ({e['percent']:.3f}%)",
+                flush=True,
+            )
         elif e["event"] == "step":
-            print(f"step {e['step']:>5}  loss {e['loss']:.4f}  lr {e['lr']:.2e}  {e['tokens_per_s']:.0f} tok/s  "
-                  f"eta {e['eta_s']:.0f}s", flush=True)
+            print(
+                f"step {e['step']:>5}  loss {e['loss']:.4f}  lr {e['lr']:.2e}  {e['tokens_per_s']:.0f} tok/s  "
+                f"eta {e['eta_s']:.0f}s",
+                flush=True,
+            )
         elif e["event"] == "eval":
             print(f"eval  step {e['step']:>5}  loss {e['eval_loss']:.4f}  ppl {e['perplexity']:.2f}", flush=True)
         elif e["event"] in ("done", "stopped"):
@@ -191,8 +208,14 @@ def _load(args: argparse.Namespace):
     if task == "SEQ_CLS":
         heads = files.meta.get("base_fingerprint", {})
         kw["num_labels"] = heads.get("num_labels") or 2
-    model, tok = load_model(args.base, task=task, dtype=args.dtype, device=args.device,
-                            method=method if method and method.capabilities.needs_quantized_base else None, **kw)
+    model, tok = load_model(
+        args.base,
+        task=task,
+        dtype=args.dtype,
+        device=args.device,
+        method=method if method and method.capabilities.needs_quantized_base else None,
+        **kw,
+    )
     name = load_adapter(model, args.adapter) if getattr(args, "adapter", None) else None
     return model, tok, name
 
@@ -201,8 +224,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import generate_text
 
     model, tok, name = _load(args)
-    reply = generate_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens, raw=args.raw,
-                          adapter=name if name else None)
+    reply = generate_text(
+        model, tok, args.prompt, max_new_tokens=args.max_new_tokens, raw=args.raw, adapter=name if name else None
+    )
     _print({"reply": reply, "adapter": args.adapter} if args.json else reply, args.json)
     return 0
 
@@ -232,8 +256,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     model, tok, name = _load(args)
-    result = evaluate(model, tok, args.dataset, adapter=name, compare_base=not args.no_base,
-                      max_samples=args.max_samples, max_new_tokens=args.max_new_tokens)
+    result = evaluate(
+        model,
+        tok,
+        args.dataset,
+        adapter=name,
+        compare_base=not args.no_base,
+        max_samples=args.max_samples,
+        max_new_tokens=args.max_new_tokens,
+    )
     _print(result, args.json)
     return 0
 
@@ -277,11 +308,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser, adapter: bool = True, required: bool = False) -> None:
     if adapter:
-        p.add_argument("--adapter", required=required,
-                       help="adapter: a folder (PEFT format), a local store name, or a Hub id owner/name[@revision]"
-                            + ("" if required else " (default: none, the base model)"))
-        p.add_argument("--token", default=None, help="Hugging Face token for a private Hub adapter (default: "
-                                                     "HF_TOKEN, then the token `hf auth login` saved)")
+        p.add_argument(
+            "--adapter",
+            required=required,
+            help="adapter: a folder (PEFT format), a local store name, or a Hub id owner/name[@revision]"
+            + ("" if required else " (default: none, the base model)"),
+        )
+        p.add_argument(
+            "--token",
+            default=None,
+            help="Hugging Face token for a private Hub adapter (default: "
+            "HF_TOKEN, then the token `hf auth login` saved)",
+        )
     specs = _trainer_specs()  # the same names, help and defaults as on `peftlab train`
     for name, dest in (("base_model", "base"), ("dtype", "dtype"), ("device", "device")):
         _add_field(p, specs[name], dest, default=specs[name].default)
@@ -289,8 +327,11 @@ def _common(p: argparse.ArgumentParser, adapter: bool = True, required: bool = F
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peftlab", formatter_class=_HelpFormatter,
-                                     description="Parameter-efficient fine-tuning; every method a plugin.")
+    parser = argparse.ArgumentParser(
+        prog="peftlab",
+        formatter_class=_HelpFormatter,
+        description="Parameter-efficient fine-tuning; every method a plugin.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     add = functools.partial(sub.add_parser, formatter_class=_HelpFormatter)  # defaults in every --help
 
@@ -298,8 +339,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_methods)
 
-    p = add("train", help="train an adapter", description="Train an adapter. Method flags appear "
-                       "with --method: `peftlab train --method lora --help`.")
+    p = add(
+        "train",
+        help="train an adapter",
+        description="Train an adapter. Method flags appear with --method: `peftlab train --method lora --help`.",
+    )
     p.add_argument("--json", action="store_true", help="progress as JSON lines")
     _add_train_flags(p)
     method = _peek_method(argv)
@@ -341,9 +385,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     from .compare import add_arguments as compare_arguments
 
-    p = add("compare", help="every method on the same task and budget: params, memory, speed, loss",
-                       description="Train each method (default: all installed) on the same dataset for the same "
-                       "number of steps, each in its own process, and print one table row per method.")
+    p = add(
+        "compare",
+        help="every method on the same task and budget: params, memory, speed, loss",
+        description="Train each method (default: all installed) on the same dataset for the same "
+        "number of steps, each in its own process, and print one table row per method.",
+    )
     compare_arguments(p)
     p.add_argument("--json", action="store_true", help="rows as JSON instead of the markdown table")
     p.set_defaults(fn=cmd_compare)

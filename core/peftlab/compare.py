@@ -54,9 +54,17 @@ def _gen_tokens_per_s(model, tokenizer, prompt, new_tokens: int = 32) -> float:
     return n / max(elapsed, 1e-9)
 
 
-def run_one(method: str, dataset: str = "capitals-json", steps: int = 30, base: str | None = None,
-            out_dir: str | os.PathLike = "runs/compare", max_eval_samples: int = 32, batch_size: int = 8,
-            max_length: int = 128, seed: int = 0) -> dict[str, Any]:
+def run_one(
+    method: str,
+    dataset: str = "capitals-json",
+    steps: int = 30,
+    base: str | None = None,
+    out_dir: str | os.PathLike = "runs/compare",
+    max_eval_samples: int = 32,
+    batch_size: int = 8,
+    max_length: int = 128,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Train ``method`` on ``dataset`` and measure it (in this process: call it in a fresh one)."""
     import torch
 
@@ -71,9 +79,19 @@ def run_one(method: str, dataset: str = "capitals-json", steps: int = 30, base: 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     mem_before, how = _peak_memory_mb()
-    args = TrainArgs(method=method, dataset=dataset, base_model=base, max_steps=steps, learning_rate=None,
-                     batch_size=batch_size, max_length=max_length, max_eval_samples=max_eval_samples,
-                     output_dir=str(Path(out_dir) / method), seed=seed, device=pick_device(None))
+    args = TrainArgs(
+        method=method,
+        dataset=dataset,
+        base_model=base,
+        max_steps=steps,
+        learning_rate=None,
+        batch_size=batch_size,
+        max_length=max_length,
+        max_eval_samples=max_eval_samples,
+        output_dir=str(Path(out_dir) / method),
+        seed=seed,
+        device=pick_device(None),
+    )
     result = train(args, model=model, tokenizer=tok)
     mem_after, _ = _peak_memory_mb()
     times = [e["elapsed_s"] for e in result.history if e.get("event") == "step"]
@@ -82,12 +100,16 @@ def run_one(method: str, dataset: str = "capitals-json", steps: int = 30, base: 
     metrics = evaluate(model, tok, dataset, max_samples=max_eval_samples, compare_base=False, max_length=max_length)
     prompt = next((r["messages"][:-1] for r in eval_rows(dataset, max_samples=1) if "messages" in r), "Hello")
     row.update(
-        trainable=int(result.params["trainable"]), total=int(result.params["total"]),
+        trainable=int(result.params["trainable"]),
+        total=int(result.params["total"]),
         percent=float(result.params["percent"]),
-        peak_memory_mb=(mem_after if how.startswith("cuda") else mem_after - mem_before), memory_kind=how,
-        step_s=sum(per_step) / len(per_step), steps=result.steps, learning_rate=next(
-            (e["learning_rate"] for e in result.history if e.get("event") == "start"), None),
-        eval_loss_before=result.eval_loss_before, eval_loss_after=result.eval_loss_after,
+        peak_memory_mb=(mem_after if how.startswith("cuda") else mem_after - mem_before),
+        memory_kind=how,
+        step_s=sum(per_step) / len(per_step),
+        steps=result.steps,
+        learning_rate=next((e["learning_rate"] for e in result.history if e.get("event") == "start"), None),
+        eval_loss_before=result.eval_loss_before,
+        eval_loss_after=result.eval_loss_after,
         exact_match=metrics.get("adapted", {}).get("exact_match"),
         gen_tok_s=_gen_tokens_per_s(model, tok, prompt),
         device=str(next(model.parameters()).device),
@@ -95,11 +117,20 @@ def run_one(method: str, dataset: str = "capitals-json", steps: int = 30, base: 
     return row
 
 
-def run_comparison(methods: list[str] | None = None, dataset: str = "capitals-json", steps: int = 30,
-                   base: str | None = None, out_dir: str | os.PathLike = "runs/compare",
-                   on_result: Callable[[dict[str, Any]], None] | None = None, *, max_eval_samples: int = 32,
-                   batch_size: int = 8, max_length: int = 128, timeout_s: float | None = None,
-                   isolate: bool = True) -> list[dict[str, Any]]:
+def run_comparison(
+    methods: list[str] | None = None,
+    dataset: str = "capitals-json",
+    steps: int = 30,
+    base: str | None = None,
+    out_dir: str | os.PathLike = "runs/compare",
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    max_eval_samples: int = 32,
+    batch_size: int = 8,
+    max_length: int = 128,
+    timeout_s: float | None = None,
+    isolate: bool = True,
+) -> list[dict[str, Any]]:
     """Run every method (default: all installed) on the same task, each in a fresh process; one row each.
 
     A method that fails gets a row with ``error`` (the last line of its output) instead of ending the run.
@@ -125,9 +156,27 @@ def run_comparison(methods: list[str] | None = None, dataset: str = "capitals-js
             continue
         file = out / f"{name}.json"
         file.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "peftlab.compare", "--one", name, "--dataset", dataset, "--steps", str(steps),
-               "--output", str(out), "--max-eval-samples", str(max_eval_samples), "--batch-size", str(batch_size),
-               "--max-length", str(max_length), "--json", str(file)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "peftlab.compare",
+            "--one",
+            name,
+            "--dataset",
+            dataset,
+            "--steps",
+            str(steps),
+            "--output",
+            str(out),
+            "--max-eval-samples",
+            str(max_eval_samples),
+            "--batch-size",
+            str(batch_size),
+            "--max-length",
+            str(max_length),
+            "--json",
+            str(file),
+        ]
         if base is not None:
             cmd += ["--base", str(base)]
         try:
@@ -169,8 +218,11 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
             lines.append("| " + " | ".join(_cell(r.get(key)) for key, _ in FIELDS) + " |")
     kinds = {r.get("memory_kind") for r in results if r.get("memory_kind")}
     if kinds:
-        note = ("peak memory: " + ", ".join(sorted(kinds)) +
-                " (CPU: the rise of the process's max RSS during training; GPU: torch's peak allocation)")
+        note = (
+            "peak memory: "
+            + ", ".join(sorted(kinds))
+            + " (CPU: the rise of the process's max RSS during training; GPU: torch's peak allocation)"
+        )
         lines += ["", note]
     return "\n".join(lines) + "\n"
 
@@ -180,10 +232,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", help="comma-separated methods (default: all installed)")
     p.add_argument("--dataset", default="capitals-json", help="built-in name or data file/folder")
     p.add_argument("--steps", type=int, default=30, help="optimizer steps per method (the same budget for all)")
-    p.add_argument("--base", default=None,
-                   help="base model: Hub id or local folder (default: the offline SmolLM2-135M-Instruct)")
-    p.add_argument("--output", dest="out_dir", metavar="OUTPUT", default="runs/compare",
-                   help="folder each method's adapter and the table are written to")
+    p.add_argument(
+        "--base", default=None, help="base model: Hub id or local folder (default: the offline SmolLM2-135M-Instruct)"
+    )
+    p.add_argument(
+        "--output",
+        dest="out_dir",
+        metavar="OUTPUT",
+        default="runs/compare",
+        help="folder each method's adapter and the table are written to",
+    )
     p.add_argument("--out-dir", dest="out_dir", default="runs/compare", help=argparse.SUPPRESS)  # the old name
     p.add_argument("--max-eval-samples", type=int, default=32, help="cap on eval rows")
     p.add_argument("--batch-size", type=int, default=8, help="rows per micro-batch")
@@ -194,10 +252,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_from_args(a: argparse.Namespace, as_json: bool = False) -> int:
     """Run the comparison the parsed options describe; progress on stderr, the table (or JSON) on stdout."""
     methods = a.methods.split(",") if a.methods else None
-    rows = run_comparison(methods, dataset=a.dataset, steps=a.steps, base=a.base, out_dir=a.out_dir,
-                          max_eval_samples=a.max_eval_samples, batch_size=a.batch_size, max_length=a.max_length,
-                          timeout_s=a.timeout, on_result=lambda r: print(
-                              f"[compare] {r['method']}: {r.get('error') or 'done'}", file=sys.stderr, flush=True))
+    rows = run_comparison(
+        methods,
+        dataset=a.dataset,
+        steps=a.steps,
+        base=a.base,
+        out_dir=a.out_dir,
+        max_eval_samples=a.max_eval_samples,
+        batch_size=a.batch_size,
+        max_length=a.max_length,
+        timeout_s=a.timeout,
+        on_result=lambda r: print(f"[compare] {r['method']}: {r.get('error') or 'done'}", file=sys.stderr, flush=True),
+    )
     print(json.dumps(rows, indent=1) if as_json else to_markdown(rows))
     print(f"[compare] written to {Path(a.out_dir) / 'comparison.md'} and comparison.json", file=sys.stderr)
     return 1 if all("error" in r for r in rows) else 0
@@ -210,8 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="with --one: where to write the row")
     a = p.parse_args(argv)
     if a.one:
-        row = run_one(a.one, dataset=a.dataset, steps=a.steps, base=a.base, out_dir=a.out_dir,
-                      max_eval_samples=a.max_eval_samples, batch_size=a.batch_size, max_length=a.max_length)
+        row = run_one(
+            a.one,
+            dataset=a.dataset,
+            steps=a.steps,
+            base=a.base,
+            out_dir=a.out_dir,
+            max_eval_samples=a.max_eval_samples,
+            batch_size=a.batch_size,
+            max_length=a.max_length,
+        )
         text = json.dumps(row, indent=1)
         Path(a.json).write_text(text) if a.json else print(text)
         return 0

@@ -55,15 +55,26 @@ def _accuracy(model, tokenizer, rows: list[dict], labels: list[str], batch_size:
     pad = tokenizer.pad_token_id or 0
     correct = 0
     for i in range(0, len(items), batch_size):
-        batch = {k: v.to(device) for k, v in collate(items[i:i + batch_size], pad).items()}
+        batch = {k: v.to(device) for k, v in collate(items[i : i + batch_size], pad).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         correct += int((logits.argmax(-1) == batch["labels"]).sum())
     return correct / max(len(items), 1)
 
 
-def evaluate(model, tokenizer, dataset: str, *, adapter: str | None = "default", compare_base: bool = True,
-             max_samples: int = 64, max_new_tokens: int = 48, batch_size: int = 8, max_length: int = 256,
-             n_examples: int = 5, seed: int = 0) -> dict[str, Any]:
+def evaluate(
+    model,
+    tokenizer,
+    dataset: str,
+    *,
+    adapter: str | None = "default",
+    compare_base: bool = True,
+    max_samples: int = 64,
+    max_new_tokens: int = 48,
+    batch_size: int = 8,
+    max_length: int = 256,
+    n_examples: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Metrics of ``adapter`` (and of the base model when ``compare_base``) on the dataset's held-out rows."""
     rows = eval_rows(dataset, seed=seed, max_samples=max_samples)
     task = model_task(model)
@@ -89,12 +100,14 @@ def evaluate(model, tokenizer, dataset: str, *, adapter: str | None = "default",
             for label, name in targets.items():
                 out: list[str] = []
                 for i in range(0, len(prompts), batch_size):
-                    chunk = prompts[i:i + batch_size]
-                    out += generate_batch(model, tokenizer, chunk, max_new_tokens=max_new_tokens,
-                                          rows=[name] * len(chunk))
+                    chunk = prompts[i : i + batch_size]
+                    out += generate_batch(
+                        model, tokenizer, chunk, max_new_tokens=max_new_tokens, rows=[name] * len(chunk)
+                    )
                 replies[label] = out
                 result[label]["exact_match"] = sum(exact_match(o, r) for o, r in zip(out, refs)) / len(refs)
             result["examples"] = [
                 {"prompt": prompts[i][-1]["content"], "reference": refs[i], **{k: v[i] for k, v in replies.items()}}
-                for i in range(min(n_examples, len(prompts)))]
+                for i in range(min(n_examples, len(prompts)))
+            ]
     return result

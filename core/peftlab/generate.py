@@ -30,8 +30,8 @@ def _left_pad(seqs: Sequence[list[int]], pad_id: int, device) -> tuple[torch.Ten
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -45,8 +45,15 @@ def _stop_ids(tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def generate_batch(model, tokenizer, prompts: Sequence[str | Messages], *, max_new_tokens: int = 64,
-                   raw: bool = False, rows: Sequence[str | None] | None = None) -> list[str]:
+def generate_batch(
+    model,
+    tokenizer,
+    prompts: Sequence[str | Messages],
+    *,
+    max_new_tokens: int = 64,
+    raw: bool = False,
+    rows: Sequence[str | None] | None = None,
+) -> list[str]:
     """Greedy replies to several prompts in one left-padded batch.
 
     ``rows`` picks an adapter per prompt (``None`` = base model) in a mixed-adapter batch; without it the
@@ -61,11 +68,18 @@ def generate_batch(model, tokenizer, prompts: Sequence[str | Messages], *, max_n
             out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
     else:
         out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-    return [tokenizer.decode(o[ids.shape[1]:], skip_special_tokens=True).strip() for o in out]
+    return [tokenizer.decode(o[ids.shape[1] :], skip_special_tokens=True).strip() for o in out]
 
 
-def generate_text(model, tokenizer, prompt: str | Messages, *, max_new_tokens: int = 64, raw: bool = False,
-                  adapter: str | None | bool = True) -> str:
+def generate_text(
+    model,
+    tokenizer,
+    prompt: str | Messages,
+    *,
+    max_new_tokens: int = 64,
+    raw: bool = False,
+    adapter: str | None | bool = True,
+) -> str:
     """One greedy reply. ``adapter``: True = the active adapters, None/False = the base model, or a name."""
     if adapter is True:
         return generate_batch(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, raw=raw)[0]
@@ -90,8 +104,15 @@ class _RowStreamer:
         self.queue.put(None)
 
 
-def stream_side_by_side(model, tokenizer, prompt: str | Messages, rows: Sequence[str | None], *,
-                        max_new_tokens: int = 128, raw: bool = False) -> Iterator[list[str]]:
+def stream_side_by_side(
+    model,
+    tokenizer,
+    prompt: str | Messages,
+    rows: Sequence[str | None],
+    *,
+    max_new_tokens: int = 128,
+    raw: bool = False,
+) -> Iterator[list[str]]:
     """Stream greedy replies to one prompt from several adapters (``None`` = base) in ONE batched pass.
 
     Yields the list of texts so far, one per row, after every generated token.
@@ -107,8 +128,15 @@ def stream_side_by_side(model, tokenizer, prompt: str | Messages, rows: Sequence
     def run() -> None:
         try:
             with torch.no_grad(), mixed_batch(model, rows):
-                model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                               do_sample=False, pad_token_id=pad, eos_token_id=stops, streamer=streamer)
+                model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad,
+                    eos_token_id=stops,
+                    streamer=streamer,
+                )
         except BaseException as e:  # surfaced to the caller below
             error.append(e)
         finally:

@@ -37,26 +37,44 @@ hookimpl = pluggy.HookimplMarker("peftlab")
 # --- what a method declares: the attributes core reads from the registered object ----------------------
 # name → (type, what it is for). ``peftlab.Method`` declares each with this type and a default.
 ATTRIBUTES: dict[str, tuple[str, str]] = {
-    "name": ("str", "Unique across installed plugins (a clash fails at load, naming both plugins): the "
-                    "method's name in `peftlab train --method`, the app and `peftlab.json`."),
-    "config_class": ("type[MethodConfig]", "The method's config dataclass (subclass `peftlab.MethodConfig`, fields "
-                                           "made with `peftlab.option`): the schema of the CLI flags, the app's form "
-                                           "and the method's keys in `adapter_config.json`."),
-    "peft_type": ("str", "Written to `adapter_config.json`; peft's own name where peft has the method (`LORA`), "
-                         "else one of the method's own (`BOTTLENECK_ADAPTER`)."),
-    "capabilities": ("Capabilities", "What the method can do (`peftlab.Capabilities`): mergeable, stackable, "
-                                     "kv_cache, virtual_tokens, needs_quantized_base, mixed_batch, task_types, "
-                                     "combinations (the weighted-merge types its `combine` computes), and the "
-                                     "sentences shown when merge, stacking or combining is refused. Core and the "
-                                     "app act on these; the kit checks the promises."),
+    "name": (
+        "str",
+        "Unique across installed plugins (a clash fails at load, naming both plugins): the "
+        "method's name in `peftlab train --method`, the app and `peftlab.json`.",
+    ),
+    "config_class": (
+        "type[MethodConfig]",
+        "The method's config dataclass (subclass `peftlab.MethodConfig`, fields "
+        "made with `peftlab.option`): the schema of the CLI flags, the app's form "
+        "and the method's keys in `adapter_config.json`.",
+    ),
+    "peft_type": (
+        "str",
+        "Written to `adapter_config.json`; peft's own name where peft has the method (`LORA`), "
+        "else one of the method's own (`BOTTLENECK_ADAPTER`).",
+    ),
+    "capabilities": (
+        "Capabilities",
+        "What the method can do (`peftlab.Capabilities`): mergeable, stackable, "
+        "kv_cache, virtual_tokens, needs_quantized_base, mixed_batch, task_types, "
+        "combinations (the weighted-merge types its `combine` computes), and the "
+        "sentences shown when merge, stacking or combining is refused. Core and the "
+        "app act on these; the kit checks the promises.",
+    ),
     "description": ("str", "One line, shown by `peftlab methods` and in the app."),
-    "train_defaults": ("dict[str, Any]", "`TrainArgs` settings that suit the method, e.g. `{\"learning_rate\": "
-                                         "3e-1}` for prompt tuning; the user's own settings win. Keys must be "
-                                         "`TrainArgs` fields."),
-    "module_prefix": ("str", "What PEFT writes before a module path in this method's files: `base_model.model.` "
-                             "for tuner methods (LoRA), `base_model.` for prompt-learning ones. Core saves a "
-                             "trained task head under it; `Method.peft_key(path, tensor)` builds a tensor's key "
-                             "with it."),
+    "train_defaults": (
+        "dict[str, Any]",
+        '`TrainArgs` settings that suit the method, e.g. `{"learning_rate": '
+        "3e-1}` for prompt tuning; the user's own settings win. Keys must be "
+        "`TrainArgs` fields.",
+    ),
+    "module_prefix": (
+        "str",
+        "What PEFT writes before a module path in this method's files: `base_model.model.` "
+        "for tuner methods (LoRA), `base_model.` for prompt-learning ones. Core saves a "
+        "trained task head under it; `Method.peft_key(path, tensor)` builds a tensor's key "
+        "with it.",
+    ),
 }
 
 

@@ -14,8 +14,10 @@ def nearest_tokens(model, tokenizer, adapter_name: str = "default", top_k: int =
     handle, e = entry(model, adapter_name)
     prompt = handle.hook("soft_prompt")(model=model, config=e.config, adapter_name=adapter_name)
     if prompt is None:
-        raise MethodError(f"adapter {adapter_name!r} ({handle.name}) has no soft prompt in the input-embedding "
-                          "space, so it has no nearest tokens")
+        raise MethodError(
+            f"adapter {adapter_name!r} ({handle.name}) has no soft prompt in the input-embedding "
+            "space, so it has no nearest tokens"
+        )
     vocab = model.get_input_embeddings().weight.float()
     sims = torch.nn.functional.normalize(prompt.float(), dim=-1) @ torch.nn.functional.normalize(vocab, dim=-1).T
     scores, ids = sims.topk(top_k, dim=-1)

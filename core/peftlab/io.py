@@ -26,8 +26,14 @@ EXTRA_FILE = "peftlab_extra.safetensors"
 META_FILE = "peftlab.json"
 CARD_FILE = "README.md"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size",
-                    "num_attention_heads", "num_key_value_heads")
+FINGERPRINT_KEYS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "vocab_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
 
 
 def fingerprint(model: torch.nn.Module) -> dict[str, Any]:
@@ -120,8 +126,14 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def save_adapter(model: torch.nn.Module, path: str | os.PathLike, name: str = "default", *,
-                 base_model: str | None = None, card: dict[str, Any] | None = None) -> Path:
+def save_adapter(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    name: str = "default",
+    *,
+    base_model: str | None = None,
+    card: dict[str, Any] | None = None,
+) -> Path:
     """Save adapter ``name`` of ``model`` to folder ``path`` in the PEFT format (atomically).
 
     ``card`` may carry ``metrics``, ``dataset``, ``training`` (dicts/strings) for the model card.
@@ -130,8 +142,9 @@ def save_adapter(model: torch.nn.Module, path: str | os.PathLike, name: str = "d
     weights = handle.hook("save")(model=model, config=e.config, adapter_name=name)
     if not isinstance(weights, AdapterWeights):
         raise AdapterError(f"method {handle.name!r} save hook returned {type(weights).__name__}, not AdapterWeights")
-    head = {f"{handle.module_prefix}{k}": v.detach().clone().contiguous()
-            for k, v in task_head_parameters(model).items()}
+    head = {
+        f"{handle.module_prefix}{k}": v.detach().clone().contiguous() for k, v in task_head_parameters(model).items()
+    }
     base = base_model or base_model_id(model)
     task = model_task(model)
     cfg = {
@@ -145,9 +158,16 @@ def save_adapter(model: torch.nn.Module, path: str | os.PathLike, name: str = "d
     heads = list(getattr(model, "peftlab_new_modules", ()) or ())
     if heads:
         cfg["modules_to_save"] = heads
-    meta = {"method": handle.name, "plugin": handle.plugin, "peftlab_version": __version__,
-            "adapter_name": name, "base_model": base, "base_fingerprint": fingerprint(model),
-            "task_type": task, "extra_file": EXTRA_FILE if weights.extra else None}
+    meta = {
+        "method": handle.name,
+        "plugin": handle.plugin,
+        "peftlab_version": __version__,
+        "adapter_name": name,
+        "base_model": base,
+        "base_fingerprint": fingerprint(model),
+        "task_type": task,
+        "extra_file": EXTRA_FILE if weights.extra else None,
+    }
     if card:
         meta["card"] = card  # what the Hub card is built from (metrics, training settings, loss curve)
 
@@ -166,20 +186,38 @@ def model_card(handle: MethodHandle, cfg: dict[str, Any], info: dict[str, Any]) 
     """A Hub model card: YAML header PEFT/Hub tooling understands, then a short description."""
     base = cfg["base_model_name_or_path"]
     tags = ["peftlab", f"peftlab-{handle.name}", f"base_model:adapter:{base}"]
-    lines = ["---", f"base_model: {json.dumps(base)}", "library_name: peft",
-             f"pipeline_tag: {'text-generation' if cfg['task_type'] == 'CAUSAL_LM' else 'text-classification'}",
-             "tags:", *[f"- {json.dumps(t)}" for t in tags], "---", "",
-             f"# {handle.name} adapter for {base}", "",
-             f"A {handle.description or handle.name} adapter trained with "
-             f"[peftlab](https://github.com/peftlab) (method plugin `{handle.plugin}`).", ""]
+    lines = [
+        "---",
+        f"base_model: {json.dumps(base)}",
+        "library_name: peft",
+        f"pipeline_tag: {'text-generation' if cfg['task_type'] == 'CAUSAL_LM' else 'text-classification'}",
+        "tags:",
+        *[f"- {json.dumps(t)}" for t in tags],
+        "---",
+        "",
+        f"# {handle.name} adapter for {base}",
+        "",
+        f"A {handle.description or handle.name} adapter trained with "
+        f"[peftlab](https://github.com/peftlab) (method plugin `{handle.plugin}`).",
+        "",
+    ]
     if handle.peft_type.upper() == handle.peft_type and handle.peft_type in _PEFT_TYPES:
-        lines += ["It is saved in the PEFT format and loads with `peft`:", "", "```python",
-                  "from peft import PeftModel", "from transformers import AutoModelForCausalLM",
-                  f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), 'PATH')",
-                  "```", ""]
+        lines += [
+            "It is saved in the PEFT format and loads with `peft`:",
+            "",
+            "```python",
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM",
+            f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), 'PATH')",
+            "```",
+            "",
+        ]
     else:
-        lines += [f"`peft` has no `{handle.peft_type}` method: load it with peftlab and the "
-                  f"`{handle.plugin}` plugin (`peftlab generate --adapter PATH ...`).", ""]
+        lines += [
+            f"`peft` has no `{handle.peft_type}` method: load it with peftlab and the "
+            f"`{handle.plugin}` plugin (`peftlab generate --adapter PATH ...`).",
+            "",
+        ]
     for key in ("dataset", "metrics", "training"):
         if info.get(key):
             lines += [f"## {key.capitalize()}", "", "```json", json.dumps(info[key], indent=2, default=str), "```", ""]
@@ -223,7 +261,8 @@ def read_adapter(path: str | os.PathLike, method: str | None = None) -> AdapterF
             raise AdapterError(
                 f"{path} holds only pickle weights ({', '.join(pickles)}); peftlab never unpickles, since a "
                 f"pickle can run code. Convert it to {WEIGHTS_FILE} in a trusted environment "
-                f"(peft: model.save_pretrained(dir, safe_serialization=True)).")
+                f"(peft: model.save_pretrained(dir, safe_serialization=True))."
+            )
         raise AdapterError(f"{path}: {WEIGHTS_FILE} is missing")
     peft_cfg = _read_json(cfg_file)
     meta = _read_json(path / META_FILE) if (path / META_FILE).exists() else {}
@@ -237,8 +276,9 @@ def read_adapter(path: str | os.PathLike, method: str | None = None) -> AdapterF
     else:
         handle = registry().for_peft_type(str(peft_type), peft_cfg)
     if str(peft_type) != handle.peft_type:
-        raise AdapterError(f"{cfg_file}: peft_type {peft_type!r} does not match method {handle.name!r} "
-                           f"({handle.peft_type})")
+        raise AdapterError(
+            f"{cfg_file}: peft_type {peft_type!r} does not match method {handle.name!r} ({handle.peft_type})"
+        )
     try:
         config = handle.config_class.from_dict(peft_cfg, source=str(cfg_file))
     except ConfigError:
@@ -259,21 +299,27 @@ def check_base(files: AdapterFiles, model: torch.nn.Module) -> None:
     if diff:
         raise AdapterMismatchError(
             f"adapter {files.path} was made for another base model "
-            f"({files.meta.get('base_model', 'unknown')}): " + "; ".join(diff))
+            f"({files.meta.get('base_model', 'unknown')}): " + "; ".join(diff)
+        )
     task = files.peft_config.get("task_type")
     if task and task != model_task(model):
         raise AdapterMismatchError(f"adapter {files.path} is for {task} but the model is {model_task(model)}")
 
 
-def load_adapter(model: torch.nn.Module, path: str | os.PathLike, name: str | None = None, *,
-                 method: str | None = None, activate: bool = True) -> str:
+def load_adapter(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    name: str | None = None,
+    *,
+    method: str | None = None,
+    activate: bool = True,
+) -> str:
     """Load an adapter folder into ``model`` under ``name`` (default: its saved name or "default")."""
     files = read_adapter(path, method=method)
     check_base(files, model)
     name = name or files.meta.get("adapter_name") or "default"
     heads = {k: p for k in files.weights.tensors if (p := _head_param(k, files.peft_config)) is not None}
-    weights = AdapterWeights({k: v for k, v in files.weights.tensors.items() if k not in heads},
-                             files.weights.extra)
+    weights = AdapterWeights({k: v for k, v in files.weights.tensors.items() if k not in heads}, files.weights.extra)
     add_adapter(model, files.method, files.config, name, activate=activate)
     files.method.hook("load")(model=model, config=files.config, adapter_name=name, weights=weights)
     if heads:

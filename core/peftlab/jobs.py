@@ -138,7 +138,11 @@ class Job:
                 settled = self
             if settled.status != RUNNING:
                 self.status, self.message, self.returncode, self.finished = (
-                    settled.status, settled.message, settled.returncode, settled.finished)
+                    settled.status,
+                    settled.message,
+                    settled.returncode,
+                    settled.finished,
+                )
                 return self
             child = _children.pop(self.pid, None)
             self.returncode = child.returncode if child is not None else self.returncode
@@ -148,10 +152,20 @@ class Job:
         return self
 
     def save(self) -> None:
-        data = {"pid": self.pid, "argv": self.argv, "method": self.method, "status": self.status,
-                "started": self.started, "finished": self.finished, "returncode": self.returncode,
-                "message": self.message, "stop_requested": self.stop_requested, "owner": self.owner,
-                "queued": self.queued, "env": self.env}
+        data = {
+            "pid": self.pid,
+            "argv": self.argv,
+            "method": self.method,
+            "status": self.status,
+            "started": self.started,
+            "finished": self.finished,
+            "returncode": self.returncode,
+            "message": self.message,
+            "stop_requested": self.stop_requested,
+            "owner": self.owner,
+            "queued": self.queued,
+            "env": self.env,
+        }
         tmp = self.run_dir / f".{JOB_FILE}.{uuid.uuid4().hex[:8]}.tmp"  # concurrent writers never share one
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, self.run_dir / JOB_FILE)  # a reader never sees half a file
@@ -163,10 +177,21 @@ class Job:
             data = json.loads((run_dir / JOB_FILE).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise JobError(f"{run_dir}: no readable {JOB_FILE} ({e})") from None
-        return cls(run_dir, int(data.get("pid") or 0), list(data.get("argv", [])), data.get("method", ""),
-                   data.get("status", RUNNING), data.get("started", 0.0), data.get("finished"),
-                   data.get("returncode"), data.get("message", ""), data.get("stop_requested"), data.get("owner"),
-                   data.get("queued"), dict(data.get("env") or {}))
+        return cls(
+            run_dir,
+            int(data.get("pid") or 0),
+            list(data.get("argv", [])),
+            data.get("method", ""),
+            data.get("status", RUNNING),
+            data.get("started", 0.0),
+            data.get("finished"),
+            data.get("returncode"),
+            data.get("message", ""),
+            data.get("stop_requested"),
+            data.get("owner"),
+            data.get("queued"),
+            dict(data.get("env") or {}),
+        )
 
 
 def _pid_runs(pid: int, marker: str) -> bool:
@@ -207,8 +232,17 @@ def train_command(method: str, settings: dict[str, Any], method_flags: dict[str,
     """``python -m peftlab train`` argv: trainer settings (``TrainArgs`` names, text or typed) and method config
     flags (text), under the flag names ``peftlab train`` lists (``base_model`` → ``--base``)."""
     flags = {s.name: s.option_string for s in fields_of(TrainArgs)}
-    argv = [sys.executable, "-m", "peftlab", "train", "--method", method, "--json", flags["output_dir"],
-            str(output_dir)]
+    argv = [
+        sys.executable,
+        "-m",
+        "peftlab",
+        "train",
+        "--method",
+        method,
+        "--json",
+        flags["output_dir"],
+        str(output_dir),
+    ]
     for key, value in settings.items():
         if value is None or value == "":
             continue  # the trainer's default
@@ -248,9 +282,17 @@ def check_dataset(method: str, dataset: str) -> str:
     return task
 
 
-def start_job(runs_dir: str | os.PathLike, method: str, settings: dict[str, Any] | None = None,
-              method_flags: dict[str, str] | None = None, *, env: dict[str, str] | None = None,
-              check_data: bool = False, queue: bool = False, owner: str | None = None) -> Job:
+def start_job(
+    runs_dir: str | os.PathLike,
+    method: str,
+    settings: dict[str, Any] | None = None,
+    method_flags: dict[str, str] | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    check_data: bool = False,
+    queue: bool = False,
+    owner: str | None = None,
+) -> Job:
     """Start training in a child process (its own process group) under ``runs_dir/<timestamp>-<method>``.
 
     ``settings`` are ``TrainArgs`` fields (``max_steps``, ``base_model``, ...), as text (a form's) or typed;
@@ -271,8 +313,11 @@ def start_job(runs_dir: str | os.PathLike, method: str, settings: dict[str, Any]
         running = [j for j in every if j.status == RUNNING]
         waiting = any(j.status == QUEUED for j in every)
         if (len(running) >= limit or waiting) and not queue:
-            raise JobError(f"job {running[0].name} is still running (pid {running[0].pid}); stop it first"
-                           if running else "other jobs are waiting for a free slot")
+            raise JobError(
+                f"job {running[0].name} is still running (pid {running[0].pid}); stop it first"
+                if running
+                else "other jobs are waiting for a free slot"
+            )
         run_dir = _run_name(runs_dir, method)
         run_dir.mkdir(parents=True)
         argv = train_command(method, dict(settings or {}), dict(method_flags or {}), run_dir.resolve())
@@ -289,8 +334,14 @@ def _launch(job: Job) -> None:
     """Start a queued job's process now (the caller holds ``_scheduling``)."""
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **job.env}
     with open(job.run_dir / LOG_FILE, "wb") as log:
-        child = subprocess.Popen(job.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 env=child_env, start_new_session=True)  # own group: Stop reaches it alone
+        child = subprocess.Popen(
+            job.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+            start_new_session=True,
+        )  # own group: Stop reaches it alone
     _children[child.pid] = child
     job.pid, job.status, job.started = child.pid, RUNNING, time.time()
     job.save()
@@ -313,9 +364,9 @@ def _start_queued(runs_dir: Path) -> list[Job]:
     every = list_jobs(runs_dir)
     free = max_jobs() - sum(j.status == RUNNING for j in every)
     waiting = sorted((j for j in every if j.status == QUEUED), key=lambda j: (j.queued or 0, j.name))
-    for job in waiting[:max(0, free)]:
+    for job in waiting[: max(0, free)]:
         _launch(job)
-    return waiting[:max(0, free)]
+    return waiting[: max(0, free)]
 
 
 def schedule(runs_dir: str | os.PathLike) -> list[Job]:
@@ -328,8 +379,9 @@ def queue_place(job: Job) -> int | None:
     """A queued job's place in its queue (1 = next to start), counting every owner's jobs; None if not queued."""
     if job.refresh().status != QUEUED:
         return None
-    waiting = sorted((j for j in list_jobs(job.run_dir.parent) if j.status == QUEUED),
-                     key=lambda j: (j.queued or 0, j.name))
+    waiting = sorted(
+        (j for j in list_jobs(job.run_dir.parent) if j.status == QUEUED), key=lambda j: (j.queued or 0, j.name)
+    )
     return next((i + 1 for i, j in enumerate(waiting) if j.run_dir == job.run_dir), None)
 
 
@@ -417,8 +469,11 @@ def _stop_running(job: Job, timeout: float) -> Job:
             time.sleep(0.1)
         job.refresh()
         if job.status != RUNNING:
-            job.status, job.message = "stopped", f"killed after {timeout:.0f} s without stopping; " + (
-                "last checkpoint kept" if (job.run_dir / "checkpoints").exists() else "no adapter saved")
+            job.status, job.message = (
+                "stopped",
+                f"killed after {timeout:.0f} s without stopping; "
+                + ("last checkpoint kept" if (job.run_dir / "checkpoints").exists() else "no adapter saved"),
+            )
             job.save()
         return job
     return job.refresh()
@@ -448,5 +503,21 @@ def saved_adapters(runs_dir: str | os.PathLike) -> list[tuple[str, Path]]:
     return out
 
 
-__all__ = ["Job", "JobError", "check_dataset", "start_job", "current_job", "list_jobs", "stop", "saved_adapters",
-           "train_command", "PROGRESS_FILE", "QUEUED", "max_jobs", "queue_place", "schedule", "shared_jobs", "visible"]
+__all__ = [
+    "Job",
+    "JobError",
+    "check_dataset",
+    "start_job",
+    "current_job",
+    "list_jobs",
+    "stop",
+    "saved_adapters",
+    "train_command",
+    "PROGRESS_FILE",
+    "QUEUED",
+    "max_jobs",
+    "queue_place",
+    "schedule",
+    "shared_jobs",
+    "visible",
+]

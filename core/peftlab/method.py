@@ -105,8 +105,11 @@ class MethodConfig:
         if refused or (unknown and "peft_type" not in data):
             raise ConfigError(f"{source}: {cls.__name__} does not support {', '.join(refused + unknown)}")
         if unknown:
-            warnings.warn(f"{source}: ignoring {', '.join(unknown)}: not {cls.__name__} options (written by a "
-                          "newer peft?)", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"{source}: ignoring {', '.join(unknown)}: not {cls.__name__} options (written by a newer peft?)",
+                UserWarning,
+                stacklevel=2,
+            )
         try:
             return cls(**kwargs)
         except TypeError as e:
@@ -177,5 +180,6 @@ def copy_into(live: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], wha
             if tuple(src.shape) != tuple(dst.shape):
                 raise AdapterMismatchError(
                     f"{what} adapter tensor {key} has shape {tuple(src.shape)} but the model expects "
-                    f"{tuple(dst.shape)}: was it made for another base model?")
+                    f"{tuple(dst.shape)}: was it made for another base model?"
+                )
             dst.copy_(src.to(device=dst.device, dtype=dst.dtype))

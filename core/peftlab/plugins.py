@@ -16,8 +16,11 @@ from .method import Capabilities, Method, MethodConfig
 
 ENTRY_POINT_GROUP = "peftlab"
 # every hook spec but register_methods is a method hook (hookspecs.py, in the order written there)
-METHOD_HOOKS = tuple(name for name, fn in vars(hookspecs).items()
-                     if callable(fn) and hasattr(fn, "peftlab_spec") and name != "register_methods")
+METHOD_HOOKS = tuple(
+    name
+    for name, fn in vars(hookspecs).items()
+    if callable(fn) and hasattr(fn, "peftlab_spec") and name != "register_methods"
+)
 REQUIRED_HOOKS = ("inject", "trainable_params", "save", "load")
 
 
@@ -125,7 +128,8 @@ class Registry:
         if name in self.methods:
             other = self.methods[name].plugin
             raise PluginConflictError(
-                f"method {name!r} is provided by two plugins: {other!r} and {plugin!r}; uninstall one")
+                f"method {name!r} is provided by two plugins: {other!r} and {plugin!r}; uninstall one"
+            )
         cfg = getattr(obj, "config_class", None)
         if not (isinstance(cfg, type) and issubclass(cfg, MethodConfig) and dataclasses.is_dataclass(cfg)):
             raise PluginConflictError(f"method {name!r} ({plugin}): config_class must be a MethodConfig dataclass")
@@ -169,7 +173,8 @@ class Registry:
             installed = ", ".join(sorted(self.methods)) or "none"
             raise UnknownMethodError(
                 f"unknown method {name!r}; installed methods: {installed}. "
-                f"A method comes from a plugin package (entry-point group {ENTRY_POINT_GROUP!r}).") from None
+                f"A method comes from a plugin package (entry-point group {ENTRY_POINT_GROUP!r})."
+            ) from None
 
     def for_peft_type(self, peft_type: str, data: dict) -> MethodHandle:
         """The method that should load a PEFT adapter config written without peftlab metadata."""

@@ -60,8 +60,8 @@ def left_pad(rows: Sequence[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tenso
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = r
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = r
+        mask[i, width - len(r) :] = 1
     return ids, mask
 
 
@@ -102,9 +102,19 @@ def tiny_gqa_model(layers: int = 2) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=72, intermediate_size=96, num_hidden_layers=layers,
-                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=128,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=256,
+        hidden_size=72,
+        intermediate_size=96,
+        num_hidden_layers=layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+    )
     model = sharpen_attention(AutoModelForCausalLM.from_config(cfg))
     model.peftlab_base_id, model.peftlab_new_modules = "tiny-smol", []
     return model.eval()
@@ -134,16 +144,24 @@ def logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | None 
     return out.logits.float()
 
 
-def greedy(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | None = None, n: int = 8,
-           **kwargs: Any) -> torch.Tensor:
+def greedy(
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | None = None, n: int = 8, **kwargs: Any
+) -> torch.Tensor:
     """The ``n`` tokens greedy decoding appends to each row of ``ids`` (only the new ones), with pad id 0 and no
     end-of-sequence stop, so every row gets exactly ``n``; ``mask`` defaults to all ones, ``kwargs`` go to
     ``generate`` (e.g. ``use_cache=False``)."""
     mask = torch.ones_like(ids) if mask is None else mask
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0,
-                             eos_token_id=None, **kwargs)
-    return out[:, ids.shape[1]:]
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+            **kwargs,
+        )
+    return out[:, ids.shape[1] :]
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -153,8 +171,9 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 # --- adapters ---------------------------------------------------------------------------------------------------
 
 
-def randomize_adapter(model: torch.nn.Module, name: str = "default", std: float = 0.1, seed: int = 0,
-                      head: bool = False) -> None:
+def randomize_adapter(
+    model: torch.nn.Module, name: str = "default", std: float = 0.1, seed: int = 0, head: bool = False
+) -> None:
     """Overwrite every parameter adapter ``name`` trains (and, with ``head=True``, a new task head's) with
     ``N(0, std²)`` values from a generator seeded with ``seed``, so the adapter acts (many start as a no-op)."""
     params = dict(adapter_parameters(model, name))
@@ -170,8 +189,7 @@ def _randomize(params, std: float, seed: int) -> None:
             p.copy_((torch.randn(p.shape, generator=g) * std).to(p))
 
 
-def train_steps(model: torch.nn.Module, params, batch: dict[str, torch.Tensor], steps: int,
-                lr: float) -> list[float]:
+def train_steps(model: torch.nn.Module, params, batch: dict[str, torch.Tensor], steps: int, lr: float) -> list[float]:
     """Train ``params`` of ``model`` for ``steps`` AdamW steps at ``lr`` on the one ``batch`` (``model(**batch)`` must
     return a loss), in train mode; returns the loss of each step. The model is left in train mode."""
     opt = torch.optim.AdamW(list(params), lr=lr)
@@ -189,8 +207,15 @@ def train_steps(model: torch.nn.Module, params, batch: dict[str, torch.Tensor], 
 # --- the real model ---------------------------------------------------------------------------------------------
 
 
-def train_briefly(model, tokenizer, method: str, output_dir: str | Path, method_config: dict | None = None,
-                  steps: int = 12, **overrides: Any):
+def train_briefly(
+    model,
+    tokenizer,
+    method: str,
+    output_dir: str | Path,
+    method_config: dict | None = None,
+    steps: int = 12,
+    **overrides: Any,
+):
     """The plugin suites' short SmolLM2 run through the shared trainer: ``steps`` optimizer steps on batches of 8
     rows of ``capitals-json`` (at most 128 tokens), the loss evaluated on 16 held-out rows before and after (no
     evaluation in between). ``overrides`` replace any other ``peftlab.train.TrainArgs`` field (``learning_rate``,
@@ -198,8 +223,17 @@ def train_briefly(model, tokenizer, method: str, output_dir: str | Path, method_
     returns the trainer's ``TrainResult``."""
     from .train import TrainArgs, train
 
-    args = dict(method=method, method_config=method_config or {}, dataset="capitals-json", max_steps=steps,
-                batch_size=8, max_length=128, output_dir=str(output_dir), eval_every=0, max_eval_samples=16)
+    args = dict(
+        method=method,
+        method_config=method_config or {},
+        dataset="capitals-json",
+        max_steps=steps,
+        batch_size=8,
+        max_length=128,
+        output_dir=str(output_dir),
+        eval_every=0,
+        max_eval_samples=16,
+    )
     result = train(TrainArgs(**{**args, **overrides}), model=model, tokenizer=tokenizer)
     print(f"{method}: eval loss {result.eval_loss_before:.3f} → {result.eval_loss_after:.3f} ({result.steps} steps)")
     return result
@@ -212,8 +246,9 @@ def base_eval_loss(model, tokenizer, rows: int = 16, dataset: str = "capitals-js
     from .train import eval_loss
 
     _, eval_rows = pdata.split_rows(pdata.load_rows(dataset), 0.1, 0)
-    items = pdata.encode_rows(eval_rows[:rows], tokenizer, max_length=128, loss_on="assistant", task="CAUSAL_LM",
-                              labels=None)
+    items = pdata.encode_rows(
+        eval_rows[:rows], tokenizer, max_length=128, loss_on="assistant", task="CAUSAL_LM", labels=None
+    )
     with active_adapters(model, None):
         return eval_loss(model, items, tokenizer.pad_token_id)
 
@@ -233,9 +268,18 @@ def _rows_name(name: str | None) -> str:
     return f"adapter {name!r}" if name else "no adapter (the base model)"
 
 
-def check_method(method: str, config: dict[str, Any] | None = None, *, arch: str = "llama", task: str = "CAUSAL_LM",
-                 steps: int = 30, lr: float = 3e-2, tmp_path: str | Path | None = None,
-                 loss_drop: float = 0.9, atol: float = 1e-4) -> dict[str, Any]:
+def check_method(
+    method: str,
+    config: dict[str, Any] | None = None,
+    *,
+    arch: str = "llama",
+    task: str = "CAUSAL_LM",
+    steps: int = 30,
+    lr: float = 3e-2,
+    tmp_path: str | Path | None = None,
+    loss_drop: float = 0.9,
+    atol: float = 1e-4,
+) -> dict[str, Any]:
     """Run ``method`` through the plugin contract on a tiny random model, in this order:
 
     1. inject: the adapter is added; with no adapter active the outputs are the base model's;
@@ -297,8 +341,10 @@ def check_method(method: str, config: dict[str, Any] | None = None, *, arch: str
     add_adapter(model, handle, config)
     with active_adapters(model, None):
         d = _max_diff(logits(model, batch["input_ids"]), base_logits)
-    assert d <= atol, (f"{name}: with no adapter active the outputs differ from the base model's by up to {d:.2e}; "
-                       f"the kit allows atol={atol:g} (an inactive adapter must not act)")
+    assert d <= atol, (
+        f"{name}: with no adapter active the outputs differ from the base model's by up to {d:.2e}; "
+        f"the kit allows atol={atol:g} (an inactive adapter must not act)"
+    )
 
     # 2. trainable params
     trainable = prepare_for_training(model)
@@ -317,7 +363,8 @@ def check_method(method: str, config: dict[str, Any] | None = None, *, arch: str
         moved = f"fell {fall:.1%}" if fall >= 0 else f"rose {-fall:.1%}"
         raise AssertionError(
             f"{name}: loss {moved} ({first:.4g} → {last:.4g}) in {steps} AdamW steps at lr={lr:g}; the kit needs a "
-            f"fall of at least {(1 - loss_drop) * 100:g}% (loss_drop={loss_drop:g}): try another lr or more steps")
+            f"fall of at least {(1 - loss_drop) * 100:g}% (loss_drop={loss_drop:g}): try another lr or more steps"
+        )
 
     # 4. only the declared params changed, and the outputs did
     trained_ids = {id(p) for p in trainable.values()}
@@ -329,11 +376,14 @@ def check_method(method: str, config: dict[str, Any] | None = None, *, arch: str
         if ref is not None and not torch.equal(ref, p.detach()):
             raise AssertionError(
                 f"{name}: {n} changed by up to {_max_diff(ref, p.detach()):.2e} during training although "
-                f"trainable_params does not declare it (the kit's optimizer holds only declared parameters)")
+                f"trainable_params does not declare it (the kit's optimizer holds only declared parameters)"
+            )
     adapted = logits(model, batch["input_ids"])
     d = _max_diff(adapted, base_logits)
-    assert d > atol, (f"{name}: after training the outputs differ from the base model's by only {d:.2e}; the kit "
-                      f"needs more than atol={atol:g} (does the adapter act in forward?)")
+    assert d > atol, (
+        f"{name}: after training the outputs differ from the base model's by only {d:.2e}; the kit "
+        f"needs more than atol={atol:g} (does the adapter act in forward?)"
+    )
 
     # 5. save → load into a fresh model → identical outputs
     tmp = Path(tmp_path) if tmp_path else Path(tempfile.mkdtemp(prefix="peftlab-check-"))
@@ -349,8 +399,10 @@ def check_method(method: str, config: dict[str, Any] | None = None, *, arch: str
     load_adapter(fresh, folder)
     d = _max_diff(logits(fresh, batch["input_ids"]), adapted)
     report["reload_max_diff"] = d
-    assert d <= atol, (f"{name}: after save → load into a fresh model the outputs differ by up to {d:.2e}; the kit "
-                       f"allows atol={atol:g}")
+    assert d <= atol, (
+        f"{name}: after save → load into a fresh model the outputs differ by up to {d:.2e}; the kit "
+        f"allows atol={atol:g}"
+    )
 
     # 6. merge gives the same outputs as unmerged
     if handle.capabilities.mergeable:
@@ -360,8 +412,10 @@ def check_method(method: str, config: dict[str, Any] | None = None, *, arch: str
         assert d <= atol, f"{name}: merged outputs differ from unmerged by up to {d:.2e}; the kit allows atol={atol:g}"
         unmerge_adapter(fresh)
         d = _max_diff(logits(fresh, batch["input_ids"]), adapted)
-        assert d <= atol, (f"{name}: after unmerge the outputs differ from before the merge by up to {d:.2e}; the kit "
-                           f"allows atol={atol:g}")
+        assert d <= atol, (
+            f"{name}: after unmerge the outputs differ from before the merge by up to {d:.2e}; the kit "
+            f"allows atol={atol:g}"
+        )
 
     # 7, 8. several adapters on one model
     _check_several_adapters(handle, fresh_model, folder, task, vocab, atol, report)
@@ -373,18 +427,28 @@ def check_method(method: str, config: dict[str, Any] | None = None, *, arch: str
         assert cached.shape[1] == 8, f"{name}: generate was asked for 8 new tokens and returned {cached.shape[1]}"
         assert torch.equal(cached, uncached), (
             f"{name}: greedy generation with the KV cache differs from generation without it:\n"
-            f"  cached   {cached.tolist()}\n  uncached {uncached.tolist()}")
+            f"  cached   {cached.tolist()}\n  uncached {uncached.tolist()}"
+        )
         report["generate"] = "ok"
     return report
 
 
-def _check_several_adapters(handle, fresh_model: Callable[[], torch.nn.Module], folder: Path, task: str, vocab: int,
-                            atol: float, report: dict[str, Any]) -> None:
+def _check_several_adapters(
+    handle,
+    fresh_model: Callable[[], torch.nn.Module],
+    folder: Path,
+    task: str,
+    vocab: int,
+    atol: float,
+    report: dict[str, Any],
+) -> None:
     """Steps 7 (mixed batches) and 8 (stacking) of ``check_method``."""
     name, caps = handle.name, handle.capabilities
     if caps.mixed_batch and not caps.stackable:
-        raise AssertionError(f"{name}: capabilities say mixed_batch=True but stackable=False; a mixed batch needs two "
-                             f"adapters on one model, which core refuses for a method that cannot stack")
+        raise AssertionError(
+            f"{name}: capabilities say mixed_batch=True but stackable=False; a mixed batch needs two "
+            f"adapters on one model, which core refuses for a method that cannot stack"
+        )
     if not caps.stackable:
         return
     model = fresh_model()
@@ -400,9 +464,11 @@ def _check_several_adapters(handle, fresh_model: Callable[[], torch.nn.Module], 
         with active_adapters(model, adapter):
             alone[adapter] = logits(model, x)
     d = _max_diff(alone["a"], alone["b"])
-    assert d > atol, (f"{name}: adapter 'b' (adapter 'a' with its parameters scaled by random factors in [0.5, 1.5]) "
-                      f"changes the outputs of 'a' by only {d:.2e}; the kit needs more than atol={atol:g} (do the "
-                      f"parameters trainable_params declares act in forward?)")
+    assert d > atol, (
+        f"{name}: adapter 'b' (adapter 'a' with its parameters scaled by random factors in [0.5, 1.5]) "
+        f"changes the outputs of 'a' by only {d:.2e}; the kit needs more than atol={atol:g} (do the "
+        f"parameters trainable_params declares act in forward?)"
+    )
 
     if caps.mixed_batch:
         rows = ["a", "b", None]
@@ -411,12 +477,13 @@ def _check_several_adapters(handle, fresh_model: Callable[[], torch.nn.Module], 
         worst = 0.0
         for i, adapter in enumerate(rows):
             with active_adapters(model, adapter):
-                single = logits(model, x[i:i + 1])
+                single = logits(model, x[i : i + 1])
             d = _max_diff(mixed[i], single[0])
             worst = max(worst, d)
             assert d <= atol, (
                 f"{name}: in a mixed batch (rows {rows}) row {i}, with {_rows_name(adapter)}, differs from running "
-                f"that row alone with {_rows_name(adapter)} active by up to {d:.2e}; the kit allows atol={atol:g}")
+                f"that row alone with {_rows_name(adapter)} active by up to {d:.2e}; the kit allows atol={atol:g}"
+            )
         report["mixed_batch_max_diff"] = worst
         if task == "CAUSAL_LM":
             prompt = x[:, :6]
@@ -424,13 +491,15 @@ def _check_several_adapters(handle, fresh_model: Callable[[], torch.nn.Module], 
                 cached, uncached = greedy(model, prompt, n=6), greedy(model, prompt, n=6, use_cache=False)
             assert torch.equal(cached, uncached), (
                 f"{name}: in a mixed batch (rows {rows}) greedy generation with the KV cache differs from generation "
-                f"without it:\n  cached   {cached.tolist()}\n  uncached {uncached.tolist()}")
+                f"without it:\n  cached   {cached.tolist()}\n  uncached {uncached.tolist()}"
+            )
             for i, adapter in enumerate(rows):
                 with active_adapters(model, adapter):
                     want = greedy(model, prompt, n=6)[i]
                 assert torch.equal(cached[i], want), (
                     f"{name}: in a mixed batch (rows {rows}) row {i} generates {cached[i].tolist()}, but with "
-                    f"{_rows_name(adapter)} active for the whole batch it generates {want.tolist()}")
+                    f"{_rows_name(adapter)} active for the whole batch it generates {want.tolist()}"
+                )
 
     with active_adapters(model, ["a", "b"]):
         both = logits(model, x)
@@ -439,27 +508,42 @@ def _check_several_adapters(handle, fresh_model: Callable[[], torch.nn.Module], 
     report["stack_min_change"] = change
     assert change > atol, (
         f"{name}: with adapters 'a' and 'b' both active the outputs differ from one of them alone by only "
-        f"{change:.2e}; the kit needs more than atol={atol:g} (stackable=True promises that both act)")
+        f"{change:.2e}; the kit needs more than atol={atol:g} (stackable=True promises that both act)"
+    )
     if task == "CAUSAL_LM":
         prompt = x[:, :6]
         with active_adapters(model, ["a", "b"]):
             cached, uncached = greedy(model, prompt, n=6), greedy(model, prompt, n=6, use_cache=False)
         assert torch.equal(cached, uncached), (
             f"{name}: with adapters 'a' and 'b' both active greedy generation with the KV cache differs from "
-            f"generation without it:\n  cached   {cached.tolist()}\n  uncached {uncached.tolist()}")
+            f"generation without it:\n  cached   {cached.tolist()}\n  uncached {uncached.tolist()}"
+        )
 
 
 # --- round trips with peft --------------------------------------------------------------------------------------
 
 
-def check_peft_roundtrip(method: str, config: dict[str, Any] | None = None, *, arch: str = "llama",
-                         task: str = "CAUSAL_LM", make_model: Callable[[], torch.nn.Module] | None = None,
-                         peft_config: Any = None, inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
-                         std: float = 0.1, seed: int = 0, prepare: Callable[[torch.nn.Module], None] | None = None,
-                         prepare_peft: Callable[[torch.nn.Module], None] | None = None,
-                         directions: Sequence[str] = ("to_peft", "from_peft"), claims: bool = True,
-                         generate: bool = True, new_tokens: int = 10, tmp_path: str | Path | None = None,
-                         atol: float = 1e-4, min_effect: float = 1e-3) -> dict[str, Any]:
+def check_peft_roundtrip(
+    method: str,
+    config: dict[str, Any] | None = None,
+    *,
+    arch: str = "llama",
+    task: str = "CAUSAL_LM",
+    make_model: Callable[[], torch.nn.Module] | None = None,
+    peft_config: Any = None,
+    inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    std: float = 0.1,
+    seed: int = 0,
+    prepare: Callable[[torch.nn.Module], None] | None = None,
+    prepare_peft: Callable[[torch.nn.Module], None] | None = None,
+    directions: Sequence[str] = ("to_peft", "from_peft"),
+    claims: bool = True,
+    generate: bool = True,
+    new_tokens: int = 10,
+    tmp_path: str | Path | None = None,
+    atol: float = 1e-4,
+    min_effect: float = 1e-3,
+) -> dict[str, Any]:
     """Check that ``peft`` and peftlab load each other's adapters of ``method`` with the same outputs.
 
     ``"to_peft"``: an adapter of ``method`` with ``config`` is added to ``make_model()``, given random weights, saved
@@ -514,7 +598,8 @@ def check_peft_roundtrip(method: str, config: dict[str, Any] | None = None, *, a
     name = handle.name
     assert handle.peft_type in peft.PeftType.__members__, (
         f"{name}: peft has no PEFT type {handle.peft_type!r}; check_peft_roundtrip is for methods whose files peft "
-        f"reads")
+        f"reads"
+    )
     make = make_model or (lambda: tiny_model(arch, task=task))
     if inputs is None:
         x = random_ids(2, 8, seed)
@@ -531,21 +616,25 @@ def check_peft_roundtrip(method: str, config: dict[str, Any] | None = None, *, a
         want, got = logits(want_model, x, mask), logits(got_model, x, mask)
         if want.dim() == 3:  # peft's prompt-learning models return logits for the virtual tokens too: drop them
             report[f"{direction}_extra_positions"] = max(want.shape[1], got.shape[1]) - x.shape[1]
-            want, got = want[:, -x.shape[1]:], got[:, -x.shape[1]:]
+            want, got = want[:, -x.shape[1] :], got[:, -x.shape[1] :]
         effect = _max_diff(want, base_logits)
         report[f"{direction}_effect"] = effect
         assert effect > min_effect, (
             f"{name} ({direction}): the randomised adapter moves the logits by only {effect:.2e} from the base "
-            f"model's; the check needs more than min_effect={min_effect:g}, or a round trip proves nothing")
+            f"model's; the check needs more than min_effect={min_effect:g}, or a round trip proves nothing"
+        )
         d = _max_diff(want, got)
         report[f"{direction}_max_diff"] = d
-        assert d <= atol, (f"{name} ({direction}): peft's and peftlab's logits differ by up to {d:.2e}; the check "
-                           f"allows atol={atol:g}")
+        assert d <= atol, (
+            f"{name} ({direction}): peft's and peftlab's logits differ by up to {d:.2e}; the check allows atol={atol:g}"
+        )
         if generate and causal:
             a, b = greedy(want_model, x, mask, n=new_tokens), greedy(got_model, x, mask, n=new_tokens)
-            assert torch.equal(a, b), (f"{name} ({direction}): greedy generation differs:\n  saved by "
-                                       f"{'peftlab' if direction == 'to_peft' else 'peft'} {a.tolist()}\n"
-                                       f"  loaded {b.tolist()}")
+            assert torch.equal(a, b), (
+                f"{name} ({direction}): greedy generation differs:\n  saved by "
+                f"{'peftlab' if direction == 'to_peft' else 'peft'} {a.tolist()}\n"
+                f"  loaded {b.tolist()}"
+            )
 
     if "to_peft" in directions:
         ours = make()
@@ -577,10 +666,17 @@ def check_peft_roundtrip(method: str, config: dict[str, Any] | None = None, *, a
         loaded = make()
         adapter = load_adapter(loaded, tmp / "peft-saved", method=None if claims else name)
         loaded_as = adapter_state(loaded).adapters[adapter].method
-        report.update(peft_saved=tmp / "peft-saved", peft_source=source, loaded=loaded, loaded_adapter=adapter,
-                      loaded_as=loaded_as)
-        assert loaded_as == name, (f"{name} (from_peft): peftlab loaded peft's {handle.peft_type} adapter as "
-                                   f"{loaded_as!r}: its claims_peft_config did not claim it")
+        report.update(
+            peft_saved=tmp / "peft-saved",
+            peft_source=source,
+            loaded=loaded,
+            loaded_adapter=adapter,
+            loaded_as=loaded_as,
+        )
+        assert loaded_as == name, (
+            f"{name} (from_peft): peftlab loaded peft's {handle.peft_type} adapter as "
+            f"{loaded_as!r}: its claims_peft_config did not claim it"
+        )
         loaded.eval()
         compare("from_peft", source, loaded)
     return report
@@ -615,11 +711,14 @@ def _peft_failure(peft_type: str, task: str) -> str | None:
         seq = ids
         for _ in range(n):
             seq = torch.cat([seq, logits(model, seq)[:, -1:].argmax(-1)], dim=1)
-        return seq[:, ids.shape[1]:]
+        return seq[:, ids.shape[1] :]
 
     base = responsive_tiny_model(task)
-    renamed = ", which renamed the cache argument past_key_values to cache," if "cache" in inspect.signature(
-        base.base_model.forward).parameters else ""
+    renamed = (
+        ", which renamed the cache argument past_key_values to cache,"
+        if "cache" in inspect.signature(base.base_model.forward).parameters
+        else ""
+    )
     where = f"peft {peft.__version__} on transformers {transformers.__version__}{renamed} at {peft_type} ({task})"
     try:
         config = peft.PEFT_TYPE_TO_CONFIG_MAPPING[peft_type](task_type=task, num_virtual_tokens=4)

@@ -57,11 +57,13 @@ class TrainArgs:
 
     method: str = option("lora", "PEFT method (see `peftlab methods`)")
     method_config: dict[str, Any] = option({}, "the method's config fields (on the command line: one flag each)")
-    base_model: str | None = option(None, "base model: Hub id or local folder (default: the offline "
-                                    "SmolLM2-135M-Instruct)", flag="base")
+    base_model: str | None = option(
+        None, "base model: Hub id or local folder (default: the offline SmolLM2-135M-Instruct)", flag="base"
+    )
     dataset: str = option("capitals-json", "built-in name or data file/folder")
-    output_dir: str = option("runs/adapter", "folder the adapter, checkpoints and progress are written to",
-                             flag="output")
+    output_dir: str = option(
+        "runs/adapter", "folder the adapter, checkpoints and progress are written to", flag="output"
+    )
     adapter_name: str = option("default", "adapter slot name")
     max_steps: int = option(100, "optimizer steps")
     learning_rate: float | None = option(None, "peak LR (default: the method's)")
@@ -74,15 +76,17 @@ class TrainArgs:
     seed: int = option(0, "random seed (data order, init)")
     eval_every: int = option(0, "evaluate every N steps (0 = start and end only)")
     save_every: int = option(50, "checkpoint every N steps (0 = by time and at the end only)")
-    save_minutes: float = option(10.0, "also checkpoint when this many minutes have passed since the last "
-                                 "checkpoint (0 = off)")
+    save_minutes: float = option(
+        10.0, "also checkpoint when this many minutes have passed since the last checkpoint (0 = off)"
+    )
     keep_checkpoints: int = option(2, "keep the last K checkpoints (0 = keep all)")
     max_length: int = option(256, "max tokens per row")
     eval_fraction: float = option(0.1, "held-out share when the data has no split")
     max_eval_samples: int = option(64, "cap on eval rows")
     loss_on: str = option("assistant", "assistant (reply tokens only) or all", choices=["assistant", "all"])
-    dtype: str = option("auto", "weights dtype (auto: bf16 on CUDA, else fp32)",
-                        choices=["auto", "float32", "bfloat16", "float16"])
+    dtype: str = option(
+        "auto", "weights dtype (auto: bf16 on CUDA, else fp32)", choices=["auto", "float32", "bfloat16", "float16"]
+    )
     device: str | None = option(None, "cpu, cuda, mps (default: best available)")
     threads: int | None = option(None, "CPU threads for torch (default: torch's)")
     resume: bool = option(False, "continue from the last checkpoint in the output folder")
@@ -157,6 +161,7 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
         if kind == "linear":
             return max(0.0, 1 - progress)
         return 1.0
+
     return f
 
 
@@ -169,7 +174,7 @@ def _batch_indices(n: int, batch_size: int, seed: int, skip: int = 0):
         g = torch.Generator().manual_seed(seed * 1000 + epoch)
         order = torch.randperm(n, generator=g).tolist()
         for i in range(first * batch_size, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            yield order[i:i + batch_size]
+            yield order[i : i + batch_size]
         epoch, first = epoch + 1, 0
 
 
@@ -204,7 +209,7 @@ def eval_loss(model, items: list[dict], pad_id: int, batch_size: int = 8, accele
         b = r * world + rank
         own = b < len(starts)
         i = starts[b] if own else 0
-        batch = {k: v.to(device) for k, v in pdata.collate(items[i:i + batch_size], pad_id).items()}
+        batch = {k: v.to(device) for k, v in pdata.collate(items[i : i + batch_size], pad_id).items()}
         out = model(**batch)
         if not own:
             continue
@@ -253,8 +258,9 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict) -> None:
         np.random.set_state((name, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
-def _save_checkpoint(model, optimizer, scheduler, args: TrainArgs, step: int, out: Path,
-                     data: dict | None = None) -> Path:
+def _save_checkpoint(
+    model, optimizer, scheduler, args: TrainArgs, step: int, out: Path, data: dict | None = None
+) -> Path:
     """Write ``checkpoints/step-NNNNNN`` atomically: the adapter (PEFT format), the optimizer state, the schedule
     position, the RNG states and the data position. Raises ``OSError`` when the write fails; the folders already
     there are untouched then."""
@@ -264,10 +270,14 @@ def _save_checkpoint(model, optimizer, scheduler, args: TrainArgs, step: int, ou
             if torch.is_tensor(value):
                 tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
     rng_tensors, rng_scalars = _rng_state()
-    scalars = {"step": step, "scheduler": scheduler.state_dict()["last_epoch"], "args": asdict(args),
-               "data": data or {"micro_batches": step * args.grad_accum, "global_batch": args.batch_size,
-                                "num_processes": 1},
-               "rng": rng_scalars, "time": time.time()}
+    scalars = {
+        "step": step,
+        "scheduler": scheduler.state_dict()["last_epoch"],
+        "args": asdict(args),
+        "data": data or {"micro_batches": step * args.grad_accum, "global_batch": args.batch_size, "num_processes": 1},
+        "rng": rng_scalars,
+        "time": time.time(),
+    }
 
     def write(tmp: Path) -> None:
         save_adapter(model, tmp, args.adapter_name)
@@ -308,8 +318,12 @@ def _readable_checkpoint(out: Path, emit) -> tuple[Path, dict] | tuple[None, Non
                 load_file(str(ckpt / OPTIMIZER_FILE))
             return ckpt, state
         except Exception as e:  # a damaged checkpoint: say so, try the one before it
-            emit({"event": "status", "message": f"checkpoint {ckpt.name} is unreadable ({type(e).__name__}: {e}); "
-                                                f"trying an older one"})
+            emit(
+                {
+                    "event": "status",
+                    "message": f"checkpoint {ckpt.name} is unreadable ({type(e).__name__}: {e}); trying an older one",
+                }
+            )
     return None, None
 
 
@@ -325,8 +339,14 @@ def _restore_optimizer(optimizer, ckpt: Path) -> None:
     optimizer.load_state_dict(state)
 
 
-def train(args: TrainArgs, *, model=None, tokenizer=None, on_event: Callable[[dict], None] | None = None,
-          stop: StopFlag | None = None) -> TrainResult:
+def train(
+    args: TrainArgs,
+    *,
+    model=None,
+    tokenizer=None,
+    on_event: Callable[[dict], None] | None = None,
+    stop: StopFlag | None = None,
+) -> TrainResult:
     """Train adapter ``args.adapter_name`` of method ``args.method`` and save it to ``args.output_dir``.
 
     Under ``accelerate launch`` every process calls this; only the main one writes files and reports events."""
@@ -389,8 +409,15 @@ def _train(args, model, tokenizer, emit, stop, out, history, accelerator, set_se
     if model is None:
         emit({"event": "status", "message": "loading base model"})
         device = args.device or (str(accelerator.device) if world > 1 else None)  # each process: its own device
-        model, tokenizer = load_model(args.base_model, task=task, dtype=args.dtype, device=device,
-                                      method=handle, method_config=args.method_config, label_names=labels)
+        model, tokenizer = load_model(
+            args.base_model,
+            task=task,
+            dtype=args.dtype,
+            device=device,
+            method=handle,
+            method_config=args.method_config,
+            label_names=labels,
+        )
     if tokenizer is None:
         raise PeftlabError("train(model=...) also needs tokenizer=")
     if ad.model_task(model) != task:
@@ -409,12 +436,23 @@ def _train(args, model, tokenizer, emit, stop, out, history, accelerator, set_se
         start = state["step"]
         config = ad.entry(model, args.adapter_name)[1].config
         data = state.get("data") or {}
-        emit({"event": "status", "message": f"resuming from {ckpt.name} (step {start})", "resumed_from": start,
-              "checkpoint": str(ckpt)})
+        emit(
+            {
+                "event": "status",
+                "message": f"resuming from {ckpt.name} (step {start})",
+                "resumed_from": start,
+                "checkpoint": str(ckpt),
+            }
+        )
         if data.get("global_batch", global_micro) != global_micro:
-            emit({"event": "status", "message": f"the checkpoint was written with {data['global_batch']} rows per "
-                                                f"micro-batch, this run uses {global_micro}: the data order differs "
-                                                f"from an uninterrupted run's"})
+            emit(
+                {
+                    "event": "status",
+                    "message": f"the checkpoint was written with {data['global_batch']} rows per "
+                    f"micro-batch, this run uses {global_micro}: the data order differs "
+                    f"from an uninterrupted run's",
+                }
+            )
     else:
         if args.resume:
             emit({"event": "status", "message": f"no checkpoint in {out}; starting fresh"})
@@ -444,9 +482,22 @@ def _train(args, model, tokenizer, emit, stop, out, history, accelerator, set_se
     eval_model = model if sharded else raw_model  # DDP's forward would sync buffers: evaluate the plain model
     device = accelerator.device
 
-    emit({"event": "start", "method": handle.name, "config": config.to_dict(), "task": task, "steps": args.max_steps,
-          "start_step": start, "learning_rate": lr, "train_rows": len(train_items), "eval_rows": len(eval_items),
-          "num_processes": world, "global_batch": global_micro * args.grad_accum, **counts})
+    emit(
+        {
+            "event": "start",
+            "method": handle.name,
+            "config": config.to_dict(),
+            "task": task,
+            "steps": args.max_steps,
+            "start_step": start,
+            "learning_rate": lr,
+            "train_rows": len(train_items),
+            "eval_rows": len(eval_items),
+            "num_processes": world,
+            "global_batch": global_micro * args.grad_accum,
+            **counts,
+        }
+    )
     before = eval_loss(eval_model, eval_items, pad_id, accelerator=accelerator) if eval_items and start == 0 else None
     if before is not None:
         emit({"event": "eval", "step": 0, "eval_loss": before, "perplexity": math.exp(min(before, 50))})
@@ -469,13 +520,25 @@ def _train(args, model, tokenizer, emit, stop, out, history, accelerator, set_se
             return
         previous = last_checkpoint(out)
         try:
-            path = _save_checkpoint(raw_model, optimizer, scheduler, args, at, out,
-                                    {"micro_batches": at * args.grad_accum, "global_batch": global_micro,
-                                     "num_processes": world})
+            path = _save_checkpoint(
+                raw_model,
+                optimizer,
+                scheduler,
+                args,
+                at,
+                out,
+                {"micro_batches": at * args.grad_accum, "global_batch": global_micro, "num_processes": world},
+            )
         except OSError as e:
             kept = f"the previous checkpoint {previous.name} is intact" if previous else "there is no earlier one"
-            emit({"event": "status", "message": f"checkpoint at step {at} failed ({e}); {kept}; training goes on",
-                  "checkpoint_failed": at, "kept": str(previous) if previous else None})
+            emit(
+                {
+                    "event": "status",
+                    "message": f"checkpoint at step {at} failed ({e}); {kept}; training goes on",
+                    "checkpoint_failed": at,
+                    "kept": str(previous) if previous else None,
+                }
+            )
             return
         _prune_checkpoints(out, args.keep_checkpoints)
         emit({"event": "checkpoint", "step": at, "path": str(path)})
@@ -523,9 +586,17 @@ def _train(args, model, tokenizer, emit, stop, out, history, accelerator, set_se
         step += 1
         elapsed = time.time() - t0
         done = step - start
-        emit({"event": "step", "step": step, "loss": loss_sum / args.grad_accum,
-              "lr": lr_now, "tokens_per_s": tokens / max(elapsed, 1e-9),
-              "elapsed_s": elapsed, "eta_s": elapsed / done * (args.max_steps - step)})
+        emit(
+            {
+                "event": "step",
+                "step": step,
+                "loss": loss_sum / args.grad_accum,
+                "lr": lr_now,
+                "tokens_per_s": tokens / max(elapsed, 1e-9),
+                "elapsed_s": elapsed,
+                "eta_s": elapsed / done * (args.max_steps - step),
+            }
+        )
         if args.eval_every and step % args.eval_every == 0 and eval_items and step < args.max_steps:
             last_eval = eval_loss(eval_model, eval_items, pad_id, accelerator=accelerator)
             emit({"event": "eval", "step": step, "eval_loss": last_eval, "perplexity": math.exp(min(last_eval, 50))})
@@ -544,18 +615,34 @@ def _train(args, model, tokenizer, emit, stop, out, history, accelerator, set_se
         ppl = {k: None if v is None else math.exp(min(v, 50)) for k, v in (("after", last_eval), ("before", before))}
         events = read_progress(out) if args.resume else history  # a resumed run's curve starts at step 1 too
         curve = {e["step"]: e["loss"] for e in events if e.get("event") == "step"}  # a redone step: its last loss
-        card = {"dataset": args.dataset, "metrics": {"eval_loss": last_eval, "eval_loss_before": before,
-                                                      "perplexity": ppl["after"], "perplexity_before": ppl["before"],
-                                                      "steps": step},
-                "training": {**{k: v for k, v in asdict(args).items() if k not in ("output_dir",)},
-                             "learning_rate": lr, "num_processes": world,
-                             "global_batch": global_micro * args.grad_accum},
-                "parameters": {k: counts[k] for k in ("trainable", "total", "percent")},
-                "loss_curve": [[s, loss] for s, loss in sorted(curve.items())]}
+        card = {
+            "dataset": args.dataset,
+            "metrics": {
+                "eval_loss": last_eval,
+                "eval_loss_before": before,
+                "perplexity": ppl["after"],
+                "perplexity_before": ppl["before"],
+                "steps": step,
+            },
+            "training": {
+                **{k: v for k, v in asdict(args).items() if k not in ("output_dir",)},
+                "learning_rate": lr,
+                "num_processes": world,
+                "global_batch": global_micro * args.grad_accum,
+            },
+            "parameters": {k: counts[k] for k in ("trainable", "total", "percent")},
+            "loss_curve": [[s, loss] for s, loss in sorted(curve.items())],
+        }
         save_adapter(raw_model, out / "adapter", args.adapter_name, card=card)
     accelerator.wait_for_everyone()
-    emit({"event": "stopped" if stopped else "done", "step": step, "eval_loss": last_eval,
-          "adapter": str(out / "adapter")})
+    emit(
+        {
+            "event": "stopped" if stopped else "done",
+            "step": step,
+            "eval_loss": last_eval,
+            "adapter": str(out / "adapter"),
+        }
+    )
     return TrainResult(out / "adapter", step, stopped, before, after, counts, history)
 
 
@@ -579,5 +666,13 @@ def read_progress(out: str | os.PathLike) -> list[dict]:
     return events
 
 
-__all__ = ["TrainArgs", "TrainResult", "StopFlag", "train", "read_progress", "install_signal_handlers", "checkpoints",
-           "last_checkpoint"]
+__all__ = [
+    "TrainArgs",
+    "TrainResult",
+    "StopFlag",
+    "train",
+    "read_progress",
+    "install_signal_handlers",
+    "checkpoints",
+    "last_checkpoint",
+]

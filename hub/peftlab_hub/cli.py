@@ -103,13 +103,25 @@ def cmd_store(args: argparse.Namespace) -> int:
 def cmd_compose(args: argparse.Namespace) -> int:
     from .compose import compose
 
-    out = compose(args.parents, args.weights, args.combination, output=args.output, svd_rank=args.svd_rank,
-                  density=args.density, majority_sign=args.majority_sign, seed=args.seed, token=args.token)
+    out = compose(
+        args.parents,
+        args.weights,
+        args.combination,
+        output=args.output,
+        svd_rank=args.svd_rank,
+        density=args.density,
+        majority_sign=args.majority_sign,
+        seed=args.seed,
+        token=args.token,
+    )
     meta = json.loads((out / "peftlab.json").read_text())
     cfg = json.loads((out / "adapter_config.json").read_text())
     summary = {"output": str(out), "method": meta["method"], "r": cfg.get("r"), **meta["composition"]}
-    _out(summary, args.json, f"merged {len(args.parents)} adapter(s) by {args.combination} into {out} "
-                             f"({meta['method']}, r={cfg.get('r')})")
+    _out(
+        summary,
+        args.json,
+        f"merged {len(args.parents)} adapter(s) by {args.combination} into {out} ({meta['method']}, r={cfg.get('r')})",
+    )
     return 0
 
 
@@ -171,17 +183,29 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("compose", help="merge adapters (LoRA family) with weights into one plain PEFT adapter")
     p.add_argument("parents", nargs="+", help="adapter folders, local store names or Hub ids owner/name[@revision]")
     p.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per parent (default: 1 each)")
-    p.add_argument("--combination", default="cat",
-                   help="how to merge, peft's add_weighted_adapter types: cat, svd, linear, ties, ties_svd, "
-                        "dare_linear, dare_ties, dare_linear_svd, dare_ties_svd, magnitude_prune, "
-                        "magnitude_prune_svd (default: cat, the exact sum Σ wᵢΔWᵢ)")
+    p.add_argument(
+        "--combination",
+        default="cat",
+        help="how to merge, peft's add_weighted_adapter types: cat, svd, linear, ties, ties_svd, "
+        "dare_linear, dare_ties, dare_linear_svd, dare_ties_svd, magnitude_prune, "
+        "magnitude_prune_svd (default: cat, the exact sum Σ wᵢΔWᵢ)",
+    )
     p.add_argument("--output", required=True, help="folder to write the merged adapter to (no default: required)")
-    p.add_argument("--svd-rank", type=int, default=None,
-                   help="rank of the *_svd types' result (default: the largest parent rank)")
-    p.add_argument("--density", type=float, default=None,
-                   help="share of entries kept by ties, dare_* and magnitude_prune* (default: none; those need it)")
-    p.add_argument("--majority-sign", default="total", choices=("total", "frequency"),
-                   help="how ties elects each entry's sign (default: total)")
+    p.add_argument(
+        "--svd-rank", type=int, default=None, help="rank of the *_svd types' result (default: the largest parent rank)"
+    )
+    p.add_argument(
+        "--density",
+        type=float,
+        default=None,
+        help="share of entries kept by ties, dare_* and magnitude_prune* (default: none; those need it)",
+    )
+    p.add_argument(
+        "--majority-sign",
+        default="total",
+        choices=("total", "frequency"),
+        help="how ties elects each entry's sign (default: total)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of dare_*'s random masks (default: 0)")
     p.add_argument("--token", default=None, help=TOKEN_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output (default: off)")

@@ -80,11 +80,20 @@ def compose(
     handle = registry().for_peft_type(cfg["peft_type"], cfg)  # the method that loads the result, as for peft's
     handle.config_class.from_dict(cfg, source="the merged adapter")  # it must load as written
     meta = {
-        "method": handle.name, "plugin": handle.plugin, "peftlab_version": peftlab.__version__,
-        "adapter_name": "default", "base_model": base, "base_fingerprint": files[0].meta.get("base_fingerprint"),
-        "task_type": task, "extra_file": None,
-        "composition": {"parents": [_parent_record(a, r, f) for a, r, f in zip(parents, resolved, files, strict=True)],
-                        "weights": weights, "combination": combination, "options": options},
+        "method": handle.name,
+        "plugin": handle.plugin,
+        "peftlab_version": peftlab.__version__,
+        "adapter_name": "default",
+        "base_model": base,
+        "base_fingerprint": files[0].meta.get("base_fingerprint"),
+        "task_type": task,
+        "extra_file": None,
+        "composition": {
+            "parents": [_parent_record(a, r, f) for a, r, f in zip(parents, resolved, files, strict=True)],
+            "weights": weights,
+            "combination": combination,
+            "options": options,
+        },
     }
     meta = {k: v for k, v in meta.items() if v is not None or k == "extra_file"}
 
@@ -115,20 +124,30 @@ def _common_form(parents: list, files: list[AdapterFiles]) -> tuple[Any, list[Ad
     converted = []
     for arg, f in zip(parents, files, strict=True):
         if "cat" not in f.method.capabilities.combinations:
-            raise CompositionError(f"{arg}: {f.method.name} cannot be merged with adapters of other methods (it "
-                                   "has no exact 'cat' combination to bring it to their form)")
+            raise CompositionError(
+                f"{arg}: {f.method.name} cannot be merged with adapters of other methods (it "
+                "has no exact 'cat' combination to bring it to their form)"
+            )
         cfg, tensors = f.method.hook("combine")(parents=[f], weights=[1.0], combination="cat", options={})
         converted.append((f, cfg, tensors))
     types = {cfg["peft_type"] for _, cfg, _ in converted}
     if len(types) > 1:
         methods = sorted({f.method.name for f in files})
-        raise CompositionError(f"adapters of {', '.join(methods)} have no common form to merge in "
-                               f"({', '.join(sorted(types))})")
+        raise CompositionError(
+            f"adapters of {', '.join(methods)} have no common form to merge in ({', '.join(sorted(types))})"
+        )
     cfg0 = converted[0][1]
     combiner = registry().for_peft_type(cfg0["peft_type"], cfg0)
-    inputs = [replace(f, method=combiner, config=combiner.config_class.from_dict(cfg, source=str(f.path)),
-                      weights=AdapterWeights(tensors), peft_config={**f.peft_config, **cfg})
-              for f, cfg, tensors in converted]
+    inputs = [
+        replace(
+            f,
+            method=combiner,
+            config=combiner.config_class.from_dict(cfg, source=str(f.path)),
+            weights=AdapterWeights(tensors),
+            peft_config={**f.peft_config, **cfg},
+        )
+        for f, cfg, tensors in converted
+    ]
     return combiner, inputs
 
 
@@ -136,5 +155,11 @@ def _parent_record(arg, r: ResolvedAdapter, f: AdapterFiles) -> dict:
     weights_file = f.path / WEIGHTS_FILE
     if not weights_file.is_file():
         raise AdapterError(f"{f.path}: {WEIGHTS_FILE} is missing")
-    return {"arg": str(arg), "source": r.source, "path": str(r.path), "method": f.method.name,
-            "provenance": r.provenance, "weights_sha256": sha256_file(weights_file)}
+    return {
+        "arg": str(arg),
+        "source": r.source,
+        "path": str(r.path),
+        "method": f.method.name,
+        "provenance": r.provenance,
+        "weights_sha256": sha256_file(weights_file),
+    }

@@ -47,8 +47,12 @@ def search(
     token = resolve_token(token)
     with hub_errors(f"searching adapters of {base}", token):
         found = client(token).list_models(  # the Hub tags a repo with its library, and its base as below
-            filter=[f"base_model:adapter:{base}", "peft"], search=query, sort="downloads",
-            limit=None if method else limit, full=True)
+            filter=[f"base_model:adapter:{base}", "peft"],
+            search=query,
+            sort="downloads",
+            limit=None if method else limit,
+            full=True,
+        )
         out = []
         for m in found:
             hub_method = method_of(list(m.tags or []))

@@ -44,8 +44,9 @@ class AdapterStore:
 
     def _path(self, name: str) -> Path:
         if not NAME.match(name) or ".." in name:
-            raise AdapterError(f"invalid adapter name {name!r}: use letters, digits, '.', '_' and '-' "
-                               "(no '..', no slashes)")
+            raise AdapterError(
+                f"invalid adapter name {name!r}: use letters, digits, '.', '_' and '-' (no '..', no slashes)"
+            )
         return self.root / name
 
     def add(self, folder: str | os.PathLike, name: str, *, overwrite: bool = False) -> AdapterInfo:
@@ -65,9 +66,15 @@ class AdapterStore:
         path = self._path(name)
         files = read_adapter(path)
         metrics = dict((files.meta.get("card") or {}).get("metrics") or {})  # what the trainer recorded
-        return AdapterInfo(name, path, files.method.name, files.method.peft_type,
-                           str(files.peft_config.get("base_model_name_or_path", "")),
-                           str(files.peft_config.get("task_type", "")), metrics)
+        return AdapterInfo(
+            name,
+            path,
+            files.method.name,
+            files.method.peft_type,
+            str(files.peft_config.get("base_model_name_or_path", "")),
+            str(files.peft_config.get("task_type", "")),
+            metrics,
+        )
 
     def list(self) -> list[AdapterInfo]:
         if not self.root.is_dir():

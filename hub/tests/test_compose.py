@@ -40,8 +40,10 @@ def parents(tiny_dir, tmp_path_factory):
     v_proj only, so q_proj has one parent. (Module paths in natural order are the model's order here, so DARE's
     masks are drawn in peft's order.)"""
     root = tmp_path_factory.mktemp("compose")
-    return [_save(tiny_dir, root / "a", seed=1, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
-            _save(tiny_dir, root / "b", seed=2, r=4, lora_alpha=16, target_modules=["v_proj"])]
+    return [
+        _save(tiny_dir, root / "a", seed=1, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        _save(tiny_dir, root / "b", seed=2, r=4, lora_alpha=16, target_modules=["v_proj"]),
+    ]
 
 
 def _factors(folder) -> dict[str, tuple]:
@@ -49,8 +51,11 @@ def _factors(folder) -> dict[str, tuple]:
     cfg = json.loads((folder / "adapter_config.json").read_text())
     t = load_file(str(folder / "adapter_model.safetensors"))
     s = cfg["lora_alpha"] / (math.sqrt(cfg["r"]) if cfg.get("use_rslora") else cfg["r"])
-    return {k[len(PREFIX):-len(".lora_A.weight")]: (t[k], t[k.replace("lora_A", "lora_B")], s)
-            for k in t if k.endswith(".lora_A.weight")}
+    return {
+        k[len(PREFIX) : -len(".lora_A.weight")]: (t[k], t[k.replace("lora_A", "lora_B")], s)
+        for k in t
+        if k.endswith(".lora_A.weight")
+    }
 
 
 def _deltas(folder) -> dict[str, torch.Tensor]:
@@ -83,10 +88,14 @@ def _peft(tiny_dir, folders, weights, combination, monkeypatch=None, seed=0, **k
             torch.manual_seed(seed)
 
         monkeypatch.setattr(lora_model, "_freeze_adapter", seeded)
-    model.add_weighted_adapter([f"p{i}" for i in range(len(folders))], weights, "merged",
-                               combination_type=combination, **kw)
-    return {n.removeprefix(PREFIX): m.get_delta_weight("merged") for n, m in model.named_modules()
-            if isinstance(m, LoraLayer) and "merged" in m.lora_A}
+    model.add_weighted_adapter(
+        [f"p{i}" for i in range(len(folders))], weights, "merged", combination_type=combination, **kw
+    )
+    return {
+        n.removeprefix(PREFIX): m.get_delta_weight("merged")
+        for n, m in model.named_modules()
+        if isinstance(m, LoraLayer) and "merged" in m.lora_A
+    }
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -219,14 +228,32 @@ def test_the_merged_folder_loads_in_peftlab_and_in_peft_with_the_same_logits(par
 
 def test_compose_cli_end_to_end(parents, tmp_path, capsys):
     out = tmp_path / "cli"
-    args = ["compose", str(parents[0]), str(parents[1]), "--weights", "1", "0.5", "--combination", "dare_ties",
-            "--density", "0.6", "--majority-sign", "frequency", "--seed", "7", "--output", str(out), "--json"]
+    args = [
+        "compose",
+        str(parents[0]),
+        str(parents[1]),
+        "--weights",
+        "1",
+        "0.5",
+        "--combination",
+        "dare_ties",
+        "--density",
+        "0.6",
+        "--majority-sign",
+        "frequency",
+        "--seed",
+        "7",
+        "--output",
+        str(out),
+        "--json",
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["combination"] == "dare_ties" and summary["weights"] == [1.0, 0.5] and summary["r"] == 4
     assert summary["options"] == {"svd_rank": None, "density": 0.6, "majority_sign": "frequency", "seed": 7}
-    direct = compose(parents, [1, 0.5], "dare_ties", density=0.6, majority_sign="frequency", seed=7,
-                     output=tmp_path / "direct")
+    direct = compose(
+        parents, [1, 0.5], "dare_ties", density=0.6, majority_sign="frequency", seed=7, output=tmp_path / "direct"
+    )
     assert _max_diff(_deltas(out), _deltas(direct)) == 0
     assert main(["compose", str(parents[0]), "--combination", "ties", "--output", str(tmp_path / "x")]) == 2
     assert "needs a density" in capsys.readouterr().err

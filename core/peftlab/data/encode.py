@@ -121,6 +121,13 @@ def _warn_truncated(truncated: list[tuple[int, int]], total: int, max_length: in
     """Rows longer than ``max_length`` keep their first ``max_length`` tokens; say so once, naming the first."""
     if truncated:
         row, n = truncated[0]
-        log.warning("truncated %d of %d rows longer than max_length=%d tokens to their first %d (the first: row %d, "
-                    "%d tokens); raise max_length to keep them whole", len(truncated), total, max_length,
-                    max_length, row, n)
+        log.warning(
+            "truncated %d of %d rows longer than max_length=%d tokens to their first %d (the first: row %d, "
+            "%d tokens); raise max_length to keep them whole",
+            len(truncated),
+            total,
+            max_length,
+            max_length,
+            row,
+            n,
+        )

@@ -41,23 +41,34 @@ class KVGeometry:
         hidden = _first(cfg, "hidden_size", "n_embd", "d_model")
         heads = _first(cfg, "num_attention_heads", "n_head", "num_heads")
         if not (layers and hidden and heads):
-            raise MethodError(f"{type(model).__name__}: cannot read num_layers/hidden size/attention heads from its "
-                              f"config, so the prefix cannot be shaped")
+            raise MethodError(
+                f"{type(model).__name__}: cannot read num_layers/hidden size/attention heads from its "
+                f"config, so the prefix cannot be shaped"
+            )
         kv_heads = _first(cfg, "num_key_value_heads") or heads  # grouped-query attention caches fewer heads
         head_dim = _first(cfg, "head_dim") if getattr(cfg, "num_key_value_heads", None) is not None else None
         return cls(layers, kv_heads, head_dim or hidden // heads)
 
     def describe(self) -> str:
-        return (f"num_layers={self.num_layers}, key/value heads={self.num_kv_heads}, head_dim={self.head_dim} "
-                f"(token_dim={self.token_dim})")
+        return (
+            f"num_layers={self.num_layers}, key/value heads={self.num_kv_heads}, head_dim={self.head_dim} "
+            f"(token_dim={self.token_dim})"
+        )
 
     def check(self, config, model_name: str) -> None:
         """Refuse a config recorded for another model: name every number that differs."""
-        expected = {"num_layers": self.num_layers, "num_attention_heads": self.num_kv_heads,
-                    "token_dim": self.token_dim}
-        diff = [f"{key}: adapter {getattr(config, key)} vs model {value}" for key, value in expected.items()
-                if getattr(config, key) is not None and getattr(config, key) != value]
+        expected = {
+            "num_layers": self.num_layers,
+            "num_attention_heads": self.num_kv_heads,
+            "token_dim": self.token_dim,
+        }
+        diff = [
+            f"{key}: adapter {getattr(config, key)} vs model {value}"
+            for key, value in expected.items()
+            if getattr(config, key) is not None and getattr(config, key) != value
+        ]
         if diff:
             raise AdapterMismatchError(
                 f"this prefix adapter was made for another model ({'; '.join(diff)}); {model_name} has "
-                f"{self.describe()}")
+                f"{self.describe()}"
+            )

@@ -33,14 +33,19 @@ class KVPrefixConfig(MethodConfig):
 
     num_virtual_tokens: int = option(20, help="Prefix length k: key/value pairs prepended in every attention layer")
     token_dim: int | None = option(
-        None, help="Width of one layer's keys (and values): num_key_value_heads × head_dim. "
-                   "Empty = taken from the model (recorded when the adapter is made)")
+        None,
+        help="Width of one layer's keys (and values): num_key_value_heads × head_dim. "
+        "Empty = taken from the model (recorded when the adapter is made)",
+    )
     num_attention_heads: int | None = option(
-        None, help="Key/value heads of the model (grouped-query models have fewer than query heads). "
-                   "Empty = taken from the model")
+        None,
+        help="Key/value heads of the model (grouped-query models have fewer than query heads). "
+        "Empty = taken from the model",
+    )
     num_layers: int | None = option(None, help="Transformer layers that get a prefix. Empty = taken from the model")
     init_weights: Literal["zero"] | None = option(
-        None, help="Empty: random normal init (as peft); 'zero': the prefix starts at zero keys and values")
+        None, help="Empty: random normal init (as peft); 'zero': the prefix starts at zero keys and values"
+    )
 
     prefix_projection: ClassVar[bool] = False  # peft's switch between the two methods; fixed per method
     other_method: ClassVar[str] = ""  # the method that takes the other value of prefix_projection
@@ -54,8 +59,10 @@ class KVPrefixConfig(MethodConfig):
         for name in ("token_dim", "num_attention_heads", "num_layers"):
             positive_or_none(name, getattr(self, name))
         if self.token_dim and self.num_attention_heads and self.token_dim % self.num_attention_heads:
-            raise ConfigError(f"token_dim={self.token_dim} must be a multiple of "
-                              f"num_attention_heads={self.num_attention_heads} (token_dim = heads × head_dim)")
+            raise ConfigError(
+                f"token_dim={self.token_dim} must be a multiple of "
+                f"num_attention_heads={self.num_attention_heads} (token_dim = heads × head_dim)"
+            )
         if self.init_weights not in (None, "zero"):
             raise ConfigError(f"init_weights must be empty or 'zero', got {self.init_weights!r}")
 
@@ -67,8 +74,10 @@ class KVPrefixConfig(MethodConfig):
         data = dict(data)
         projection = data.pop("prefix_projection", cls.prefix_projection)
         if bool(projection) != cls.prefix_projection:
-            raise ConfigError(f"{source}: prefix_projection={projection!r} is the {cls.other_method} method, "
-                              f"not {cls.__name__}; load it with method={cls.other_method!r}")
+            raise ConfigError(
+                f"{source}: prefix_projection={projection!r} is the {cls.other_method} method, "
+                f"not {cls.__name__}; load it with method={cls.other_method!r}"
+            )
         return super().from_dict(data, source=source)
 
 
@@ -85,8 +94,12 @@ class KVPrefixMethod(Method):
     config_class = KVPrefixConfig
     peft_type = "PREFIX_TUNING"
     capabilities = Capabilities(
-        mergeable=False, stackable=True, kv_cache=True, mixed_batch=True,
-        merge_note="prefixes live in the KV cache, not in any weight: there is nothing to fold them into")
+        mergeable=False,
+        stackable=True,
+        kv_cache=True,
+        mixed_batch=True,
+        merge_note="prefixes live in the KV cache, not in any weight: there is nothing to fold them into",
+    )
     module_prefix = "base_model."  # peft's prompt-learning layout: a task head is saved as base_model.<head>.*
 
     @hookimpl
@@ -99,8 +112,9 @@ class KVPrefixMethod(Method):
     def complete(self, config: KVPrefixConfig, geometry: KVGeometry) -> None:
         """Fill config fields that default from the model (beyond the shared ones)."""
 
-    def make_encoder(self, config: KVPrefixConfig, geometry: KVGeometry, device: torch.device,
-                     dtype: torch.dtype) -> nn.Module:
+    def make_encoder(
+        self, config: KVPrefixConfig, geometry: KVGeometry, device: torch.device, dtype: torch.dtype
+    ) -> nn.Module:
         raise NotImplementedError
 
     def extra_state(self, encoder: nn.Module) -> dict[str, torch.Tensor]:
@@ -150,7 +164,8 @@ class KVPrefixMethod(Method):
             raise AdapterMismatchError(
                 f"{self.name} adapter tensor {PROMPT_KEY} has shape {tuple(prefix.shape)} but this model needs "
                 f"{expected} = (num_virtual_tokens, num_layers·2·token_dim) for {g.describe()}: "
-                f"was it made for another base model?")
+                f"was it made for another base model?"
+            )
         self.load_prefix(encoder, prefix, dict(weights.extra))
 
     @hookimpl

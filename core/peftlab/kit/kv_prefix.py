@@ -86,9 +86,9 @@ class KVPrefix:
             raise MethodError(
                 f"{type(model).__name__}: its attention takes no KV cache (its forward has no cache or "
                 f"past_key_values), so there is nowhere to put key/value prefixes; use a method that changes weights "
-                f"or inputs")
-        self.arg_names = [n for n, p in params.items()
-                          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+                f"or inputs"
+            )
+        self.arg_names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         self.takes_positions = "position_ids" in params
         self.geometry = KVGeometry.of(model)
         self.n_ctx = context_size(model)
@@ -125,8 +125,10 @@ class KVPrefix:
             if not acting:
                 return None  # no prefix adapter acts on this batch
             if module.training and getattr(module, "gradient_checkpointing", False):
-                raise MethodError("gradient checkpointing drops the KV cache, and with it the prefixes: "
-                                  "turn it off to train a prefix adapter")
+                raise MethodError(
+                    "gradient checkpointing drops the KV cache, and with it the prefixes: "
+                    "turn it off to train a prefix adapter"
+                )
             slots = self._slots(acting, batch, no_cache_call=cache is None and kwargs.get("use_cache") is False)
             cache = self._fill(cache, acting, batch)
             setattr(cache, SLOTS, slots)
@@ -135,9 +137,11 @@ class KVPrefix:
         else:
             past = cache.get_seq_length() - slots.K  # real tokens already in the cache
         if self.n_ctx is not None and slots.K + past + length > self.n_ctx:
-            raise MethodError(f"prefix ({slots.K} virtual tokens) + input ({past + length} tokens) = "
-                              f"{slots.K + past + length} positions exceed the model's context of {self.n_ctx}; "
-                              f"shorten the input or use fewer virtual tokens")
+            raise MethodError(
+                f"prefix ({slots.K} virtual tokens) + input ({past + length} tokens) = "
+                f"{slots.K + past + length} positions exceed the model's context of {self.n_ctx}; "
+                f"shorten the input or use fewer virtual tokens"
+            )
         kwargs["attention_mask"] = self._mask(kwargs.get("attention_mask"), slots, past + length)
         positions = self._positions(kwargs.get("position_ids"), slots, past, length)
         if positions is not None:
@@ -182,8 +186,11 @@ class KVPrefix:
         for encoder, rows in acting:
             k = encoder.num_virtual_tokens
             device = self._device(encoder)
-            valid.append(torch.ones(batch, k, dtype=torch.bool, device=device) if rows is True
-                         else rows[:, None].expand(batch, k))
+            valid.append(
+                torch.ones(batch, k, dtype=torch.bool, device=device)
+                if rows is True
+                else rows[:, None].expand(batch, k)
+            )
         valid = torch.cat(valid, dim=1)
         uniform = all(rows is True for _, rows in acting)
         return PrefixSlots(valid, valid.sum(dim=1), uniform, no_cache_call)
@@ -213,17 +220,22 @@ class KVPrefix:
             ones = torch.ones(slots.valid.shape[0], length, dtype=torch.long, device=slots.valid.device)
             return torch.cat([slots.valid.long(), ones], dim=1)
         if mask.dim() != 2:
-            raise MethodError(f"prefix adapters need a 2D attention mask [batch, tokens], got shape "
-                              f"{tuple(mask.shape)} (a static/compiled cache is not supported)")
+            raise MethodError(
+                f"prefix adapters need a 2D attention mask [batch, tokens], got shape "
+                f"{tuple(mask.shape)} (a static/compiled cache is not supported)"
+            )
         if mask.shape[1] == length:
             return torch.cat([slots.valid.to(device=mask.device, dtype=mask.dtype), mask], dim=1)
         if mask.shape[1] == slots.K + length:
             return mask  # the caller counted the prefix already
-        raise MethodError(f"attention_mask covers {mask.shape[1]} tokens but the input has {length} "
-                          f"(after a prefix of {slots.K} virtual tokens)")
+        raise MethodError(
+            f"attention_mask covers {mask.shape[1]} tokens but the input has {length} "
+            f"(after a prefix of {slots.K} virtual tokens)"
+        )
 
-    def _positions(self, positions: torch.Tensor | None, slots: PrefixSlots, past: int,
-                   length: int) -> torch.Tensor | None:
+    def _positions(
+        self, positions: torch.Tensor | None, slots: PrefixSlots, past: int, length: int
+    ) -> torch.Tensor | None:
         """Positions start after the prefix, as peft has it (the model's default does so for a full prefix)."""
         if positions is not None:
             if slots.uniform:

@@ -25,8 +25,11 @@ ALL_LINEAR = "all-linear"
 def is_linear(module: nn.Module) -> bool:
     """Linear-like: ``nn.Linear``, GPT-2's ``Conv1D``, or a wrapper that says its in/out features (an adapter
     around a linear layer, a bitsandbytes 4-bit layer)."""
-    return isinstance(module, nn.Linear) or is_conv1d(module) or (
-        hasattr(module, "in_features") and hasattr(module, "out_features"))
+    return (
+        isinstance(module, nn.Linear)
+        or is_conv1d(module)
+        or (hasattr(module, "in_features") and hasattr(module, "out_features"))
+    )
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -55,21 +58,31 @@ def candidates(model: nn.Module) -> dict[str, nn.Module]:
     names = set(adapter_state(model).adapters)
     modules = dict(model.named_modules())
     # what an adapter added lives in a ModuleDict under its adapter name (lora_A["default"], ...)
-    internal = tuple(f"{p}.{key}" if p else key for p, m in modules.items() if isinstance(m, nn.ModuleDict)
-                     for key in m.keys() if key in names)
+    internal = tuple(
+        f"{p}.{key}" if p else key
+        for p, m in modules.items()
+        if isinstance(m, nn.ModuleDict)
+        for key in m.keys()
+        if key in names
+    )
     out = {}
     for path, module in modules.items():
-        if not path or "base_layer" in path.split(".") or any(
-                path == i or path.startswith(i + ".") for i in internal):
+        if not path or "base_layer" in path.split(".") or any(path == i or path.startswith(i + ".") for i in internal):
             continue
         out[path] = module
     return out
 
 
-def match_targets(model: nn.Module, targets: list[str] | tuple[str, ...] | str | None, *,
-                  default: list[str] | str = ALL_LINEAR, accepts: Callable[[nn.Module], bool] = is_linear,
-                  method: str = "", accepted: str = "linear layers",
-                  supports: str = "it supports Linear and Conv1D layers") -> list[str]:
+def match_targets(
+    model: nn.Module,
+    targets: list[str] | tuple[str, ...] | str | None,
+    *,
+    default: list[str] | str = ALL_LINEAR,
+    accepts: Callable[[nn.Module], bool] = is_linear,
+    method: str = "",
+    accepted: str = "linear layers",
+    supports: str = "it supports Linear and Conv1D layers",
+) -> list[str]:
     """Sorted module paths that ``targets`` selects in ``model`` (``None``: ``default``).
 
     ``accepts`` says which modules the method can adapt (``accepted`` names them in messages, ``supports`` says
@@ -80,8 +93,11 @@ def match_targets(model: nn.Module, targets: list[str] | tuple[str, ...] | str |
     pool = candidates(model)
     if targets == ALL_LINEAR:
         heads = output_heads(model)
-        chosen = [p for p, m in pool.items() if accepts(m) and is_linear(m)
-                  and not any(p == h or p.startswith(h + ".") for h in heads)]
+        chosen = [
+            p
+            for p, m in pool.items()
+            if accepts(m) and is_linear(m) and not any(p == h or p.startswith(h + ".") for h in heads)
+        ]
     else:
         chosen = [p for p in pool if target_matches(p, targets)]
     who = f"{method} " if method else ""
@@ -90,6 +106,7 @@ def match_targets(model: nn.Module, targets: list[str] | tuple[str, ...] | str |
         raise MethodError(f"{who}target_modules={targets!r} matched no module; {accepted} here: {names}")
     refused = [p for p in chosen if not accepts(pool[p])]
     if refused:
-        raise MethodError(f"{who or 'this method '}cannot adapt {refused[0]} ({type(pool[refused[0]]).__name__}); "
-                          f"{supports}")
+        raise MethodError(
+            f"{who or 'this method '}cannot adapt {refused[0]} ({type(pool[refused[0]]).__name__}); {supports}"
+        )
     return sorted(chosen)

@@ -22,6 +22,7 @@ from .virtual_tokens import SOURCES, VirtualTokens
 
 PROMPT_KEY = "prompt_embeddings"  # peft's one tensor for every prompt-learning adapter
 
+
 def positive_or_none(name: str, value: Any) -> None:
     """Refuse a config value that must be a positive integer or empty (empty: read from the model)."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -37,28 +38,42 @@ class PromptLearningConfig(MethodConfig):
     """
 
     num_virtual_tokens: int = option(20, help="Number of virtual tokens k prepended to every input")
-    token_dim: int | None = option(None, help="Hidden size of the model's input embeddings (empty = read from "
-                                              "the model; a different value means the adapter is for another model)")
+    token_dim: int | None = option(
+        None,
+        help="Hidden size of the model's input embeddings (empty = read from "
+        "the model; a different value means the adapter is for another model)",
+    )
     num_transformer_submodules: int | None = option(
-        None, help="1 for decoder-only and encoder-only models (empty = 1); encoder-decoder models are not supported")
+        None, help="1 for decoder-only and encoder-only models (empty = 1); encoder-decoder models are not supported"
+    )
     num_attention_heads: int | None = option(None, help="Recorded for PEFT compatibility (empty = from the model)")
     num_layers: int | None = option(None, help="Recorded for PEFT compatibility (empty = from the model)")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_virtual_tokens, int) or isinstance(self.num_virtual_tokens, bool) \
-                or self.num_virtual_tokens < 1:
+        if (
+            not isinstance(self.num_virtual_tokens, int)
+            or isinstance(self.num_virtual_tokens, bool)
+            or self.num_virtual_tokens < 1
+        ):
             raise ConfigError(f"num_virtual_tokens must be a positive integer, got {self.num_virtual_tokens!r}")
         for name in ("token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"):
             positive_or_none(name, getattr(self, name))
         if self.num_transformer_submodules not in (None, 1):
-            raise ConfigError(f"num_transformer_submodules={self.num_transformer_submodules} is for encoder-decoder "
-                              "models, which peftlab's virtual-token methods do not support; use 1")
+            raise ConfigError(
+                f"num_transformer_submodules={self.num_transformer_submodules} is for encoder-decoder "
+                "models, which peftlab's virtual-token methods do not support; use 1"
+            )
 
 
 VIRTUAL_TOKEN_CAPABILITIES = Capabilities(
-    mergeable=False, stackable=True, kv_cache=False, virtual_tokens=True, mixed_batch=True,
+    mergeable=False,
+    stackable=True,
+    kv_cache=False,
+    virtual_tokens=True,
+    mixed_batch=True,
     merge_note="a soft prompt lives in the input (extra virtual tokens), not in any weight, so there is "
-               "nothing to fold into the model")
+    "nothing to fold into the model",
+)
 
 
 def token_dim(model: nn.Module) -> int:
@@ -74,7 +89,8 @@ def fill_from_model(model: nn.Module, config: PromptLearningConfig, method: str)
     elif config.token_dim != d:
         raise AdapterMismatchError(
             f"this {method} adapter was made for a model with hidden size {config.token_dim}, but this model's "
-            f"hidden size is {d}: virtual tokens only fit the model they were trained for")
+            f"hidden size is {d}: virtual tokens only fit the model they were trained for"
+        )
     if config.num_transformer_submodules is None:
         config.num_transformer_submodules = 1
     cfg = model.config
@@ -89,16 +105,20 @@ def check_prompt_tensor(saved: torch.Tensor | None, config: PromptLearningConfig
     if saved is None:
         raise AdapterMismatchError(f"{method} adapter has no {PROMPT_KEY} tensor")
     if saved.dim() != 2:
-        raise AdapterMismatchError(f"{method} adapter tensor prompt_embeddings has shape {tuple(saved.shape)}, "
-                                   f"expected [num_virtual_tokens, hidden size]")
+        raise AdapterMismatchError(
+            f"{method} adapter tensor prompt_embeddings has shape {tuple(saved.shape)}, "
+            f"expected [num_virtual_tokens, hidden size]"
+        )
     if saved.shape[1] != d:
         raise AdapterMismatchError(
             f"{method} adapter tensor prompt_embeddings has hidden size {saved.shape[1]} but this model's hidden "
-            f"size is {d}: the adapter was made for another base model")
+            f"size is {d}: the adapter was made for another base model"
+        )
     if saved.shape[0] != config.num_virtual_tokens:
         raise AdapterMismatchError(
             f"{method} adapter tensor prompt_embeddings holds {saved.shape[0]} virtual tokens but its config says "
-            f"num_virtual_tokens={config.num_virtual_tokens}")
+            f"num_virtual_tokens={config.num_virtual_tokens}"
+        )
 
 
 def prompt_of(source: nn.Module) -> torch.Tensor:

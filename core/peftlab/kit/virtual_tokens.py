@@ -241,8 +241,9 @@ class VirtualTokens:
         if mask is None:
             mask = torch.ones(B, length, dtype=torch.long, device=device)
         if mask.dim() != 2:
-            raise MethodError("virtual-token adapters need a 2D attention mask [batch, length]; got a "
-                              f"{mask.dim()}D mask")
+            raise MethodError(
+                f"virtual-token adapters need a 2D attention mask [batch, length]; got a {mask.dim()}D mask"
+            )
         return torch.cat([plan.virtual_mask(B, mask.device).to(mask.dtype), mask], dim=1)
 
     @staticmethod
@@ -264,7 +265,8 @@ class VirtualTokens:
             raise MethodError(
                 f"the soft prompt ({K} virtual tokens) plus the input ({text} tokens) need {total} positions, more "
                 f"than the model's context of {self.context} (max_position_embeddings); shorten the input, generate "
-                f"fewer tokens or use fewer virtual tokens")
+                f"fewer tokens or use fewer virtual tokens"
+            )
 
     def _embedding_hook(self, module: nn.Module, args: tuple, output: torch.Tensor):
         P = self._pending.pop(threading.get_ident(), None)
@@ -284,8 +286,9 @@ class VirtualTokens:
         if isinstance(logits, torch.Tensor) and logits.dim() == 3 and logits.shape[1] == total:
             output["logits"] = logits[:, K:]  # one logit per input token, as without the adapter
         hidden = output.get("hidden_states")
-        if isinstance(hidden, tuple) and all(isinstance(h, torch.Tensor) and h.dim() == 3 and h.shape[1] == total
-                                             for h in hidden):
+        if isinstance(hidden, tuple) and all(
+            isinstance(h, torch.Tensor) and h.dim() == 3 and h.shape[1] == total for h in hidden
+        ):
             output["hidden_states"] = tuple(h[:, K:] for h in hidden)
         return output
 

@@ -13,9 +13,11 @@ from .adapters import HAS_HUB
 from .engine import ChatEngine
 
 CSS_FILE = Path(__file__).with_name("style.css")
-INTRO = ("# peftlab\nParameter-efficient fine-tuning where every method is a plugin. **Train** an adapter on "
-         "a built-in or uploaded dataset (it runs in a background process: reload the page any time), then "
-         "**Chat** with it next to the base model" + (", or share it on the **Hub**." if HAS_HUB else "."))
+INTRO = (
+    "# peftlab\nParameter-efficient fine-tuning where every method is a plugin. **Train** an adapter on "
+    "a built-in or uploaded dataset (it runs in a background process: reload the page any time), then "
+    "**Chat** with it next to the base model" + (", or share it on the **Hub**." if HAS_HUB else ".")
+)
 
 
 def theme() -> gr.themes.Base:
@@ -52,4 +54,9 @@ def launch(demo: gr.Blocks | None = None, host: str | None = None, port: int | N
     demo.queue(default_concurrency_limit=4).launch(
         server_name=host or os.environ.get("PEFTLAB_HOST", "127.0.0.1"),
         server_port=port or int(os.environ.get("PEFTLAB_PORT", "7860")),
-        theme=theme(), css_paths=[CSS_FILE], show_error=True, footer_links=["settings"], **kwargs)
+        theme=theme(),
+        css_paths=[CSS_FILE],
+        show_error=True,
+        footer_links=["settings"],
+        **kwargs,
+    )

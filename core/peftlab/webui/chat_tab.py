@@ -12,10 +12,12 @@ from ..errors import PeftlabError
 from .adapters import HAS_HUB, adapter_choices, locate
 from .engine import ChatEngine, LoadedAdapter
 
-HELP = ("Pick an adapter trained in the **Train** tab or kept in the local store (or type any adapter folder), then "
-        "send a message. "
-        "Both replies are greedy and stream token by token; each message is answered on its own (no "
-        "conversation memory), so base and adapted see exactly the same prompt.")
+HELP = (
+    "Pick an adapter trained in the **Train** tab or kept in the local store (or type any adapter folder), then "
+    "send a message. "
+    "Both replies are greedy and stream token by token; each message is answered on its own (no "
+    "conversation memory), so base and adapted see exactly the same prompt."
+)
 
 
 @dataclass
@@ -31,16 +33,22 @@ def describe(a: LoadedAdapter) -> str:
     card = a.files.meta
     mode = "one batched pass (mixed-adapter batch)" if c.mixed_batch else "two passes (the method cannot mix batches)"
     merge = "yes" if c.mergeable else f"no — {c.merge_note or 'the method says so'}"
-    return (f"Loaded `{a.path}` as **{a.name}**: method **{a.method.name}**, base `{a.base}` "
-            f"(peftlab {card.get('peftlab_version', '?')}). Replies: {mode}. Mergeable: {merge}.")
+    return (
+        f"Loaded `{a.path}` as **{a.name}**: method **{a.method.name}**, base `{a.base}` "
+        f"(peftlab {card.get('peftlab_version', '?')}). Replies: {mode}. Mergeable: {merge}."
+    )
 
 
 def nearest_markdown(rows: list[list[tuple[str, float]]] | None) -> str:
     """The soft prompt read back as words: one line per virtual token, its nearest vocabulary tokens."""
     if rows is None:
         return ""
-    lines = ["**Nearest tokens** (cosine similarity of each learned virtual token to the vocabulary):", "",
-             "| virtual token | nearest tokens |", "|---:|---|"]
+    lines = [
+        "**Nearest tokens** (cosine similarity of each learned virtual token to the vocabulary):",
+        "",
+        "| virtual token | nearest tokens |",
+        "|---:|---|",
+    ]
     for i, row in enumerate(rows):
         cells = ", ".join(f"`{tok.strip() or repr(tok)}` {score:.2f}".replace("|", "\\|") for tok, score in row)
         lines.append(f"| {i} | {cells} |")
@@ -55,19 +63,27 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> ChatPicker:
     gr.Markdown(HELP)
     with gr.Row(equal_height=True):
         choices = adapter_choices(runs_dir)
-        adapter = gr.Dropdown(choices=choices, value=None, label="Saved adapter",
-                              info=f"Adapters under {runs_dir}/*/adapter, newest first"
-                              + (", then the local adapter store" if HAS_HUB else ""), scale=4,
-                              elem_id="chat-adapter")
-        path = gr.Textbox(label="…or an adapter folder" + (", store name or Hub id" if HAS_HUB else ""),
-                          placeholder="/path/to/adapter" + (" · name · owner/name@rev" if HAS_HUB else ""),
-                          scale=4, elem_id="chat-adapter-path")
+        adapter = gr.Dropdown(
+            choices=choices,
+            value=None,
+            label="Saved adapter",
+            info=f"Adapters under {runs_dir}/*/adapter, newest first"
+            + (", then the local adapter store" if HAS_HUB else ""),
+            scale=4,
+            elem_id="chat-adapter",
+        )
+        path = gr.Textbox(
+            label="…or an adapter folder" + (", store name or Hub id" if HAS_HUB else ""),
+            placeholder="/path/to/adapter" + (" · name · owner/name@rev" if HAS_HUB else ""),
+            scale=4,
+            elem_id="chat-adapter-path",
+        )
         refresh = gr.Button("Refresh", scale=1, elem_id="chat-refresh")
     with gr.Row():
-        base = gr.Textbox(label="Base model", placeholder="empty = the base the adapter was trained on",
-                          scale=4, elem_id="chat-base")
-        max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens", scale=2,
-                            elem_id="chat-max-new-tokens")
+        base = gr.Textbox(
+            label="Base model", placeholder="empty = the base the adapter was trained on", scale=4, elem_id="chat-base"
+        )
+        max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens", scale=2, elem_id="chat-max-new-tokens")
     info = gr.Markdown("No adapter loaded.", elem_id="chat-info")
     with gr.Accordion("What the soft prompt says", open=False, visible=False, elem_id="chat-nearest-box") as box:
         nearest = gr.Markdown("", elem_id="chat-nearest")
@@ -75,8 +91,7 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> ChatPicker:
         base_bot = gr.Chatbot(label="base", height=380, elem_id="chat-base-bot")
         adapted_bot = gr.Chatbot(label="adapted", height=380, elem_id="chat-adapted-bot")
     with gr.Row():
-        msg = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=6,
-                         elem_id="chat-msg")
+        msg = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, scale=6, elem_id="chat-msg")
         send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
         clear = gr.Button("Clear", scale=1, elem_id="chat-clear")
 
@@ -125,15 +140,25 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> ChatPicker:
         except Exception as e:  # a failed generation is reported, never a crash of the app
             yield base_hist, adapted_hist, gr.skip(), f"**Generation failed:** {type(e).__name__}: {e}"
 
-    send_args = dict(fn=on_send, inputs=[msg, adapter, path, base, max_new, base_bot, adapted_bot],
-                     outputs=[base_bot, adapted_bot, msg, info], concurrency_limit=1, concurrency_id="chat-model")
+    send_args = dict(
+        fn=on_send,
+        inputs=[msg, adapter, path, base, max_new, base_bot, adapted_bot],
+        outputs=[base_bot, adapted_bot, msg, info],
+        concurrency_limit=1,
+        concurrency_id="chat-model",
+    )
     send.click(**send_args)
     msg.submit(**send_args)
     clear.click(lambda: ([], []), None, [base_bot, adapted_bot])
     refresh.click(on_refresh, adapter, adapter)
     tab.select(on_refresh, adapter, adapter)
-    pick_args = dict(fn=on_pick, inputs=[adapter, path, base], outputs=[info, box, nearest], concurrency_limit=1,
-                     concurrency_id="chat-model")
+    pick_args = dict(
+        fn=on_pick,
+        inputs=[adapter, path, base],
+        outputs=[info, box, nearest],
+        concurrency_limit=1,
+        concurrency_id="chat-model",
+    )
     adapter.change(**pick_args)
     path.submit(**pick_args)
     return ChatPicker(adapter, path)

@@ -71,8 +71,9 @@ class ChatEngine:
         self.model = self.tokenizer = None
         self.adapters.clear()
         self.base_key = None
-        self.model, self.tokenizer = load_model(base, method=method if special else None,
-                                                method_config=files.config if special else None)
+        self.model, self.tokenizer = load_model(
+            base, method=method if special else None, method_config=files.config if special else None
+        )
         self.base_key = key
 
     def load(self, path: str | os.PathLike, base: str | None = None) -> LoadedAdapter:
@@ -91,7 +92,8 @@ class ChatEngine:
                 return hit
             method = files.method
             stackable = method.capabilities.stackable and all(
-                a.method.capabilities.stackable for a in self.adapters.values())
+                a.method.capabilities.stackable for a in self.adapters.values()
+            )
             self._base(base, method, files, fresh=not stackable)  # a non-stackable method gets a fresh base
             self._count += 1
             name = f"chat{self._count}"
@@ -132,8 +134,12 @@ class ChatEngine:
         """
         out: queue.Queue = queue.Queue()
         cancel = threading.Event()
-        worker = threading.Thread(target=self._generate, args=(adapter, message, max_new_tokens, out, cancel),
-                                  daemon=True, name="peftlab-chat-reply")
+        worker = threading.Thread(
+            target=self._generate,
+            args=(adapter, message, max_new_tokens, out, cancel),
+            daemon=True,
+            name="peftlab-chat-reply",
+        )
         worker.start()
         try:
             while True:
@@ -146,8 +152,9 @@ class ChatEngine:
         finally:
             cancel.set()  # the consumer is gone (or done): the worker stops at its next token
 
-    def _generate(self, adapter: LoadedAdapter, message: str, max_new_tokens: int, out: queue.Queue,
-                  cancel: threading.Event) -> None:
+    def _generate(
+        self, adapter: LoadedAdapter, message: str, max_new_tokens: int, out: queue.Queue, cancel: threading.Event
+    ) -> None:
         """The worker thread of one reply: takes the lock, generates, puts (base, adapted) pairs on ``out``."""
         try:
             with self.lock:
@@ -155,8 +162,13 @@ class ChatEngine:
                     return
                 adapter = self._current(adapter)
                 if adapter.method.capabilities.mixed_batch:  # one batched pass: row 0 adapted, row 1 base
-                    self._rows(message, [adapter.name, None], max_new_tokens, cancel,
-                               lambda texts: out.put((texts[1], texts[0])))
+                    self._rows(
+                        message,
+                        [adapter.name, None],
+                        max_new_tokens,
+                        cancel,
+                        lambda texts: out.put((texts[1], texts[0])),
+                    )
                     return
                 adapted = [""]
 
@@ -172,8 +184,14 @@ class ChatEngine:
             out.put(_END)
 
     @torch.no_grad()
-    def _rows(self, message: str, rows: list[str | None], max_new_tokens: int, cancel: threading.Event,
-              emit: Callable[[list[str]], None]) -> None:
+    def _rows(
+        self,
+        message: str,
+        rows: list[str | None],
+        max_new_tokens: int,
+        cancel: threading.Event,
+        emit: Callable[[list[str]], None],
+    ) -> None:
         """Greedy replies to ``message`` from several adapters (``None`` = base) in one batched pass, on this
         thread; ``emit`` gets the texts so far after each token. Stops once ``cancel`` is set. Hold ``lock``."""
         model, tokenizer = self.model, self.tokenizer
@@ -183,9 +201,16 @@ class ChatEngine:
         input_ids, mask = _left_pad([ids] * len(rows), pad, device)
         stops = _stop_ids(tokenizer)
         with mixed_batch(model, rows):
-            model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                           pad_token_id=pad, eos_token_id=stops, streamer=_Streamer(tokenizer, len(rows), stops, emit),
-                           stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]))
+            model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=stops,
+                streamer=_Streamer(tokenizer, len(rows), stops, emit),
+                stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+            )
 
 
 class _Streamer:

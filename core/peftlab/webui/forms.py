@@ -40,8 +40,9 @@ def field_component(spec: FieldSpec, elem_id: str) -> gr.components.Component:
     """One widget for one config field: kind → Number / Checkbox / Dropdown / Textbox, help as info."""
     label, info = spec.name, spec.help or None
     if spec.kind in ("int", "float") and not spec.optional:
-        return gr.Number(value=spec.default, label=label, info=info, precision=0 if spec.kind == "int" else None,
-                         elem_id=elem_id)
+        return gr.Number(
+            value=spec.default, label=label, info=info, precision=0 if spec.kind == "int" else None, elem_id=elem_id
+        )
     if spec.kind == "bool":
         return gr.Checkbox(value=bool(spec.default), label=label, info=info, elem_id=elem_id)
     if spec.kind == "choice" and spec.choices:
@@ -50,8 +51,12 @@ def field_component(spec: FieldSpec, elem_id: str) -> gr.components.Component:
             choices = [("(none)", ""), *choices]  # '' reads back as None
         return gr.Dropdown(choices=choices, value=default_text(spec), label=label, info=info, elem_id=elem_id)
     # optional numbers are text: a Number widget cannot be empty, and empty means "automatic" here
-    placeholder = {"list": "comma-separated; empty = automatic", "dict": "JSON object; empty = none",
-                   "int": "empty = automatic", "float": "empty = automatic"}.get(spec.kind)
+    placeholder = {
+        "list": "comma-separated; empty = automatic",
+        "dict": "JSON object; empty = none",
+        "int": "empty = automatic",
+        "float": "empty = automatic",
+    }.get(spec.kind)
     return gr.Textbox(value=default_text(spec), label=label, info=info, placeholder=placeholder, elem_id=elem_id)
 
 
@@ -100,11 +105,25 @@ def train_component(spec: FieldSpec) -> gr.components.Component:
     """A trainer setting's widget: like ``field_component``, laid out for the Training section."""
     elem_id, label, info = f"train-{spec.name}", spec.name.replace("_", " "), spec.help or None
     if spec.kind in ("int", "float") and not spec.optional:
-        return gr.Number(value=spec.default, label=label, info=info, precision=0 if spec.kind == "int" else None,
-                         elem_id=elem_id, minimum=0, step=1 if spec.kind == "int" else 0.0001, min_width=120)
+        return gr.Number(
+            value=spec.default,
+            label=label,
+            info=info,
+            precision=0 if spec.kind == "int" else None,
+            elem_id=elem_id,
+            minimum=0,
+            step=1 if spec.kind == "int" else 0.0001,
+            min_width=120,
+        )
     if spec.kind == "bool":
         return gr.Checkbox(value=bool(spec.default), label=label, info=info, elem_id=elem_id)
     if spec.choices:
         return gr.Dropdown(choices=list(spec.choices), value=spec.default, label=label, info=info, elem_id=elem_id)
-    return gr.Textbox(value=default_text(spec), label=label, info=info, elem_id=elem_id,
-                      placeholder="empty = default" if spec.optional else None, min_width=120)
+    return gr.Textbox(
+        value=default_text(spec),
+        label=label,
+        info=info,
+        elem_id=elem_id,
+        placeholder="empty = default" if spec.optional else None,
+        min_width=120,
+    )

@@ -25,6 +25,9 @@ def loss_frame(events: list[dict]) -> pd.DataFrame:
             rows.append({"step": e["step"], "loss": e["eval_loss"], "series": "eval"})
     if rows:
         first = min(r["step"] for r in rows)
-        rows += [{"step": first, "loss": float("nan"), "series": s} for s in SERIES
-                 if not any(r["series"] == s for r in rows)]
+        rows += [
+            {"step": first, "loss": float("nan"), "series": s}
+            for s in SERIES
+            if not any(r["series"] == s for r in rows)
+        ]
     return pd.DataFrame(rows, columns=COLUMNS).astype(DTYPES)

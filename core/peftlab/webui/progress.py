@@ -22,8 +22,11 @@ def duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 def _last(events: list[dict], kind: str) -> dict | None:
@@ -51,9 +54,11 @@ def params_line(events: list[dict]) -> str:
     start = _last(events, "start")
     if start is None:
         return ""
-    return (f"Trainable parameters: **{start['trainable']:,}** of {start['total']:,} "
-            f"(**{start['percent']:.3f} %**) · learning rate {start.get('learning_rate', 0):.2g} · "
-            f"{start.get('train_rows', '?')} training rows")
+    return (
+        f"Trainable parameters: **{start['trainable']:,}** of {start['total']:,} "
+        f"(**{start['percent']:.3f} %**) · learning rate {start.get('learning_rate', 0):.2g} · "
+        f"{start.get('train_rows', '?')} training rows"
+    )
 
 
 def job_view(job: Job | None) -> JobView:

@@ -39,18 +39,37 @@ def outputs_for(job: jobs.Job | None, seen: int) -> list:
     place = jobs.queue_place(job) if job is not None and job.status == jobs.QUEUED else None
     if place is not None:
         running = "a running job ends" if jobs.max_jobs() == 1 else f"one of the {jobs.max_jobs()} running jobs ends"
-        status = (f"**Queued** `{job.name}` ({job.method}): place **{place}** in the queue; it starts when "
-                  f"{running}. Reloading the page reattaches to it; **Stop** takes it off the queue.")
-        return [str(job.run_dir), 0, status, "waiting for a free slot…", "", gr.skip() if seen == 0 else None,
-                gr.Timer(active=True), gr.Button(interactive=False), gr.Button(interactive=True)]
+        status = (
+            f"**Queued** `{job.name}` ({job.method}): place **{place}** in the queue; it starts when "
+            f"{running}. Reloading the page reattaches to it; **Stop** takes it off the queue."
+        )
+        return [
+            str(job.run_dir),
+            0,
+            status,
+            "waiting for a free slot…",
+            "",
+            gr.skip() if seen == 0 else None,
+            gr.Timer(active=True),
+            gr.Button(interactive=False),
+            gr.Button(interactive=True),
+        ]
     view = job_view(job)
     events = job.events() if job else []
     frame = loss_frame(events)
     # never an empty frame: gradio's plot then fixes an empty colour domain and later lines have no stroke
     drawn = gr.skip() if len(events) == seen else (frame if len(frame) else None)
-    return [str(job.run_dir) if job else "", len(events), view.status, view.progress, view.params, drawn,
-            gr.Timer(active=view.running), gr.Button(interactive=not view.running),
-            gr.Button(interactive=view.running and not job.stop_requested)]
+    return [
+        str(job.run_dir) if job else "",
+        len(events),
+        view.status,
+        view.progress,
+        view.params,
+        drawn,
+        gr.Timer(active=view.running),
+        gr.Button(interactive=not view.running),
+        gr.Button(interactive=view.running and not job.stop_requested),
+    ]
 
 
 @dataclass
@@ -76,8 +95,11 @@ class TrainTab:
     def on_method(self, name: str) -> list:
         """[method info, learning-rate placeholder, one visibility per method form]."""
         m = self.handles.get(name)
-        return [capability_text(m) if m else "", gr.Textbox(placeholder=lr_hint(m) if m else ""),
-                *[gr.Group(visible=n == name) for n in self.handles]]
+        return [
+            capability_text(m) if m else "",
+            gr.Textbox(placeholder=lr_hint(m) if m else ""),
+            *[gr.Group(visible=n == name) for n in self.handles],
+        ]
 
     def read_form(self, v: dict) -> tuple[str, dict[str, Any], dict[str, str]]:
         """(method, trainer settings, method flags) as text, only what differs from the defaults."""
@@ -139,16 +161,22 @@ def capability_text(m: MethodHandle) -> str:
     c = m.capabilities
     lines = [f"**{m.name}** — {m.description or 'no description'} (plugin `{m.plugin}`)", ""]
     lines.append("- mergeable: yes" if c.mergeable else f"- mergeable: no — {c.merge_note or 'the method says so'}")
-    lines.append("- stackable with other adapters: yes" if c.stackable else
-                 f"- stackable: no — {c.stack_note or 'the method says so'}")
+    lines.append(
+        "- stackable with other adapters: yes"
+        if c.stackable
+        else f"- stackable: no — {c.stack_note or 'the method says so'}"
+    )
     if c.kv_cache:
         lines.append("- works through the KV cache (prefix keys/values)")
     if c.virtual_tokens:
         lines.append("- adds virtual tokens to the input")
     if c.needs_quantized_base:
         lines.append("- loads its own quantized base model")
-    lines.append("- chat: adapted and base replies in one batched pass" if c.mixed_batch else
-                 "- chat: adapted and base replies in two passes (no mixed batches)")
+    lines.append(
+        "- chat: adapted and base replies in one batched pass"
+        if c.mixed_batch
+        else "- chat: adapted and base replies in two passes (no mixed batches)"
+    )
     lines.append(f"- tasks: {', '.join(c.task_types)}")
     lr = m.train_defaults.get("learning_rate")
     lines.append(f"- default learning rate: {lr:g}" if lr else "- default learning rate: the trainer's (2e-3)")
@@ -174,8 +202,10 @@ def upload_text(path: str | None) -> str:
         rows = load_rows(path)
     except (DatasetError, PeftlabError, OSError) as e:
         return f"**This file cannot be used:** {e}"
-    return f"✓ uploaded file `{Path(path).name}`: {len(rows)} rows, task {dataset_task(rows)} (used instead of " \
-           f"the built-in dataset; clear it to go back)"
+    return (
+        f"✓ uploaded file `{Path(path).name}`: {len(rows)} rows, task {dataset_task(rows)} (used instead of "
+        f"the built-in dataset; clear it to go back)"
+    )
 
 
 def _model_and_data_inputs() -> dict[str, Any]:
@@ -183,12 +213,21 @@ def _model_and_data_inputs() -> dict[str, Any]:
     default_ds = "capitals-json" if "capitals-json" in datasets else next(iter(datasets), None)
     gr.Markdown("### 1 · Model and data")
     return {
-        "base": gr.Textbox(label="Base model", placeholder="empty = SmolLM2-135M-Instruct (offline)",
-                           info="A Hub id or a local model folder", elem_id="train-base"),
-        "dataset": gr.Dropdown(choices=list(datasets), value=default_ds, label="Built-in dataset",
-                               elem_id="train-dataset"),
-        "upload": gr.File(label="…or upload a JSONL / CSV / Parquet file", height=150, elem_id="train-upload",
-                          file_types=[".jsonl", ".json", ".csv", ".parquet"]),
+        "base": gr.Textbox(
+            label="Base model",
+            placeholder="empty = SmolLM2-135M-Instruct (offline)",
+            info="A Hub id or a local model folder",
+            elem_id="train-base",
+        ),
+        "dataset": gr.Dropdown(
+            choices=list(datasets), value=default_ds, label="Built-in dataset", elem_id="train-dataset"
+        ),
+        "upload": gr.File(
+            label="…or upload a JSONL / CSV / Parquet file",
+            height=150,
+            elem_id="train-upload",
+            file_types=[".jsonl", ".json", ".csv", ".parquet"],
+        ),
         "dataset_info": gr.Markdown(dataset_text(default_ds, None), elem_id="train-dataset-info"),
     }
 
@@ -196,10 +235,16 @@ def _model_and_data_inputs() -> dict[str, Any]:
 def _method_inputs(handles: dict[str, MethodHandle], first: str | None) -> tuple[TrainTab, gr.Markdown]:
     """The method dropdown, its capabilities, and one generated config form per method (only ``first`` shown)."""
     gr.Markdown("### 2 · Method")
-    method = gr.Dropdown(choices=list(handles), value=first, label="Method", elem_id="train-method",
-                         info="Every installed plugin's method; its settings appear below")
-    info = gr.Markdown(capability_text(handles[first]) if first else "No method plugin installed.",
-                       elem_id="train-method-info")
+    method = gr.Dropdown(
+        choices=list(handles),
+        value=first,
+        label="Method",
+        elem_id="train-method",
+        info="Every installed plugin's method; its settings appear below",
+    )
+    info = gr.Markdown(
+        capability_text(handles[first]) if first else "No method plugin installed.", elem_id="train-method-info"
+    )
     tab = TrainTab(method, handles=handles)
     for m in handles.values():
         specs = m.config_class.fields()
@@ -207,7 +252,7 @@ def _method_inputs(handles: dict[str, MethodHandle], first: str | None) -> tuple
             widgets = []
             for i in range(0, len(specs), 2):
                 with gr.Row():
-                    widgets += [forms.field_component(s, f"cfg-{m.name}-{s.name}") for s in specs[i:i + 2]]
+                    widgets += [forms.field_component(s, f"cfg-{m.name}-{s.name}") for s in specs[i : i + 2]]
         tab.forms[m.name], tab.groups[m.name], tab.specs[m.name] = widgets, group, specs
     return tab, info
 
@@ -225,7 +270,7 @@ def _training_inputs(tab: TrainTab, first: str | None) -> gr.Textbox:
     with gr.Accordion("More training settings", open=False, elem_id="train-more"):
         for i in range(0, len(more), 3):
             with gr.Row():
-                for s in more[i:i + 3]:
+                for s in more[i : i + 3]:
                     widgets[s.name] = forms.train_component(s)
     tab.train_widgets = [widgets[s.name] for s in tab.train_specs]
     if first:
@@ -235,10 +280,23 @@ def _training_inputs(tab: TrainTab, first: str | None) -> gr.Textbox:
 
 def _progress_outputs() -> list:
     gr.Markdown("### Progress")
-    return [gr.Markdown(IDLE, elem_id="train-status"), gr.Markdown("", elem_id="train-progress"),
-            gr.Markdown("", elem_id="train-params"),
-            gr.LinePlot(None, x="step", y="loss", color="series", title="Loss", x_title="step", y_title="loss",
-                        height=320, elem_id="loss-plot", color_map=COLORS)]
+    return [
+        gr.Markdown(IDLE, elem_id="train-status"),
+        gr.Markdown("", elem_id="train-progress"),
+        gr.Markdown("", elem_id="train-params"),
+        gr.LinePlot(
+            None,
+            x="step",
+            y="loss",
+            color="series",
+            title="Loss",
+            x_title="step",
+            y_title="loss",
+            height=320,
+            elem_id="loss-plot",
+            color_map=COLORS,
+        ),
+    ]
 
 
 def build(demo: gr.Blocks, runs_dir: Path) -> TrainTab:
@@ -256,14 +314,22 @@ def build(demo: gr.Blocks, runs_dir: Path) -> TrainTab:
             status, progress, params, plot = _progress_outputs()
     tab.inputs, tab.runs_dir = inputs, Path(runs_dir)
     # this browser's owner id, in its local storage (a reload keeps it); the secret only makes it opaque there
-    tab.owner = gr.BrowserState("", storage_key="peftlab-owner",
-                                secret=os.environ.get("PEFTLAB_SECRET") or f"peftlab:{tab.runs_dir.resolve()}")
+    tab.owner = gr.BrowserState(
+        "", storage_key="peftlab-owner", secret=os.environ.get("PEFTLAB_SECRET") or f"peftlab:{tab.runs_dir.resolve()}"
+    )
     run_state = gr.State("")  # the run folder this page follows
     seen_state = gr.State(-1)  # events already drawn (skip redrawing an unchanged plot)
     timer = gr.Timer(POLL_SECONDS, active=False)
     outs = [run_state, seen_state, status, progress, params, plot, timer, start, stop]
-    form = {tab.method, inputs["base"], inputs["dataset"], inputs["upload"], tab.owner, *tab.train_widgets,
-            *(w for ws in tab.forms.values() for w in ws)}
+    form = {
+        tab.method,
+        inputs["base"],
+        inputs["dataset"],
+        inputs["upload"],
+        tab.owner,
+        *tab.train_widgets,
+        *(w for ws in tab.forms.values() for w in ws),
+    }
 
     tab.method.change(tab.on_method, tab.method, [method_info, lr, *tab.groups.values()])
     for source in (inputs["dataset"], inputs["upload"]):
@@ -271,7 +337,8 @@ def build(demo: gr.Blocks, runs_dir: Path) -> TrainTab:
     start.click(tab.on_start, form, [*outs, tab.owner], concurrency_limit=1, show_progress="hidden")
     timer.tick(tab.on_poll, [run_state, seen_state, tab.owner], outs, show_progress="hidden")
     stop.click(tab.on_stopping, None, [status, stop], show_progress="hidden").then(
-        tab.on_stop, [run_state, tab.owner], outs)
+        tab.on_stop, [run_state, tab.owner], outs
+    )
     demo.load(tab.on_load, tab.owner, [*outs, tab.owner], show_progress="hidden")
     return tab
 

@@ -9,8 +9,15 @@ from .config import AdaLoraConfig
 from .layer import AdaLoraLayer, inject_adalora, svd_layers
 from .method import AdaLoRA, orthogonal_penalty
 
-__all__ = ["AdaLoRA", "AdaLoraConfig", "AdaLoraLayer", "RankAllocator", "inject_adalora", "orthogonal_penalty",
-           "svd_layers"]
+__all__ = [
+    "AdaLoRA",
+    "AdaLoraConfig",
+    "AdaLoraLayer",
+    "RankAllocator",
+    "inject_adalora",
+    "orthogonal_penalty",
+    "svd_layers",
+]
 
 
 @hookimpl

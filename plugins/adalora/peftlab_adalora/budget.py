@@ -63,7 +63,8 @@ class RankAllocator:
                 if p.grad is None:
                     raise MethodError(
                         f"AdaLoRA: {path}.{part}.{self.name} has no gradient; on_train_step must run after "
-                        f"backward() and before zero_grad() (the trainer does this)")
+                        f"backward() and before zero_grad() (the trainer does this)"
+                    )
                 key = f"{path}.{part}"
                 ipt = (p * p.grad).abs()
                 if key not in self.exp_avg_ipt:

@@ -19,23 +19,40 @@ class AdaLoraConfig(MethodConfig):
     beta2: float = option(0.85, help="EMA coefficient of the sensitivity's uncertainty")
     orth_reg_weight: float = option(0.5, help="Weight of the orthogonality penalty ‖PᵀP−I‖ + ‖QQᵀ−I‖ on the loss")
     total_step: int | None = option(
-        None, help="Total optimizer steps of the schedule. Empty = the trainer's max_steps (recorded at step 1)")
+        None, help="Total optimizer steps of the schedule. Empty = the trainer's max_steps (recorded at step 1)"
+    )
     rank_pattern: dict | None = option(
-        None, help="Written by training: which singular triplets each layer keeps. Loading resizes to it")
+        None, help="Written by training: which singular triplets each layer keeps. Loading resizes to it"
+    )
     lora_alpha: float = option(8, help="Scaling numerator α: the update is scaled by α / init_r")
     lora_dropout: float = option(0.0, help="Dropout probability on the adapter input")
     target_modules: list[str] | str | None = option(
-        None, help="Modules to adapt: names (a module matches when its path ends with one), a regex "
-                   "(full match on the path), or 'all-linear'. Empty = the model family's attention projections")
+        None,
+        help="Modules to adapt: names (a module matches when its path ends with one), a regex "
+        "(full match on the path), or 'all-linear'. Empty = the model family's attention projections",
+    )
     init_lora_weights: bool = option(
-        True, help="true: Λ = 0, P and Q ~ N(0, 0.02²) (starts as the base model); false: all ~ N(0, 1) (tests)")
-    fan_in_fan_out: bool = option(False, help="Set for layers storing weights as (in, out), like GPT-2's Conv1D "
-                                              "(detected automatically; kept for PEFT compatibility)")
+        True, help="true: Λ = 0, P and Q ~ N(0, 0.02²) (starts as the base model); false: all ~ N(0, 1) (tests)"
+    )
+    fan_in_fan_out: bool = option(
+        False,
+        help="Set for layers storing weights as (in, out), like GPT-2's Conv1D "
+        "(detected automatically; kept for PEFT compatibility)",
+    )
 
     # keys peft's AdaLoraConfig (a LoraConfig) writes that AdaLoRA does not use: peft ignores them too
-    peft_ignored = {"r": ..., "use_rslora": ..., "alpha_pattern": ..., "megatron_core": ...,
-                    "qalora_group_size": ..., "runtime_config": ..., "bias": "none", "lora_bias": False,
-                    "use_dora": False, "use_qalora": False}
+    peft_ignored = {
+        "r": ...,
+        "use_rslora": ...,
+        "alpha_pattern": ...,
+        "megatron_core": ...,
+        "qalora_group_size": ...,
+        "runtime_config": ...,
+        "bias": "none",
+        "lora_bias": False,
+        "use_dora": False,
+        "use_qalora": False,
+    }
 
     def __post_init__(self) -> None:
         for name in ("init_r", "target_r", "tinit", "tfinal", "deltaT"):
@@ -45,8 +62,10 @@ class AdaLoraConfig(MethodConfig):
         if self.init_r < 1:
             raise ConfigError(f"init_r must be at least 1, got {self.init_r}")
         if self.target_r > self.init_r:
-            raise ConfigError(f"target_r ({self.target_r}) is larger than init_r ({self.init_r}): AdaLoRA only "
-                              f"prunes ranks, so start with init_r >= target_r")
+            raise ConfigError(
+                f"target_r ({self.target_r}) is larger than init_r ({self.init_r}): AdaLoRA only "
+                f"prunes ranks, so start with init_r >= target_r"
+            )
         if self.deltaT < 1:
             raise ConfigError(f"deltaT must be at least 1, got {self.deltaT}")
         for name in ("beta1", "beta2"):
@@ -86,7 +105,8 @@ def check_schedule(config: AdaLoraConfig, total_step: Any, source: str) -> int:
     if config.tinit >= total_step - config.tfinal:
         raise ConfigError(
             f"AdaLoRA's schedule leaves no budgeting phase: tinit ({config.tinit}) + tfinal ({config.tfinal}) must be "
-            f"less than {source} ({total_step}). Decrease tinit/tfinal or train longer")
+            f"less than {source} ({total_step}). Decrease tinit/tfinal or train longer"
+        )
     return total_step
 
 

@@ -100,8 +100,9 @@ def svd_layers(model: nn.Module, name: str) -> dict[str, AdaLoraLayer]:
     return {path: m for path, m in model.named_modules() if isinstance(m, AdaLoraLayer) and name in m.lora_E}
 
 
-def inject_adalora(model: nn.Module, name: str, r: int, alpha: float, dropout: float, init: bool,
-                   targets: list[str] | str | None) -> list[str]:
+def inject_adalora(
+    model: nn.Module, name: str, r: int, alpha: float, dropout: float, init: bool, targets: list[str] | str | None
+) -> list[str]:
     """Wrap every targeted layer in an ``AdaLoraLayer`` (taking over a ``LoraLayer``); return the paths."""
     state = adapter_state(model)
     paths = lora_targets(model, targets)

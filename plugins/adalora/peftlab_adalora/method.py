@@ -48,8 +48,15 @@ class AdaLoRA(Method):
     @hookimpl
     def inject(self, model, config: AdaLoraConfig, adapter_name: str) -> None:
         resolve_targets(model, config)
-        paths = inject_adalora(model, adapter_name, config.init_r, config.lora_alpha, config.lora_dropout,
-                               config.init_lora_weights, config.target_modules)
+        paths = inject_adalora(
+            model,
+            adapter_name,
+            config.init_r,
+            config.lora_alpha,
+            config.lora_dropout,
+            config.init_lora_weights,
+            config.target_modules,
+        )
         if any(type(model.get_submodule(p).base_layer).__name__ == "Conv1D" for p in paths):
             config.fan_in_fan_out = True  # what peft records for GPT-2-style layers
 
@@ -64,8 +71,11 @@ class AdaLoRA(Method):
 
     def tensor_map(self, model, config, adapter_name: str) -> dict[str, torch.Tensor]:
         """The live P, Λ, Q under peft's key names (``...q_proj.lora_A``: no ``.weight``)."""
-        return {self.peft_key(path, part): part_param(layer, part, adapter_name)
-                for path, layer in svd_layers(model, adapter_name).items() for part in PARTS}
+        return {
+            self.peft_key(path, part): part_param(layer, part, adapter_name)
+            for path, layer in svd_layers(model, adapter_name).items()
+            for part in PARTS
+        }
 
     # --- training: the trainer calls these; the user never does -------------------------------------------
 
@@ -111,8 +121,9 @@ class AdaLoRA(Method):
                     idx = [i for i, kept in enumerate(keep) if kept]  # positions, not a bool mask: works on meta
                     kept = full[:, idx] if part == "lora_B" else full[idx]  # P keeps columns, Q and Λ rows
                 elif keep is not None and sum(keep) != r:
-                    raise AdapterMismatchError(f"AdaLoRA rank_pattern for {path} has {len(keep)} entries but the "
-                                               f"layer has rank {r}")
+                    raise AdapterMismatchError(
+                        f"AdaLoRA rank_pattern for {path} has {len(keep)} entries but the layer has rank {r}"
+                    )
                 tensors[self.peft_key(path, part)] = kept.clone().contiguous()
                 if alloc is not None:  # trained through the hooks: keep the unpruned tensors too (below)
                     extra[f"{path}.{part}"] = full.clone().contiguous()
@@ -132,8 +143,15 @@ class AdaLoRA(Method):
                 E = full.get(f"{path}.lora_E")
                 if E is not None and E.shape[0] != layer.rank(adapter_name):
                     layer.resize(adapter_name, E.shape[0])
-            copy_into({f"{path}.{part}": part_param(layer, part, adapter_name) for path, layer in layers.items()
-                       for part in PARTS}, full, what=self.name)
+            copy_into(
+                {
+                    f"{path}.{part}": part_param(layer, part, adapter_name)
+                    for path, layer in layers.items()
+                    for part in PARTS
+                },
+                full,
+                what=self.name,
+            )
             ipt = {k.removeprefix("ipt."): v for k, v in weights.extra.items() if k.startswith("ipt.")}
             allocator(model, adapter_name, config).load_state_tensors(ipt)
             return
@@ -157,8 +175,12 @@ class AdaLoRA(Method):
             if len(t) != 3 * len(paths):
                 raise MethodError(f"{p.path}: AdaLoRA tensors other than P, Λ, Q cannot be combined")
             key = self.peft_key
-            factors.append({path: (t[key(path, "lora_A")] * t[key(path, "lora_E")], t[key(path, "lora_B")], scaling)
-                            for path in paths})
+            factors.append(
+                {
+                    path: (t[key(path, "lora_A")] * t[key(path, "lora_E")], t[key(path, "lora_B")], scaling)
+                    for path in paths
+                }
+            )
         return combine_lora_family(parents, factors, weights, combination, options, self.module_prefix)
 
     @hookimpl

@@ -26,8 +26,16 @@ def _method():
     return peftlab.get_method("adalora").obj
 
 
-def _train_peftlab(model, steps: int, lr: float = 1e-2, ids=None, optimizer=torch.optim.AdamW, start: int = 1,
-                   total: int | None = None, name: str = "default") -> list[float]:
+def _train_peftlab(
+    model,
+    steps: int,
+    lr: float = 1e-2,
+    ids=None,
+    optimizer=torch.optim.AdamW,
+    start: int = 1,
+    total: int | None = None,
+    name: str = "default",
+) -> list[float]:
     """The trainer's loop: task loss + extra_loss → backward → step → on_train_step → zero_grad."""
     ids = _ids() if ids is None else ids
     params = ad.prepare_for_training(model, name)
@@ -60,8 +68,9 @@ def test_check_method_llama(tmp_path):
 
 def test_check_method_gpt2_conv1d(tmp_path):
     # attention alone learns slowly on the tiny random GPT-2; every Conv1D layer clears the kit's bar
-    check_method("adalora", {"init_r": 4, "target_r": 2, "target_modules": "all-linear"}, arch="gpt2",
-                 tmp_path=tmp_path)
+    check_method(
+        "adalora", {"init_r": 4, "target_r": 2, "target_modules": "all-linear"}, arch="gpt2", tmp_path=tmp_path
+    )
 
 
 def test_check_method_bert_seq_cls(tmp_path):
@@ -144,9 +153,16 @@ def test_orthogonal_penalty_is_the_extra_loss():
     ad.add_adapter(model, "adalora", {"init_r": 4, "target_r": 2, "orth_reg_weight": 0.3})
     layer = next(iter(svd_layers(model, "default").values()))
     Q, P = layer.lora_A["default"].weight, layer.lora_B["default"].weight
-    expected = torch.stack([torch.linalg.norm(m - torch.eye(4)) for lay in svd_layers(model, "default").values()
-                            for m in (lay.lora_A["default"].weight @ lay.lora_A["default"].weight.T,
-                                      lay.lora_B["default"].weight.T @ lay.lora_B["default"].weight)]).mean()
+    expected = torch.stack(
+        [
+            torch.linalg.norm(m - torch.eye(4))
+            for lay in svd_layers(model, "default").values()
+            for m in (
+                lay.lora_A["default"].weight @ lay.lora_A["default"].weight.T,
+                lay.lora_B["default"].weight.T @ lay.lora_B["default"].weight,
+            )
+        ]
+    ).mean()
     extra = ad.extra_loss(model, "default")
     assert extra.item() == pytest.approx(0.3 * expected.item())
     extra.backward()  # it trains P and Q towards orthogonality
@@ -176,11 +192,16 @@ def test_trained_adapters_round_trip_with_peft_with_their_rank_patterns(tmp_path
     """Each side trains (and prunes) its own adapter for 10 steps; the other loads it with the same logits."""
     ids = _ids(3)
     report = check_peft_roundtrip(
-        "adalora", {"init_r": 6, "target_r": 2, "tinit": 1, "tfinal": 3, "init_lora_weights": False},
-        prepare=lambda model: _train_peftlab(model, 10), prepare_peft=_train_peft,
-        peft_config=peft.AdaLoraConfig(task_type="CAUSAL_LM", init_r=6, target_r=2, total_step=10, tinit=1, tfinal=3,
-                                       init_lora_weights=False),
-        inputs=(ids, torch.ones_like(ids)), tmp_path=tmp_path)
+        "adalora",
+        {"init_r": 6, "target_r": 2, "tinit": 1, "tfinal": 3, "init_lora_weights": False},
+        prepare=lambda model: _train_peftlab(model, 10),
+        prepare_peft=_train_peft,
+        peft_config=peft.AdaLoraConfig(
+            task_type="CAUSAL_LM", init_r=6, target_r=2, total_step=10, tinit=1, tfinal=3, init_lora_weights=False
+        ),
+        inputs=(ids, torch.ones_like(ids)),
+        tmp_path=tmp_path,
+    )
     # peftlab's adapter, pruned by the trainer's hooks, loads in peft
     cfg = ad.entry(report["peftlab_model"], "default")[1].config
     assert cfg.rank_pattern and sum(map(sum, cfg.rank_pattern.values())) == 2 * ADAPTED
@@ -225,8 +246,9 @@ def test_reload_without_training_state_resizes_and_with_it_resumes_exactly(tmp_p
     (final / "peftlab.json").unlink()
     plain = tiny_model("llama")
     peftlab.load_adapter(plain, final)
-    assert sorted(layer.rank("default") for layer in svd_layers(plain, "default").values()) == \
-        sorted(_live_ranks(whole).values())
+    assert sorted(layer.rank("default") for layer in svd_layers(plain, "default").values()) == sorted(
+        _live_ranks(whole).values()
+    )
     assert (logits(plain, ids) - logits(whole, ids)).abs().max().item() <= 1e-4
 
 
@@ -285,16 +307,19 @@ def test_merge_after_pruning_matches():
 # --- bad input ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"init_r": 4, "target_r": 8}, "target_r (8) is larger than init_r (4)"),
-    ({"total_step": 0}, "total_step > 0"),
-    ({"total_step": "ten"}, "total_step > 0"),
-    ({"total_step": 10, "tinit": 6, "tfinal": 4}, "no budgeting phase"),
-    ({"beta1": 1.0}, "beta1 must be in (0, 1)"),
-    ({"deltaT": 0}, "deltaT must be at least 1"),
-    ({"orth_reg_weight": -1}, "orth_reg_weight"),
-    ({"rank_pattern": {"model.layers.0.self_attn.q_proj.lora_E": [1, 2]}}, "list of booleans"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"init_r": 4, "target_r": 8}, "target_r (8) is larger than init_r (4)"),
+        ({"total_step": 0}, "total_step > 0"),
+        ({"total_step": "ten"}, "total_step > 0"),
+        ({"total_step": 10, "tinit": 6, "tfinal": 4}, "no budgeting phase"),
+        ({"beta1": 1.0}, "beta1 must be in (0, 1)"),
+        ({"deltaT": 0}, "deltaT must be at least 1"),
+        ({"orth_reg_weight": -1}, "orth_reg_weight"),
+        ({"rank_pattern": {"model.layers.0.self_attn.q_proj.lora_E": [1, 2]}}, "list of booleans"),
+    ],
+)
 def test_config_validation(values, message):
     with pytest.raises(peftlab.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         peftlab.make_config("adalora", values)
@@ -334,9 +359,16 @@ def test_adapter_from_another_base_model_is_refused(tmp_path):
     folder = peftlab.save_adapter(model, tmp_path / "ada")
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    other = AutoModelForCausalLM.from_config(LlamaConfig(
-        vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2))
+    other = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            vocab_size=256,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     with pytest.raises(peftlab.AdapterMismatchError, match="hidden_size"):
         peftlab.load_adapter(other, folder)  # caught by the recorded base fingerprint
     (folder / "peftlab.json").unlink()  # a bare PEFT folder: the tensor shapes catch it
@@ -355,8 +387,9 @@ def test_adapter_from_another_base_model_is_refused(tmp_path):
 @pytest.mark.smollm2
 def test_smollm2_trains_and_prunes(smollm2, tmp_path):
     model, tokenizer = smollm2
-    result = train_briefly(model, tokenizer, "adalora", tmp_path / "out",
-                           {"init_r": 8, "target_r": 4, "tinit": 3, "tfinal": 4}, steps=14)
+    result = train_briefly(
+        model, tokenizer, "adalora", tmp_path / "out", {"init_r": 8, "target_r": 4, "tinit": 3, "tfinal": 4}, steps=14
+    )
     assert result.eval_loss_after < 0.7 * result.eval_loss_before
     saved = json.loads((result.output_dir / "adapter_config.json").read_text())
     assert saved["total_step"] == 14

@@ -9,8 +9,16 @@ from .layer import Bottleneck, bottlenecks, inject_bottlenecks
 from .method import BottleneckAdapter
 from .sublayers import SUBLAYERS, find_layers, sublayer_paths
 
-__all__ = ["SUBLAYERS", "Bottleneck", "BottleneckAdapter", "BottleneckAdapterConfig", "bottlenecks",
-           "find_layers", "inject_bottlenecks", "sublayer_paths"]
+__all__ = [
+    "SUBLAYERS",
+    "Bottleneck",
+    "BottleneckAdapter",
+    "BottleneckAdapterConfig",
+    "bottlenecks",
+    "find_layers",
+    "inject_bottlenecks",
+    "sublayer_paths",
+]
 
 
 @hookimpl

@@ -18,29 +18,43 @@ VARIANTS = ("houlsby", "pfeiffer")
 @dataclass
 class BottleneckAdapterConfig(MethodConfig):
     variant: Literal["houlsby", "pfeiffer"] = option(
-        "houlsby", help="houlsby: an adapter after the attention and after the feed-forward sublayer of each "
-                        "layer (Houlsby et al. 2019); pfeiffer: after the feed-forward sublayer only")
+        "houlsby",
+        help="houlsby: an adapter after the attention and after the feed-forward sublayer of each "
+        "layer (Houlsby et al. 2019); pfeiffer: after the feed-forward sublayer only",
+    )
     reduction_factor: float = option(
-        16.0, help="Bottleneck size m = hidden_size / reduction_factor (rounded down); ignored when "
-                   "bottleneck_size is set")
+        16.0,
+        help="Bottleneck size m = hidden_size / reduction_factor (rounded down); ignored when bottleneck_size is set",
+    )
     bottleneck_size: int | None = option(
-        None, help="Bottleneck size m (the width of h W_down); overrides reduction_factor")
+        None, help="Bottleneck size m (the width of h W_down); overrides reduction_factor"
+    )
     activation: Literal["relu", "gelu", "silu", "tanh"] = option(
-        "relu", help="Non-linearity f between the down- and the up-projection")
+        "relu", help="Non-linearity f between the down- and the up-projection"
+    )
     layers: list[int] | None = option(
-        None, help="Indices of the transformer layers that get adapters (0-based); empty = every layer")
+        None, help="Indices of the transformer layers that get adapters (0-based); empty = every layer"
+    )
     init_scale: float = option(
-        1e-2, help="Std of the truncated normal (cut at ±2σ) that initialises W_down (and W_up unless "
-                   "zero_init_up); biases start at 0. Small = near-identity (Houlsby §3.6)")
+        1e-2,
+        help="Std of the truncated normal (cut at ±2σ) that initialises W_down (and W_up unless "
+        "zero_init_up); biases start at 0. Small = near-identity (Houlsby §3.6)",
+    )
     zero_init_up: bool = option(
-        True, help="Start W_up at zero so the adapted model starts exactly as the base model; false = "
-                   "Houlsby's near-identity init of both projections")
+        True,
+        help="Start W_up at zero so the adapted model starts exactly as the base model; false = "
+        "Houlsby's near-identity init of both projections",
+    )
     attn_module: str | None = option(
-        None, help="Path of the attention sublayer inside one transformer layer, whose output the adapter "
-                   "follows (e.g. self_attn). Empty = known from the model type")
+        None,
+        help="Path of the attention sublayer inside one transformer layer, whose output the adapter "
+        "follows (e.g. self_attn). Empty = known from the model type",
+    )
     ffn_module: str | None = option(
-        None, help="Path of the feed-forward sublayer inside one transformer layer (e.g. mlp). "
-                   "Empty = known from the model type")
+        None,
+        help="Path of the feed-forward sublayer inside one transformer layer (e.g. mlp). "
+        "Empty = known from the model type",
+    )
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -50,11 +64,15 @@ class BottleneckAdapterConfig(MethodConfig):
         if isinstance(self.reduction_factor, bool) or not isinstance(self.reduction_factor, int | float):
             raise ConfigError(f"reduction_factor must be a number, got {self.reduction_factor!r}")
         if self.reduction_factor < 1:  # m = hidden / factor would exceed the hidden size
-            raise ConfigError(f"reduction_factor must be ≥ 1 (the bottleneck is hidden_size / reduction_factor "
-                              f"and may not be wider than the hidden size), got {self.reduction_factor!r}")
+            raise ConfigError(
+                f"reduction_factor must be ≥ 1 (the bottleneck is hidden_size / reduction_factor "
+                f"and may not be wider than the hidden size), got {self.reduction_factor!r}"
+            )
         if self.bottleneck_size is not None and (
-                isinstance(self.bottleneck_size, bool) or not isinstance(self.bottleneck_size, int)
-                or self.bottleneck_size < 1):
+            isinstance(self.bottleneck_size, bool)
+            or not isinstance(self.bottleneck_size, int)
+            or self.bottleneck_size < 1
+        ):
             raise ConfigError(f"bottleneck_size must be a positive integer, got {self.bottleneck_size!r}")
         if isinstance(self.layers, tuple | set):
             self.layers = sorted(self.layers)

@@ -48,9 +48,11 @@ def add_bottlenecks(sublayer: nn.Module, args: tuple, output):
         if acting is None:
             continue
         if h.shape[-1] != adapter.adapter_down.in_features:
-            raise MethodError(f"bottleneck adapter: the output of {type(sublayer).__name__} has size {h.shape[-1]}, "
-                              f"not the hidden size {adapter.adapter_down.in_features}; point attn_module / "
-                              f"ffn_module at a sublayer whose output joins the residual stream")
+            raise MethodError(
+                f"bottleneck adapter: the output of {type(sublayer).__name__} has size {h.shape[-1]}, "
+                f"not the hidden size {adapter.adapter_down.in_features}; point attn_module / "
+                f"ffn_module at a sublayer whose output joins the residual stream"
+            )
         update = adapter(h.to(adapter.adapter_down.weight.dtype))
         h = h + for_rows(update, acting).to(h.dtype)
     return (h, *output[1:]) if isinstance(output, tuple) else h
@@ -58,12 +60,23 @@ def add_bottlenecks(sublayer: nn.Module, args: tuple, output):
 
 def bottlenecks(model: nn.Module, name: str | None = None) -> dict[str, nn.ModuleDict]:
     """``{sublayer path: its bottleneck ModuleDict}`` of sublayers holding adapter ``name`` (any if None)."""
-    return {path: getattr(m, ATTR) for path, m in model.named_modules()
-            if isinstance(getattr(m, ATTR, None), nn.ModuleDict) and (name is None or name in getattr(m, ATTR))}
+    return {
+        path: getattr(m, ATTR)
+        for path, m in model.named_modules()
+        if isinstance(getattr(m, ATTR, None), nn.ModuleDict) and (name is None or name in getattr(m, ATTR))
+    }
 
 
-def inject_bottlenecks(model: nn.Module, name: str, paths: list[str], d: int, m: int, activation: str,
-                       init_scale: float, zero_init_up: bool) -> None:
+def inject_bottlenecks(
+    model: nn.Module,
+    name: str,
+    paths: list[str],
+    d: int,
+    m: int,
+    activation: str,
+    init_scale: float,
+    zero_init_up: bool,
+) -> None:
     """Give each sublayer in ``paths`` a ``Bottleneck`` for adapter ``name`` (and the hook, once)."""
     for path in paths:
         sublayer = model.get_submodule(path)

@@ -22,12 +22,15 @@ def _ids() -> torch.Tensor:
 # --- the conformance kit ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("arch", "task", "config"), [
-    ("llama", "CAUSAL_LM", {"bottleneck_size": 16}),
-    ("llama", "SEQ_CLS", {"variant": "pfeiffer", "activation": "gelu"}),
-    ("gpt2", "CAUSAL_LM", {"bottleneck_size": 32, "activation": "silu"}),  # 16 falls just short of the kit's 10%
-    ("bert", "SEQ_CLS", {"bottleneck_size": 16, "activation": "tanh"}),
-])
+@pytest.mark.parametrize(
+    ("arch", "task", "config"),
+    [
+        ("llama", "CAUSAL_LM", {"bottleneck_size": 16}),
+        ("llama", "SEQ_CLS", {"variant": "pfeiffer", "activation": "gelu"}),
+        ("gpt2", "CAUSAL_LM", {"bottleneck_size": 32, "activation": "silu"}),  # 16 falls just short of the kit's 10%
+        ("bert", "SEQ_CLS", {"bottleneck_size": 16, "activation": "tanh"}),
+    ],
+)
 def test_check_method(tmp_path, arch, task, config):
     report = check_method("adapter", config, arch=arch, task=task, tmp_path=tmp_path)
     assert report["reload_max_diff"] <= 1e-5
@@ -73,16 +76,35 @@ def _reference_model(base, adapted, f):
     return ref
 
 
-@pytest.mark.parametrize(("arch", "config", "expected", "f"), [
-    ("llama", {"bottleneck_size": 8}, ["model.layers.0.self_attn", "model.layers.0.mlp", "model.layers.1.self_attn",
-                                       "model.layers.1.mlp"], torch.relu),
-    ("llama", {"variant": "pfeiffer", "layers": [1], "activation": "silu"}, ["model.layers.1.mlp"],
-     nn.functional.silu),
-    ("gpt2", {"bottleneck_size": 8, "activation": "tanh"},
-     ["transformer.h.0.attn", "transformer.h.0.mlp", "transformer.h.1.attn", "transformer.h.1.mlp"], torch.tanh),
-    ("bert", {"bottleneck_size": 8, "activation": "gelu", "layers": [0]},
-     ["bert.encoder.layer.0.attention.output.dense", "bert.encoder.layer.0.output.dense"], nn.functional.gelu),
-])
+@pytest.mark.parametrize(
+    ("arch", "config", "expected", "f"),
+    [
+        (
+            "llama",
+            {"bottleneck_size": 8},
+            ["model.layers.0.self_attn", "model.layers.0.mlp", "model.layers.1.self_attn", "model.layers.1.mlp"],
+            torch.relu,
+        ),
+        (
+            "llama",
+            {"variant": "pfeiffer", "layers": [1], "activation": "silu"},
+            ["model.layers.1.mlp"],
+            nn.functional.silu,
+        ),
+        (
+            "gpt2",
+            {"bottleneck_size": 8, "activation": "tanh"},
+            ["transformer.h.0.attn", "transformer.h.0.mlp", "transformer.h.1.attn", "transformer.h.1.mlp"],
+            torch.tanh,
+        ),
+        (
+            "bert",
+            {"bottleneck_size": 8, "activation": "gelu", "layers": [0]},
+            ["bert.encoder.layer.0.attention.output.dense", "bert.encoder.layer.0.output.dense"],
+            nn.functional.gelu,
+        ),
+    ],
+)
 def test_matches_hand_computed_reference(arch, config, expected, f):
     base = tiny_model(arch)
     model = tiny_model(arch)
@@ -193,8 +215,12 @@ def test_saved_files_keys_config_and_card(tmp_path):
     from safetensors.torch import load_file
 
     keys = sorted(load_file(str(folder / "adapter_model.safetensors")))
-    assert keys == sorted(f"base_model.model.model.layers.1.{s}.adapter_{p}.{t}"
-                          for s in ("self_attn", "mlp") for p in ("down", "up") for t in ("weight", "bias"))
+    assert keys == sorted(
+        f"base_model.model.model.layers.1.{s}.adapter_{p}.{t}"
+        for s in ("self_attn", "mlp")
+        for p in ("down", "up")
+        for t in ("weight", "bias")
+    )
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "BOTTLENECK_ADAPTER" and cfg["task_type"] == "CAUSAL_LM"
     fields = {f.name for f in BottleneckAdapterConfig.fields()}
@@ -213,17 +239,20 @@ def test_saved_files_keys_config_and_card(tmp_path):
 # --- bad input ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    ({"reduction_factor": 0.5}, "reduction_factor must be ≥ 1"),
-    ({"bottleneck_size": 0}, "bottleneck_size must be a positive integer"),
-    ({"activation": "softmax"}, "activation must be one of relu, gelu, silu, tanh"),
-    ({"variant": "parallel"}, "variant must be one of houlsby, pfeiffer"),
-    ({"layers": [-1]}, "layers must be non-negative"),
-    ({"init_scale": -1.0}, "init_scale must be ≥ 0"),
-    ({"ffn_module": ""}, "ffn_module must be a module path"),
-    ({"attn_module": "mlp", "ffn_module": "mlp"}, "both name 'mlp'"),
-    ({"dropout": 0.1}, "does not support dropout"),
-])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"reduction_factor": 0.5}, "reduction_factor must be ≥ 1"),
+        ({"bottleneck_size": 0}, "bottleneck_size must be a positive integer"),
+        ({"activation": "softmax"}, "activation must be one of relu, gelu, silu, tanh"),
+        ({"variant": "parallel"}, "variant must be one of houlsby, pfeiffer"),
+        ({"layers": [-1]}, "layers must be non-negative"),
+        ({"init_scale": -1.0}, "init_scale must be ≥ 0"),
+        ({"ffn_module": ""}, "ffn_module must be a module path"),
+        ({"attn_module": "mlp", "ffn_module": "mlp"}, "both name 'mlp'"),
+        ({"dropout": 0.1}, "does not support dropout"),
+    ],
+)
 def test_config_errors(config, message):
     with pytest.raises(peftlab.ConfigError, match=message):
         peftlab.make_config("adapter", config)
@@ -233,12 +262,15 @@ def test_layers_from_text_values():
     assert BottleneckAdapterConfig.from_strings({"layers": "0, 2"}).layers == [0, 2]
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    ({"bottleneck_size": 65}, "bottleneck_size=65 is larger than the model's hidden size 64"),
-    ({"reduction_factor": 100}, "leaves no bottleneck for hidden size 64"),
-    ({"layers": [0, 2]}, r"asks for layer 2, but the model has 2 layers \(indices 0..1\)"),
-    ({"ffn_module": "feed_forward"}, "has no module 'feed_forward'; its children are"),
-])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"bottleneck_size": 65}, "bottleneck_size=65 is larger than the model's hidden size 64"),
+        ({"reduction_factor": 100}, "leaves no bottleneck for hidden size 64"),
+        ({"layers": [0, 2]}, r"asks for layer 2, but the model has 2 layers \(indices 0..1\)"),
+        ({"ffn_module": "feed_forward"}, "has no module 'feed_forward'; its children are"),
+    ],
+)
 def test_model_errors(config, message):
     model = tiny_model("llama")
     with pytest.raises(peftlab.MethodError, match=message):

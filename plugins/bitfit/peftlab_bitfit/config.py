@@ -17,14 +17,20 @@ GROUPS = ("all", "attention", "ffn")
 @dataclass
 class BitFitConfig(MethodConfig):
     biases: Literal["all", "attention", "ffn"] = option(
-        "all", help="Which bias terms train: all (every layer's biases, LayerNorm β included), attention "
-                    "(the attention sublayers' biases) or ffn (the feed-forward sublayers' biases)")
+        "all",
+        help="Which bias terms train: all (every layer's biases, LayerNorm β included), attention "
+        "(the attention sublayers' biases) or ffn (the feed-forward sublayers' biases)",
+    )
     target_modules: list[str] | str | None = option(
-        None, help="Only these modules' biases: names (a module matches when its path ends with one) or a regex "
-                   "(full match on the path). Empty = every module of the chosen group that has or can get a bias")
+        None,
+        help="Only these modules' biases: names (a module matches when its path ends with one) or a regex "
+        "(full match on the path). Empty = every module of the chosen group that has or can get a bias",
+    )
     add_missing_biases: bool = option(
-        True, help="Give linear layers that have no bias (the Llama family has none) a zero-initialised bias to "
-                   "train, so the adapted model starts exactly as the base model")
+        True,
+        help="Give linear layers that have no bias (the Llama family has none) a zero-initialised bias to "
+        "train, so the adapted model starts exactly as the base model",
+    )
 
     def __post_init__(self) -> None:
         if self.biases not in GROUPS:

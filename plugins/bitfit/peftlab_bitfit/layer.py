@@ -30,8 +30,11 @@ def add_bias_deltas(layer: nn.Module, args: tuple, y: torch.Tensor) -> torch.Ten
 
 def bias_layers(model: nn.Module, name: str | None = None) -> dict[str, nn.Module]:
     """``{path: layer}`` of layers holding a BitFit delta for adapter ``name`` (any adapter if None)."""
-    return {path: m for path, m in model.named_modules()
-            if isinstance(getattr(m, ATTR, None), nn.ParameterDict) and (name is None or name in getattr(m, ATTR))}
+    return {
+        path: m
+        for path, m in model.named_modules()
+        if isinstance(getattr(m, ATTR, None), nn.ParameterDict) and (name is None or name in getattr(m, ATTR))
+    }
 
 
 def inject_bias_deltas(model: nn.Module, name: str, paths: list[str]) -> None:

@@ -26,8 +26,10 @@ class BitFit(Method):
 
     @hookimpl
     def trainable_params(self, model, adapter_name: str) -> dict[str, torch.nn.Parameter]:
-        return {f"{path}.{bitfit.ATTR}.{adapter_name}": getattr(layer, bitfit.ATTR)[adapter_name]
-                for path, layer in bitfit.bias_layers(model, adapter_name).items()}
+        return {
+            f"{path}.{bitfit.ATTR}.{adapter_name}": getattr(layer, bitfit.ATTR)[adapter_name]
+            for path, layer in bitfit.bias_layers(model, adapter_name).items()
+        }
 
     @hookimpl
     def save(self, model, adapter_name: str) -> AdapterWeights:

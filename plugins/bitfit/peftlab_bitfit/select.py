@@ -24,8 +24,11 @@ def owner(module: nn.Module) -> nn.Module:
 
 def has_bias(module: nn.Module) -> bool:
     bias = getattr(owner(module), "bias", None)
-    return isinstance(bias, nn.Parameter) and bias.dim() == 1 and (
-        is_linear(module) or isinstance(owner(module), nn.LayerNorm))
+    return (
+        isinstance(bias, nn.Parameter)
+        and bias.dim() == 1
+        and (is_linear(module) or isinstance(owner(module), nn.LayerNorm))
+    )
 
 
 def can_get_bias(module: nn.Module) -> bool:
@@ -51,24 +54,29 @@ def group_of(relative: str) -> str | None:
     return None  # e.g. GPT-2's ln_1/ln_2: only in "all"
 
 
-def select_modules(model: nn.Module, biases: str, targets: list[str] | str | None,
-                   add_missing: bool) -> list[str]:
+def select_modules(model: nn.Module, biases: str, targets: list[str] | str | None, add_missing: bool) -> list[str]:
     """Paths of the modules whose bias terms train (existing biases, or new zero ones)."""
     heads = output_heads(model)
     stack = layer_stack(model)
     if biases != "all" and stack is None:
-        raise MethodError(f"BitFit biases={biases!r} needs the transformer layers, but {type(model).__name__} has "
-                          f"no ModuleList of num_hidden_layers modules; use biases='all' with target_modules")
+        raise MethodError(
+            f"BitFit biases={biases!r} needs the transformer layers, but {type(model).__name__} has "
+            f"no ModuleList of num_hidden_layers modules; use biases='all' with target_modules"
+        )
     candidates = {}
     for path, module in model.named_modules():
-        if not path or any(part in path + "." for part in ADAPTER_PARTS) or path in heads or any(
-                path.startswith(h + ".") for h in heads):
+        if (
+            not path
+            or any(part in path + "." for part in ADAPTER_PARTS)
+            or path in heads
+            or any(path.startswith(h + ".") for h in heads)
+        ):
             continue
         if biases != "all":
             prefix = stack[0] + "."
             if not path.startswith(prefix):
                 continue
-            relative = path[len(prefix):].split(".", 1)
+            relative = path[len(prefix) :].split(".", 1)
             if len(relative) < 2 or group_of(relative[1]) != biases:
                 continue
         candidates[path] = module
@@ -76,14 +84,18 @@ def select_modules(model: nn.Module, biases: str, targets: list[str] | str | Non
         chosen = {p: m for p, m in candidates.items() if target_matches(p, targets)}
         if not chosen:
             names = sorted({p.rsplit(".", 1)[-1] for p, m in candidates.items() if has_bias(m) or can_get_bias(m)})
-            raise MethodError(f"BitFit target_modules={targets!r} matched no module of the biases={biases!r} group; "
-                              f"modules there with a bias (or that can get one): {names}")
+            raise MethodError(
+                f"BitFit target_modules={targets!r} matched no module of the biases={biases!r} group; "
+                f"modules there with a bias (or that can get one): {names}"
+            )
         for path, module in chosen.items():
             if has_bias(module):
                 continue
             if not can_get_bias(module):
-                raise MethodError(f"BitFit cannot train a bias of {path} ({type(owner(module)).__name__}): it has "
-                                  f"no bias term and cannot get one (only Linear, Conv1D and LayerNorm layers can)")
+                raise MethodError(
+                    f"BitFit cannot train a bias of {path} ({type(owner(module)).__name__}): it has "
+                    f"no bias term and cannot get one (only Linear, Conv1D and LayerNorm layers can)"
+                )
             if not add_missing:
                 raise MethodError(f"{path} has no bias; set add_missing_biases=true to give it a zero bias to train")
         return sorted(chosen)

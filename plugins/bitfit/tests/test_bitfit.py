@@ -47,14 +47,17 @@ def _reference(base, deltas: dict[str, torch.Tensor]):
 # --- the conformance kit ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("arch", "task", "config", "kw"), [
-    # the tiny llama's final RMSNorm bounds the hidden state and its tied head's weights are ~0.02, so biases alone
-    # can lower the kit's random-token loss only ~5% (5.55 → 5.24); the SmolLM2 test below checks real learning
-    ("llama", "CAUSAL_LM", {}, {"loss_drop": 0.96}),
-    ("llama", "SEQ_CLS", {"biases": "ffn"}, {}),
-    ("gpt2", "CAUSAL_LM", {}, {"lr": 0.1}),
-    ("bert", "SEQ_CLS", {"biases": "attention"}, {}),
-])
+@pytest.mark.parametrize(
+    ("arch", "task", "config", "kw"),
+    [
+        # the tiny llama's final RMSNorm bounds the hidden state and its tied head's weights are ~0.02, so biases alone
+        # can lower the kit's random-token loss only ~5% (5.55 → 5.24); the SmolLM2 test below checks real learning
+        ("llama", "CAUSAL_LM", {}, {"loss_drop": 0.96}),
+        ("llama", "SEQ_CLS", {"biases": "ffn"}, {}),
+        ("gpt2", "CAUSAL_LM", {}, {"lr": 0.1}),
+        ("bert", "SEQ_CLS", {"biases": "attention"}, {}),
+    ],
+)
 def test_check_method(tmp_path, arch, task, config, kw):
     report = check_method("bitfit", config, arch=arch, task=task, tmp_path=tmp_path, **kw)
     assert report["merge_max_diff"] <= 1e-5
@@ -74,16 +77,28 @@ def _relative(paths):
     return sorted(p.split(".0.", 1)[1] for p in paths if ".0." in p)
 
 
-@pytest.mark.parametrize(("arch", "biases", "expected"), [
-    ("llama", "attention", ["self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj"]),
-    ("llama", "ffn", ["mlp.down_proj", "mlp.gate_proj", "mlp.up_proj"]),
-    ("gpt2", "attention", ["attn.c_attn", "attn.c_proj"]),
-    ("gpt2", "ffn", ["mlp.c_fc", "mlp.c_proj"]),
-    ("gpt2", "all", ["attn.c_attn", "attn.c_proj", "ln_1", "ln_2", "mlp.c_fc", "mlp.c_proj"]),
-    ("bert", "attention", ["attention.output.LayerNorm", "attention.output.dense", "attention.self.key",
-                           "attention.self.query", "attention.self.value"]),
-    ("bert", "ffn", ["intermediate.dense", "output.LayerNorm", "output.dense"]),
-])
+@pytest.mark.parametrize(
+    ("arch", "biases", "expected"),
+    [
+        ("llama", "attention", ["self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj"]),
+        ("llama", "ffn", ["mlp.down_proj", "mlp.gate_proj", "mlp.up_proj"]),
+        ("gpt2", "attention", ["attn.c_attn", "attn.c_proj"]),
+        ("gpt2", "ffn", ["mlp.c_fc", "mlp.c_proj"]),
+        ("gpt2", "all", ["attn.c_attn", "attn.c_proj", "ln_1", "ln_2", "mlp.c_fc", "mlp.c_proj"]),
+        (
+            "bert",
+            "attention",
+            [
+                "attention.output.LayerNorm",
+                "attention.output.dense",
+                "attention.self.key",
+                "attention.self.query",
+                "attention.self.value",
+            ],
+        ),
+        ("bert", "ffn", ["intermediate.dense", "output.LayerNorm", "output.dense"]),
+    ],
+)
 def test_bias_groups(arch, biases, expected):
     model = tiny_model(arch)
     peftlab.add_adapter(model, "bitfit", {"biases": biases})
@@ -109,8 +124,9 @@ def test_all_covers_every_bias_but_the_output_head():
 def test_target_modules_narrow_the_group():
     model = tiny_model("llama")
     peftlab.add_adapter(model, "bitfit", {"target_modules": ["q_proj", "down_proj"]})
-    assert sorted(bias_layers(model)) == [f"model.layers.{i}.{m}" for i in (0, 1)
-                                          for m in ("mlp.down_proj", "self_attn.q_proj")]
+    assert sorted(bias_layers(model)) == [
+        f"model.layers.{i}.{m}" for i in (0, 1) for m in ("mlp.down_proj", "self_attn.q_proj")
+    ]
     regex = tiny_model("llama")
     peftlab.add_adapter(regex, "bitfit", {"biases": "attention", "target_modules": r".*\.1\.self_attn\.[qv]_proj"})
     assert sorted(bias_layers(regex)) == ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]
@@ -200,12 +216,14 @@ def test_saved_files_hold_the_fine_tuned_biases(tmp_path):
     adapted = logits(model, ids)
     folder = peftlab.save_adapter(model, tmp_path / "bf")
     tensors = load_file(str(folder / "adapter_model.safetensors"))
-    assert sorted(tensors) == sorted(f"base_model.model.transformer.h.{i}.mlp.{m}.bias"
-                                     for i in (0, 1) for m in ("c_fc", "c_proj"))
+    assert sorted(tensors) == sorted(
+        f"base_model.model.transformer.h.{i}.mlp.{m}.bias" for i in (0, 1) for m in ("c_fc", "c_proj")
+    )
     # b + Δb under the layer's own bias name: loading them straight into the base model gives the adapted model
     plain = tiny_model("gpt2")
-    missing, unexpected = plain.load_state_dict({k.removeprefix("base_model.model."): v for k, v in tensors.items()},
-                                                strict=False)
+    missing, unexpected = plain.load_state_dict(
+        {k.removeprefix("base_model.model."): v for k, v in tensors.items()}, strict=False
+    )
     assert not unexpected
     assert torch.allclose(logits(plain, ids), adapted, atol=1e-5)
 
@@ -237,26 +255,32 @@ def test_save_and_reload_while_merged(tmp_path):
 # --- bad input ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    ({"biases": "layernorm"}, "biases must be one of all, attention, ffn"),
-    ({"target_modules": "q_proj("}, "not a valid regex"),
-    ({"target_modules": [""]}, "target_modules must be module names"),
-    ({"add_missing_biases": "yes"}, "add_missing_biases must be true or false"),
-    ({"bias": "all"}, "does not support bias"),
-])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"biases": "layernorm"}, "biases must be one of all, attention, ffn"),
+        ({"target_modules": "q_proj("}, "not a valid regex"),
+        ({"target_modules": [""]}, "target_modules must be module names"),
+        ({"add_missing_biases": "yes"}, "add_missing_biases must be true or false"),
+        ({"bias": "all"}, "does not support bias"),
+    ],
+)
 def test_config_errors(config, message):
     with pytest.raises(peftlab.ConfigError, match=message):
         peftlab.make_config("bitfit", config)
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    ({"target_modules": ["input_layernorm"]}, r"LlamaRMSNorm\): it has no bias term and cannot get one"),
-    ({"target_modules": ["self_attn"]}, r"LlamaAttention\): it has no bias term and cannot get one"),
-    ({"target_modules": ["c_attn"]}, r"matched no module of the biases='all' group; .*'q_proj'"),
-    ({"biases": "ffn", "target_modules": ["q_proj"]}, "matched no module of the biases='ffn' group"),
-    ({"add_missing_biases": False}, "found no bias term in LlamaForCausalLM; set add_missing_biases=true"),
-    ({"add_missing_biases": False, "target_modules": ["q_proj"]}, "q_proj has no bias; set add_missing_biases"),
-])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"target_modules": ["input_layernorm"]}, r"LlamaRMSNorm\): it has no bias term and cannot get one"),
+        ({"target_modules": ["self_attn"]}, r"LlamaAttention\): it has no bias term and cannot get one"),
+        ({"target_modules": ["c_attn"]}, r"matched no module of the biases='all' group; .*'q_proj'"),
+        ({"biases": "ffn", "target_modules": ["q_proj"]}, "matched no module of the biases='ffn' group"),
+        ({"add_missing_biases": False}, "found no bias term in LlamaForCausalLM; set add_missing_biases=true"),
+        ({"add_missing_biases": False, "target_modules": ["q_proj"]}, "q_proj has no bias; set add_missing_biases"),
+    ],
+)
 def test_model_errors(config, message):
     model = tiny_model("llama")
     with pytest.raises(peftlab.MethodError, match=message):

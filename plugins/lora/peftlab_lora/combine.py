@@ -26,11 +26,30 @@ import torch
 
 from peftlab import MethodError
 
-COMBINATIONS = ("cat", "svd", "linear", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
-                "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
+COMBINATIONS = (
+    "cat",
+    "svd",
+    "linear",
+    "ties",
+    "ties_svd",
+    "dare_linear",
+    "dare_ties",
+    "dare_linear_svd",
+    "dare_ties_svd",
+    "magnitude_prune",
+    "magnitude_prune_svd",
+)
 FACTOR_LEVEL = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
-NEEDS_DENSITY = ("ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd", "dare_ties_svd",
-                 "magnitude_prune", "magnitude_prune_svd")
+NEEDS_DENSITY = (
+    "ties",
+    "ties_svd",
+    "dare_linear",
+    "dare_ties",
+    "dare_linear_svd",
+    "dare_ties_svd",
+    "magnitude_prune",
+    "magnitude_prune_svd",
+)
 MAJORITY_SIGNS = ("total", "frequency")
 
 Factors = tuple[torch.Tensor, torch.Tensor, float]  # A [r, in], B [out, r], scaling
@@ -53,8 +72,14 @@ def _prune(t: torch.Tensor, density: float, random: bool, gen: torch.Generator) 
     return t * mask.reshape(t.shape)
 
 
-def merge_tensors(tensors: list[torch.Tensor], weights: list[float], kind: str, density: float | None,
-                  majority_sign: str, gen: torch.Generator) -> torch.Tensor:
+def merge_tensors(
+    tensors: list[torch.Tensor],
+    weights: list[float],
+    kind: str,
+    density: float | None,
+    majority_sign: str,
+    gen: torch.Generator,
+) -> torch.Tensor:
     """``kind``: ``linear`` (Σ wᵢtᵢ), ``magnitude_prune``, ``ties``, ``dare_linear``, ``dare_ties``."""
     if kind != "linear":
         tensors = [_prune(t, density, kind.startswith("dare"), gen) for t in tensors]
@@ -72,8 +97,9 @@ def merge_tensors(tensors: list[torch.Tensor], weights: list[float], kind: str, 
 # --- the combination -------------------------------------------------------------------------------------
 
 
-def check_options(combination: str, n: int, weights: list[float], svd_rank: int | None, density: float | None,
-                  majority_sign: str) -> None:
+def check_options(
+    combination: str, n: int, weights: list[float], svd_rank: int | None, density: float | None, majority_sign: str
+) -> None:
     if combination not in COMBINATIONS:
         raise MethodError(f"unknown combination {combination!r}; one of {', '.join(COMBINATIONS)}")
     if n < 1 or len(weights) != n:
@@ -88,9 +114,17 @@ def check_options(combination: str, n: int, weights: list[float], svd_rank: int 
         raise MethodError(f"svd_rank must be a positive integer, got {svd_rank!r}")
 
 
-def combine_factors(parents: list[dict[str, Factors]], weights: list[float], combination: str = "cat", *,
-                    svd_rank: int | None = None, density: float | None = None, majority_sign: str = "total",
-                    seed: int = 0, names: list[str] | None = None) -> tuple[dict[str, tuple], int]:
+def combine_factors(
+    parents: list[dict[str, Factors]],
+    weights: list[float],
+    combination: str = "cat",
+    *,
+    svd_rank: int | None = None,
+    density: float | None = None,
+    majority_sign: str = "total",
+    seed: int = 0,
+    names: list[str] | None = None,
+) -> tuple[dict[str, tuple], int]:
     """Merge the parents' factors; returns ``({path: (A, B)}, r)`` for an adapter of scaling 1 and rank ``r``
     (modules of a smaller rank are padded with zeros, which changes nothing)."""
     check_options(combination, len(parents), weights, svd_rank, density, majority_sign)
@@ -108,8 +142,10 @@ def combine_factors(parents: list[dict[str, Factors]], weights: list[float], com
         elif combination in FACTOR_LEVEL:
             ranks = {n: A.shape[0] for (A, _, _), _, n in here}
             if len(set(ranks.values())) > 1:
-                raise MethodError(f"{combination} merges the factors A and B themselves, so the parents need one "
-                                  f"rank, but at {path} they have {ranks}; use cat (exact) or svd instead")
+                raise MethodError(
+                    f"{combination} merges the factors A and B themselves, so the parents need one "
+                    f"rank, but at {path} they have {ranks}; use cat (exact) or svd instead"
+                )
             ws = [w * s for (_, _, s), w, _ in here]
             wa = [math.copysign(math.sqrt(abs(x)), 1.0 if x >= 0 else -1.0) for x in ws]
             wb = [math.sqrt(abs(x)) for x in ws]
@@ -140,8 +176,10 @@ def lora_factors(files, prefix: str = "base_model.model.") -> dict[str, Factors]
     """``{module path: (A, B, scaling)}`` of a LoRA adapter read from disk (``peftlab.io.AdapterFiles``)."""
     cfg, tensors = files.config, files.weights.tensors
     if getattr(cfg, "bias", "none") != "none" or files.peft_config.get("modules_to_save"):
-        raise MethodError(f"{files.path}: trained biases or task heads (bias={cfg.bias!r}, modules_to_save="
-                          f"{files.peft_config.get('modules_to_save')}) cannot be combined; only A·B can")
+        raise MethodError(
+            f"{files.path}: trained biases or task heads (bias={cfg.bias!r}, modules_to_save="
+            f"{files.peft_config.get('modules_to_save')}) cannot be combined; only A·B can"
+        )
     scaling = cfg.lora_alpha / (math.sqrt(cfg.r) if cfg.use_rslora else cfg.r)
     out, suffix = {}, ".lora_A.weight"
     for key in tensors:
@@ -156,8 +194,9 @@ def lora_factors(files, prefix: str = "base_model.model.") -> dict[str, Factors]
     return out
 
 
-def lora_adapter(parents: list, merged: dict[str, tuple], r: int,
-                 prefix: str = "base_model.model.") -> tuple[dict, dict[str, torch.Tensor]]:
+def lora_adapter(
+    parents: list, merged: dict[str, tuple], r: int, prefix: str = "base_model.model."
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """The merged adapter as ``(adapter_config.json keys, PEFT tensors)``: plain LoRA of scaling 1."""
     targets = [getattr(p.config, "target_modules", None) for p in parents]
     if all(isinstance(t, list) for t in targets):
@@ -167,9 +206,17 @@ def lora_adapter(parents: list, merged: dict[str, tuple], r: int,
     fan = {bool(getattr(p.config, "fan_in_fan_out", False)) for p in parents}
     if len(fan) > 1:
         raise MethodError("the parents disagree on fan_in_fan_out: they were made for different layer types")
-    config = {"peft_type": "LORA", "r": r, "lora_alpha": r, "use_rslora": False,
-              "lora_dropout": getattr(parents[0].config, "lora_dropout", 0.0), "target_modules": target_modules,
-              "init_lora_weights": True, "bias": "none", "fan_in_fan_out": fan.pop()}
+    config = {
+        "peft_type": "LORA",
+        "r": r,
+        "lora_alpha": r,
+        "use_rslora": False,
+        "lora_dropout": getattr(parents[0].config, "lora_dropout", 0.0),
+        "target_modules": target_modules,
+        "init_lora_weights": True,
+        "bias": "none",
+        "fan_in_fan_out": fan.pop(),
+    }
     tensors = {}
     for path, (A, B) in merged.items():
         tensors[f"{prefix}{path}.lora_A.weight"] = A
@@ -177,11 +224,23 @@ def lora_adapter(parents: list, merged: dict[str, tuple], r: int,
     return config, tensors
 
 
-def combine_lora_family(parents: list, factors: list[dict[str, Factors]], weights: list[float], combination: str,
-                        options: dict, prefix: str = "base_model.model.") -> tuple[dict, dict[str, torch.Tensor]]:
+def combine_lora_family(
+    parents: list,
+    factors: list[dict[str, Factors]],
+    weights: list[float],
+    combination: str,
+    options: dict,
+    prefix: str = "base_model.model.",
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """What a LoRA-family method's ``combine`` hook returns, from each parent's factors."""
     opts = {k: options.get(k) for k in ("svd_rank", "density")}
-    merged, r = combine_factors(factors, list(weights), combination, **opts,
-                                majority_sign=options.get("majority_sign") or "total",
-                                seed=options.get("seed") or 0, names=[str(p.path) for p in parents])
+    merged, r = combine_factors(
+        factors,
+        list(weights),
+        combination,
+        **opts,
+        majority_sign=options.get("majority_sign") or "total",
+        seed=options.get("seed") or 0,
+        names=[str(p.path) for p in parents],
+    )
     return lora_adapter(parents, merged, r, prefix)

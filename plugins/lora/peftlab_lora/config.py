@@ -14,19 +14,34 @@ class LoraConfig(MethodConfig):
     lora_alpha: float = option(16, help="Scaling numerator α: the update is scaled by α/r (α/√r with rsLoRA)")
     lora_dropout: float = option(0.0, help="Dropout probability on the LoRA branch input")
     target_modules: list[str] | str | None = option(
-        None, help="Modules to adapt: names (a module matches when its path ends with one), a regex "
-                   "(full match on the path), or 'all-linear'. Empty = the model family's attention projections")
+        None,
+        help="Modules to adapt: names (a module matches when its path ends with one), a regex "
+        "(full match on the path), or 'all-linear'. Empty = the model family's attention projections",
+    )
     use_rslora: bool = option(False, help="rsLoRA: scale by α/√r instead of α/r (stable at high rank)")
     init_lora_weights: bool | str = option(
-        True, help="true: Kaiming-uniform A, zero B; 'gaussian': normal A (std 1/r), zero B; "
-                   "false: random B as well (the adapter changes outputs from the start)")
+        True,
+        help="true: Kaiming-uniform A, zero B; 'gaussian': normal A (std 1/r), zero B; "
+        "false: random B as well (the adapter changes outputs from the start)",
+    )
     bias: Literal["none", "all", "lora_only"] = option("none", help="Which biases train: none, all, lora_only")
-    fan_in_fan_out: bool = option(False, help="Set for layers storing weights as (in, out), like GPT-2's Conv1D "
-                                              "(detected automatically; kept for PEFT compatibility)")
+    fan_in_fan_out: bool = option(
+        False,
+        help="Set for layers storing weights as (in, out), like GPT-2's Conv1D "
+        "(detected automatically; kept for PEFT compatibility)",
+    )
 
     # keys peft writes for LoRA that carry no meaning for plain LoRA
-    peft_ignored = {"megatron_core": ..., "qalora_group_size": ..., "runtime_config": ..., "lora_bias": False,
-                    "use_dora": False, "use_qalora": False, "layers_pattern": None, "layers_to_transform": None}
+    peft_ignored = {
+        "megatron_core": ...,
+        "qalora_group_size": ...,
+        "runtime_config": ...,
+        "lora_bias": False,
+        "use_dora": False,
+        "use_qalora": False,
+        "layers_pattern": None,
+        "layers_to_transform": None,
+    }
 
     def __post_init__(self) -> None:
         if not isinstance(self.r, int) or self.r < 1:

@@ -12,10 +12,18 @@ from peftlab.kit import for_rows, is_conv1d, keep, match_targets, placement, rep
 
 # the attention projections LoRA adapts by default, per model family (as in the LoRA paper: W_q, W_v)
 DEFAULT_TARGETS = {
-    "llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"],
-    "gemma": ["q_proj", "v_proj"], "phi3": ["qkv_proj"], "gpt2": ["c_attn"], "gpt_neox": ["query_key_value"],
-    "bert": ["query", "value"], "roberta": ["query", "value"], "distilbert": ["q_lin", "v_lin"],
-    "opt": ["q_proj", "v_proj"], "falcon": ["query_key_value"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj"],
+    "gpt2": ["c_attn"],
+    "gpt_neox": ["query_key_value"],
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"],
+    "opt": ["q_proj", "v_proj"],
+    "falcon": ["query_key_value"],
 }
 
 
@@ -102,8 +110,9 @@ class LoraLayer(nn.Module):
 
 def lora_layers(model: nn.Module, name: str | None = None) -> dict[str, LoraLayer]:
     """``{module path: LoraLayer}`` of the layers holding adapter ``name`` (any adapter if None)."""
-    return {path: m for path, m in model.named_modules()
-            if isinstance(m, LoraLayer) and (name is None or name in m.lora_A)}
+    return {
+        path: m for path, m in model.named_modules() if isinstance(m, LoraLayer) and (name is None or name in m.lora_A)
+    }
 
 
 def resolve_targets(model: nn.Module, config) -> None:
@@ -115,12 +124,21 @@ def resolve_targets(model: nn.Module, config) -> None:
 def lora_targets(model: nn.Module, targets: list[str] | str | None) -> list[str]:
     """Module paths ``targets`` selects (peft's rules; ``None``: the family's default, else all-linear)."""
     default = DEFAULT_TARGETS.get(getattr(model.config, "model_type", ""), "all-linear")
-    return match_targets(model, targets, default=default, accepts=lambda m: in_out_features(m) is not None,
-                         method="LoRA")
+    return match_targets(
+        model, targets, default=default, accepts=lambda m: in_out_features(m) is not None, method="LoRA"
+    )
 
 
-def inject_lora(model: nn.Module, name: str, r: int, alpha: float, dropout: float, rslora: bool,
-                init: bool | str, targets: list[str] | str | None) -> list[str]:
+def inject_lora(
+    model: nn.Module,
+    name: str,
+    r: int,
+    alpha: float,
+    dropout: float,
+    rslora: bool,
+    init: bool | str,
+    targets: list[str] | str | None,
+) -> list[str]:
     """Wrap every targeted layer in a ``LoraLayer`` (or extend an existing one); return the paths."""
     state = adapter_state(model)
     paths = lora_targets(model, targets)

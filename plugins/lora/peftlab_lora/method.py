@@ -32,15 +32,26 @@ class LoRA(Method):
     @hookimpl
     def inject(self, model, config: LoraConfig, adapter_name: str) -> None:
         resolve_targets(model, config)
-        inject_lora(model, adapter_name, config.r, config.lora_alpha, config.lora_dropout, config.use_rslora,
-                    config.init_lora_weights, config.target_modules)
+        inject_lora(
+            model,
+            adapter_name,
+            config.r,
+            config.lora_alpha,
+            config.lora_dropout,
+            config.use_rslora,
+            config.init_lora_weights,
+            config.target_modules,
+        )
 
     def _biases(self, model, config: LoraConfig, adapter_name: str) -> dict[str, torch.nn.Parameter]:
         if config.bias == "all":
             return {n: p for n, p in model.named_parameters() if n.endswith(".bias") and ".lora_" not in n}
         if config.bias == "lora_only":
-            return {f"{path}.base_layer.bias": m.base_layer.bias for path, m in lora_layers(model, adapter_name).items()
-                    if getattr(m.base_layer, "bias", None) is not None}
+            return {
+                f"{path}.base_layer.bias": m.base_layer.bias
+                for path, m in lora_layers(model, adapter_name).items()
+                if getattr(m.base_layer, "bias", None) is not None
+            }
         return {}
 
     @hookimpl

@@ -14,14 +14,17 @@ from peftlab.testing import check_method, check_peft_roundtrip, logits
 peft = pytest.importorskip("peft")
 
 
-@pytest.mark.parametrize("arch,task,cfg", [
-    ("llama", "CAUSAL_LM", {}),
-    ("llama", "CAUSAL_LM", {"target_modules": "all-linear", "init_lora_weights": "gaussian"}),
-    ("llama", "CAUSAL_LM", {"target_modules": r".*\.layers\.1\.mlp\.(up|down)_proj", "lora_dropout": 0.1}),
-    ("gpt2", "CAUSAL_LM", {"bias": "all"}),  # Conv1D layers
-    ("bert", "SEQ_CLS", {}),
-    ("llama", "SEQ_CLS", {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}),
-])
+@pytest.mark.parametrize(
+    "arch,task,cfg",
+    [
+        ("llama", "CAUSAL_LM", {}),
+        ("llama", "CAUSAL_LM", {"target_modules": "all-linear", "init_lora_weights": "gaussian"}),
+        ("llama", "CAUSAL_LM", {"target_modules": r".*\.layers\.1\.mlp\.(up|down)_proj", "lora_dropout": 0.1}),
+        ("gpt2", "CAUSAL_LM", {"bias": "all"}),  # Conv1D layers
+        ("bert", "SEQ_CLS", {}),
+        ("llama", "SEQ_CLS", {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}),
+    ],
+)
 def test_lora_passes_the_conformance_kit(arch, task, cfg, tmp_path):
     # lr 1e-2: Adam at the kit's 3e-2 oscillates on some of these tiny random models
     report = check_method("lora", cfg, arch=arch, task=task, tmp_path=tmp_path, lr=1e-2)
@@ -116,10 +119,14 @@ def test_lora_merge_then_unmerge_restores_the_weights():
 def test_lora_on_smollm2_round_trips_with_peft_both_ways(smollm2_dir, tmp_path):
     tok = load_tokenizer(smollm2_dir)
     ids = tok(["The capital of France is", "Two plus two equals four."], return_tensors="pt", padding=True)
-    report = check_peft_roundtrip("lora", {"r": 8, "target_modules": "all-linear"},
-                                  make_model=lambda: load_model(smollm2_dir, dtype="float32", device="cpu")[0],
-                                  inputs=(ids["input_ids"], ids["attention_mask"]), generate=False,
-                                  tmp_path=tmp_path)
+    report = check_peft_roundtrip(
+        "lora",
+        {"r": 8, "target_modules": "all-linear"},
+        make_model=lambda: load_model(smollm2_dir, dtype="float32", device="cpu")[0],
+        inputs=(ids["input_ids"], ids["attention_mask"]),
+        generate=False,
+        tmp_path=tmp_path,
+    )
     assert report["to_peft_max_diff"] <= 1e-4 and report["from_peft_max_diff"] <= 1e-4
 
 
@@ -129,9 +136,21 @@ def test_lora_trains_on_smollm2_and_mixed_batch_chat_matches_separate_runs(smoll
     from peftlab.train import TrainArgs, train
 
     model, tok = load_model(smollm2_dir, dtype="float32", device="cpu")
-    res = train(TrainArgs(method="lora", method_config={"r": 8, "target_modules": "all-linear"},
-                          dataset="capitals-json", max_steps=12, learning_rate=2e-3, batch_size=8, max_length=128,
-                          max_eval_samples=16, output_dir=str(tmp_path / "run")), model=model, tokenizer=tok)
+    res = train(
+        TrainArgs(
+            method="lora",
+            method_config={"r": 8, "target_modules": "all-linear"},
+            dataset="capitals-json",
+            max_steps=12,
+            learning_rate=2e-3,
+            batch_size=8,
+            max_length=128,
+            max_eval_samples=16,
+            output_dir=str(tmp_path / "run"),
+        ),
+        model=model,
+        tokenizer=tok,
+    )
     assert res.eval_loss_after < 0.5 * res.eval_loss_before, (res.eval_loss_before, res.eval_loss_after)
     assert 0.1 < res.params["percent"] < 5
     metrics = evaluate(model, tok, "capitals-json", max_samples=8, max_new_tokens=24)

@@ -14,22 +14,44 @@ from torch import nn
 class PromptEncoder(nn.Module):
     """Maps k input embeddings ``E ∈ R^{k×d}`` to the k virtual tokens through a reparameterisation."""
 
-    def __init__(self, num_virtual_tokens: int, token_dim: int, hidden: int, kind: str, lstm_layers: int,
-                 dropout: float, *, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        num_virtual_tokens: int,
+        token_dim: int,
+        hidden: int,
+        kind: str,
+        lstm_layers: int,
+        dropout: float,
+        *,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         self.num_virtual_tokens = num_virtual_tokens
         self.kind = kind
         factory = {"device": device, "dtype": dtype}
         self.embedding = nn.Embedding(num_virtual_tokens, token_dim, **factory)
         if kind == "LSTM":
-            self.lstm_head = nn.LSTM(token_dim, hidden, num_layers=lstm_layers, dropout=dropout if lstm_layers > 1
-                                     else 0.0, bidirectional=True, batch_first=True, **factory)
-            self.mlp_head = nn.Sequential(nn.Linear(2 * hidden, 2 * hidden, **factory), nn.ReLU(),
-                                          nn.Linear(2 * hidden, token_dim, **factory))
+            self.lstm_head = nn.LSTM(
+                token_dim,
+                hidden,
+                num_layers=lstm_layers,
+                dropout=dropout if lstm_layers > 1 else 0.0,
+                bidirectional=True,
+                batch_first=True,
+                **factory,
+            )
+            self.mlp_head = nn.Sequential(
+                nn.Linear(2 * hidden, 2 * hidden, **factory), nn.ReLU(), nn.Linear(2 * hidden, token_dim, **factory)
+            )
         else:
-            self.mlp_head = nn.Sequential(nn.Linear(token_dim, hidden, **factory), nn.ReLU(),
-                                          nn.Linear(hidden, hidden, **factory), nn.ReLU(),
-                                          nn.Linear(hidden, token_dim, **factory))
+            self.mlp_head = nn.Sequential(
+                nn.Linear(token_dim, hidden, **factory),
+                nn.ReLU(),
+                nn.Linear(hidden, hidden, **factory),
+                nn.ReLU(),
+                nn.Linear(hidden, token_dim, **factory),
+            )
         self.prompt_embeddings: nn.Parameter | None = None  # set by freeze_output: the encoder is gone
 
     @property

@@ -31,18 +31,31 @@ class PTuning(VirtualTokenMethod):
         if config.encoder_hidden_size is None:
             config.encoder_hidden_size = config.token_dim  # recorded: peft needs a number to rebuild the encoder
         if config.encoder_reparameterization_type == "MLP" and config.encoder_num_layers != 2:
-            warnings.warn("P-Tuning's MLP encoder always has 3 linear layers (as in peft); encoder_num_layers="
-                          f"{config.encoder_num_layers} is ignored", stacklevel=2)
+            warnings.warn(
+                "P-Tuning's MLP encoder always has 3 linear layers (as in peft); encoder_num_layers="
+                f"{config.encoder_num_layers} is ignored",
+                stacklevel=2,
+            )
         weight = model.get_input_embeddings().weight
-        return PromptEncoder(config.num_virtual_tokens, config.token_dim, config.encoder_hidden_size,
-                             config.encoder_reparameterization_type, config.encoder_num_layers,
-                             config.encoder_dropout, device=weight.device, dtype=weight.dtype)
+        return PromptEncoder(
+            config.num_virtual_tokens,
+            config.token_dim,
+            config.encoder_hidden_size,
+            config.encoder_reparameterization_type,
+            config.encoder_num_layers,
+            config.encoder_dropout,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
 
     @hookimpl
     def save(self, model, adapter_name: str) -> AdapterWeights:
         encoder = VirtualTokens.source(model, adapter_name)
-        extra = {} if encoder.frozen_output else \
-            {EXTRA + k: v.detach().clone().contiguous() for k, v in encoder.state_dict().items()}
+        extra = (
+            {}
+            if encoder.frozen_output
+            else {EXTRA + k: v.detach().clone().contiguous() for k, v in encoder.state_dict().items()}
+        )
         return AdapterWeights({KEY: prompt_of(encoder)}, extra)
 
     @hookimpl

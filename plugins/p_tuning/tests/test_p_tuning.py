@@ -30,8 +30,12 @@ ATOL = 1e-4
 def _adapted(k: int = 5, encoder: str = "MLP", name: str = "default", model=None, seed: int = 0, **cfg):
     """An adapter whose encoder weights are random (non-trivial prompts)."""
     model = model or responsive_tiny_model()
-    peftlab.add_adapter(model, METHOD, {"num_virtual_tokens": k, "encoder_reparameterization_type": encoder,
-                                        "encoder_hidden_size": 16, **cfg}, name)
+    peftlab.add_adapter(
+        model,
+        METHOD,
+        {"num_virtual_tokens": k, "encoder_reparameterization_type": encoder, "encoder_hidden_size": 16, **cfg},
+        name,
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in VirtualTokens.source(model, name).parameters():
@@ -57,8 +61,13 @@ def test_check_method_mlp(tmp_path):
 
 
 def test_check_method_lstm_seq_cls(tmp_path):
-    check_method(METHOD, {"num_virtual_tokens": 8, "encoder_reparameterization_type": "LSTM",
-                          "encoder_hidden_size": 32}, task="SEQ_CLS", lr=3e-3, tmp_path=tmp_path)
+    check_method(
+        METHOD,
+        {"num_virtual_tokens": 8, "encoder_reparameterization_type": "LSTM", "encoder_hidden_size": 32},
+        task="SEQ_CLS",
+        lr=3e-3,
+        tmp_path=tmp_path,
+    )
 
 
 def test_only_the_encoder_trains():
@@ -116,10 +125,15 @@ def test_round_trips_with_peft_and_peft_files_load_as_a_fixed_prompt(tmp_path, e
 
     # the encoders get random weights on each side
     report = check_peft_roundtrip(
-        METHOD, {"num_virtual_tokens": 5, "encoder_reparameterization_type": encoder, "encoder_hidden_size": 16},
-        make_model=responsive_tiny_model, std=0.5, tmp_path=tmp_path,
-        peft_config=PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=6, encoder_hidden_size=16,
-                                        encoder_reparameterization_type=encoder))
+        METHOD,
+        {"num_virtual_tokens": 5, "encoder_reparameterization_type": encoder, "encoder_hidden_size": 16},
+        make_model=responsive_tiny_model,
+        std=0.5,
+        tmp_path=tmp_path,
+        peft_config=PromptEncoderConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=6, encoder_hidden_size=16, encoder_reparameterization_type=encoder
+        ),
+    )
     # peft keeps the virtual positions in its logits; peftlab returns the input's
     assert report["to_peft_extra_positions"] == 5 and report["from_peft_extra_positions"] == 6
     assert report["to_peft_max_diff"] <= ATOL and report["from_peft_max_diff"] <= ATOL  # and 10 greedy tokens agree
@@ -141,11 +155,17 @@ def test_training_follows_peft_step_for_step():
     ids = random_ids(length=10)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     model = _adapted(k=4, encoder="LSTM")
-    peft_model = get_peft_model(responsive_tiny_model(), PromptEncoderConfig(
-        task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16, encoder_reparameterization_type="LSTM"))
+    peft_model = get_peft_model(
+        responsive_tiny_model(),
+        PromptEncoderConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16, encoder_reparameterization_type="LSTM"
+        ),
+    )
     peft_model.prompt_encoder["default"].load_state_dict(VirtualTokens.source(model, "default").state_dict())
-    curves = [train_steps(model, peftlab.prepare_for_training(model).values(), batch, 4, lr=1e-2),
-              train_steps(peft_model, [p for p in peft_model.parameters() if p.requires_grad], batch, 4, lr=1e-2)]
+    curves = [
+        train_steps(model, peftlab.prepare_for_training(model).values(), batch, 4, lr=1e-2),
+        train_steps(peft_model, [p for p in peft_model.parameters() if p.requires_grad], batch, 4, lr=1e-2),
+    ]
     assert curves[0][-1] < curves[0][0]
     assert curves[0] == pytest.approx(curves[1], abs=1e-5)
 
@@ -184,13 +204,16 @@ def test_soft_prompt_is_the_encoder_output():
 # --- bad input ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cfg, match", [
-    ({"encoder_reparameterization_type": "GRU"}, "MLP or LSTM"),
-    ({"encoder_hidden_size": 0}, "encoder_hidden_size"),
-    ({"encoder_num_layers": 0}, "encoder_num_layers"),
-    ({"encoder_dropout": 1.5}, "encoder_dropout"),
-    ({"num_virtual_tokens": -1}, "num_virtual_tokens"),
-])
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        ({"encoder_reparameterization_type": "GRU"}, "MLP or LSTM"),
+        ({"encoder_hidden_size": 0}, "encoder_hidden_size"),
+        ({"encoder_num_layers": 0}, "encoder_num_layers"),
+        ({"encoder_dropout": 1.5}, "encoder_dropout"),
+        ({"num_virtual_tokens": -1}, "num_virtual_tokens"),
+    ],
+)
 def test_bad_config_is_refused(cfg, match):
     with pytest.raises(ConfigError, match=match):
         peftlab.make_config(METHOD, cfg)
@@ -200,11 +223,21 @@ def test_adapter_for_another_hidden_size_is_refused(tmp_path):
     from peft import PromptEncoderConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    peft_model = get_peft_model(tiny_model(), PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=4,
-                                                                  encoder_hidden_size=16))
+    peft_model = get_peft_model(
+        tiny_model(), PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16)
+    )
     peft_model.save_pretrained(str(tmp_path / "p"))
-    other = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0))
+    other = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=256,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            pad_token_id=0,
+        )
+    )
     with pytest.raises(AdapterMismatchError, match=r"hidden size 64.*hidden size is 32"):
         peftlab.load_adapter(other, tmp_path / "p")
 

@@ -20,10 +20,12 @@ class PTuningV2(KVPrefixMethod):
     # 3e-2 → 0.20; 1e-1 → 0.23. The prompts are the keys/values themselves, at the scale of the model's (~1-2)
     train_defaults = {"learning_rate": 3e-2}
 
-    def make_encoder(self, config: PTuningV2Config, geometry: KVGeometry, device: torch.device,
-                     dtype: torch.dtype) -> DeepPrompts:
-        return DeepPrompts(config.num_virtual_tokens, geometry.prefix_width, config.init_weights == "zero",
-                           device, dtype)
+    def make_encoder(
+        self, config: PTuningV2Config, geometry: KVGeometry, device: torch.device, dtype: torch.dtype
+    ) -> DeepPrompts:
+        return DeepPrompts(
+            config.num_virtual_tokens, geometry.prefix_width, config.init_weights == "zero", device, dtype
+        )
 
     def load_prefix(self, encoder: DeepPrompts, prefix: torch.Tensor, extra: dict[str, torch.Tensor]) -> None:
         copy_into({PROMPT_KEY: encoder.prompts}, {PROMPT_KEY: prefix}, what=self.name)  # P is all there is

@@ -35,8 +35,9 @@ def scale_prompts(model, name: str = "default", factor: float = 0.5) -> None:
             p.mul_(factor)  # N(0, 1) keys are already strong; keep the outputs in a sane range
 
 
-@pytest.mark.parametrize("arch,task", [("llama", "CAUSAL_LM"), ("gpt2", "CAUSAL_LM"), ("llama", "SEQ_CLS"),
-                                       ("bert", "SEQ_CLS")])
+@pytest.mark.parametrize(
+    "arch,task", [("llama", "CAUSAL_LM"), ("gpt2", "CAUSAL_LM"), ("llama", "SEQ_CLS"), ("bert", "SEQ_CLS")]
+)
 def test_check_method(arch, task, tmp_path):
     # the prompts are the parameters, at the unit scale of their N(0, 1) init: 30 steps need a large step size
     report = check_method(METHOD, {"num_virtual_tokens": 10}, arch=arch, task=task, lr=0.3, tmp_path=tmp_path)
@@ -90,17 +91,28 @@ def test_mixed_batch_across_prefix_methods():
     assert (expected[2] - expected[1]).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("make,kv_heads,token_dim", [
-    (sharp_tiny_model, 2, 32), (lambda: sharp_tiny_model("gpt2"), 4, 64), (tiny_gqa_model, 3, 24),
-], ids=["llama", "gpt2", "smol-gqa"])
+@pytest.mark.parametrize(
+    "make,kv_heads,token_dim",
+    [
+        (sharp_tiny_model, 2, 32),
+        (lambda: sharp_tiny_model("gpt2"), 4, 64),
+        (tiny_gqa_model, 3, 24),
+    ],
+    ids=["llama", "gpt2", "smol-gqa"],
+)
 def test_round_trips_with_peft_both_ways(make, kv_heads, token_dim, tmp_path):
     skip_if_peft_fails(METHOD)
     from peft import PrefixTuningConfig
 
     report = check_peft_roundtrip(
-        METHOD, {"num_virtual_tokens": 5}, make_model=make, inputs=left_padded(), std=0.5,
+        METHOD,
+        {"num_virtual_tokens": 5},
+        make_model=make,
+        inputs=left_padded(),
+        std=0.5,
         peft_config=PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6, prefix_projection=False),
-        tmp_path=tmp_path)
+        tmp_path=tmp_path,
+    )
     folder = report["peftlab_saved"]
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["prefix_projection"] is False and cfg["num_attention_heads"] == kv_heads
@@ -117,20 +129,28 @@ def test_classifier_round_trips_with_peft_both_ways(tmp_path):
 
     # the prompts and the (new) classification head get random weights on each side
     report = check_peft_roundtrip(
-        METHOD, {"num_virtual_tokens": 4}, make_model=lambda: sharp_tiny_model("llama", "SEQ_CLS"),
-        inputs=(random_ids(3, 6), torch.ones(3, 6, dtype=torch.long)), std=0.5,
-        peft_config=PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4), tmp_path=tmp_path)
+        METHOD,
+        {"num_virtual_tokens": 4},
+        make_model=lambda: sharp_tiny_model("llama", "SEQ_CLS"),
+        inputs=(random_ids(3, 6), torch.ones(3, 6, dtype=torch.long)),
+        std=0.5,
+        peft_config=PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4),
+        tmp_path=tmp_path,
+    )
     assert report["loaded_as"] == METHOD
     assert report["to_peft_max_diff"] <= 1e-4 and report["from_peft_max_diff"] <= 1e-4
 
 
-@pytest.mark.parametrize("cfg,match", [
-    ({"num_virtual_tokens": -3}, "num_virtual_tokens"),
-    ({"token_dim": 10, "num_attention_heads": 3}, "multiple"),
-    ({"init_weights": "normal"}, "init_weights"),
-    ({"prefix_projection": True}, "prefix_tuning"),
-    ({"encoder_hidden_size": 64}, None),  # written by peft for every PREFIX_TUNING config: accepted, ignored
-])
+@pytest.mark.parametrize(
+    "cfg,match",
+    [
+        ({"num_virtual_tokens": -3}, "num_virtual_tokens"),
+        ({"token_dim": 10, "num_attention_heads": 3}, "multiple"),
+        ({"init_weights": "normal"}, "init_weights"),
+        ({"prefix_projection": True}, "prefix_tuning"),
+        ({"encoder_hidden_size": 64}, None),  # written by peft for every PREFIX_TUNING config: accepted, ignored
+    ],
+)
 def test_config_validation(cfg, match):
     if match is None:
         assert peftlab.make_config(METHOD, cfg).to_dict()["prefix_projection"] is False

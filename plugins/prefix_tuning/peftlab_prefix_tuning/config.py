@@ -14,7 +14,8 @@ class PrefixTuningConfig(KVPrefixConfig):
     """Prefix tuning (Li & Liang 2021): P = MLP(P'), an MLP over a small embedding, collapsed at save time."""
 
     encoder_hidden_size: int | None = option(
-        None, help="Hidden width of the reparameterisation MLP (Linear → Tanh → Linear). Empty = token_dim, as peft")
+        None, help="Hidden width of the reparameterisation MLP (Linear → Tanh → Linear). Empty = token_dim, as peft"
+    )
 
     prefix_projection: ClassVar[bool] = True
     other_method: ClassVar[str] = "p_tuning_v2"

@@ -14,8 +14,16 @@ from torch import nn
 class PrefixEncoder(nn.Module):
     """``forward() -> P``: the prefix ``[k, num_layers·2·token_dim]``, from the MLP or, once collapsed, as is."""
 
-    def __init__(self, k: int, token_dim: int, hidden: int, prefix_width: int, zero_init: bool,
-                 device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        k: int,
+        token_dim: int,
+        hidden: int,
+        prefix_width: int,
+        zero_init: bool,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
         super().__init__()
         self.num_virtual_tokens = k
         self.embedding = nn.Embedding(k, token_dim, device=device, dtype=dtype)  # P'

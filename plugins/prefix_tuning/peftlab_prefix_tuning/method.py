@@ -26,10 +26,18 @@ class PrefixTuning(KVPrefixMethod):
         if config.encoder_hidden_size is None:
             config.encoder_hidden_size = geometry.token_dim  # peft's default
 
-    def make_encoder(self, config: PrefixTuningConfig, geometry: KVGeometry, device: torch.device,
-                     dtype: torch.dtype) -> PrefixEncoder:
-        return PrefixEncoder(config.num_virtual_tokens, geometry.token_dim, config.encoder_hidden_size,
-                             geometry.prefix_width, config.init_weights == "zero", device, dtype)
+    def make_encoder(
+        self, config: PrefixTuningConfig, geometry: KVGeometry, device: torch.device, dtype: torch.dtype
+    ) -> PrefixEncoder:
+        return PrefixEncoder(
+            config.num_virtual_tokens,
+            geometry.token_dim,
+            config.encoder_hidden_size,
+            geometry.prefix_width,
+            config.init_weights == "zero",
+            device,
+            dtype,
+        )
 
     def extra_state(self, encoder: PrefixEncoder) -> dict[str, torch.Tensor]:
         return dict(encoder.state_dict()) if encoder.reparameterised else {}
@@ -42,6 +50,8 @@ class PrefixTuning(KVPrefixMethod):
         with torch.no_grad():
             agree = torch.allclose(encoder().float(), prefix.float().to(encoder().device), rtol=1e-3, atol=1e-5)
         if not agree:  # the PEFT file is what peft would run: it wins over a stale MLP
-            warnings.warn(f"{self.name}: the saved MLP does not reproduce {PROMPT_KEY}; using {PROMPT_KEY} "
-                          f"and dropping the MLP", stacklevel=2)
+            warnings.warn(
+                f"{self.name}: the saved MLP does not reproduce {PROMPT_KEY}; using {PROMPT_KEY} and dropping the MLP",
+                stacklevel=2,
+            )
             encoder.collapse(prefix)

@@ -43,8 +43,9 @@ def adapted(cfg: dict | None = None, model=None, name: str = "default"):
 # --- the contract -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch,task", [("llama", "CAUSAL_LM"), ("gpt2", "CAUSAL_LM"), ("llama", "SEQ_CLS"),
-                                       ("bert", "SEQ_CLS")])
+@pytest.mark.parametrize(
+    "arch,task", [("llama", "CAUSAL_LM"), ("gpt2", "CAUSAL_LM"), ("llama", "SEQ_CLS"), ("bert", "SEQ_CLS")]
+)
 def test_check_method(arch, task, tmp_path):
     report = check_method(METHOD, {"num_virtual_tokens": 10}, arch=arch, task=task, tmp_path=tmp_path)
     assert report["reload_max_diff"] <= 1e-4
@@ -68,8 +69,13 @@ def test_trainable_params_are_the_mlp_and_embedding():
     params = peftlab.adapter_parameters(model)
     shapes = {k.split(".", 2)[2]: tuple(p.shape) for k, p in params.items()}
     # tiny llama: 2 layers, 2 kv heads × head_dim 16 → token_dim 32; P = MLP(P') has width 2·2·32
-    assert shapes == {"embedding.weight": (4, 32), "transform.0.weight": (16, 32), "transform.0.bias": (16,),
-                      "transform.2.weight": (128, 16), "transform.2.bias": (128,)}
+    assert shapes == {
+        "embedding.weight": (4, 32),
+        "transform.0.weight": (16, 32),
+        "transform.0.bias": (16,),
+        "transform.2.weight": (128, 16),
+        "transform.2.bias": (128,),
+    }
 
 
 # --- the KV cache mechanics ---------------------------------------------------------------------
@@ -91,8 +97,9 @@ def test_generate_with_cache_equals_decoding_without(make):
     x = random_ids(2, 6)
     with torch.no_grad():
         cached = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=10, **GEN)
-        uncached = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=10,
-                                  use_cache=False, **GEN)
+        uncached = model.generate(
+            input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=10, use_cache=False, **GEN
+        )
         with peftlab.active_adapters(model, None):
             base = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=10, **GEN)
     assert torch.equal(cached, uncached)
@@ -108,8 +115,9 @@ def test_left_padded_batch_generates_like_one_at_a_time():
     with torch.no_grad():
         batched = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=8, **GEN)[:, width:]
         for i, p in enumerate(prompts):
-            alone = model.generate(input_ids=p[None], attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                                   max_new_tokens=8, **GEN)[0, len(p):]
+            alone = model.generate(
+                input_ids=p[None], attention_mask=torch.ones(1, len(p), dtype=torch.long), max_new_tokens=8, **GEN
+            )[0, len(p) :]
             assert torch.equal(batched[i], alone), f"row {i}: {batched[i].tolist()} vs {alone.tolist()}"
 
 
@@ -169,8 +177,9 @@ def test_two_active_prefixes_stack_side_by_side():
         both = logits(model, x)
         with torch.no_grad():
             cached = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=6, **GEN)
-            uncached = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=6,
-                                      use_cache=False, **GEN)
+            uncached = model.generate(
+                input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=6, use_cache=False, **GEN
+            )
     with peftlab.active_adapters(model, "a"):
         only_a = logits(model, x)
     assert (both - only_a).abs().max() > 1e-2
@@ -202,16 +211,24 @@ def test_position_ids_start_after_the_prefix_like_peft():
 # --- interop with peft --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("make", [sharp_tiny_model, lambda: sharp_tiny_model("gpt2"), tiny_gqa_model],
-                         ids=["llama", "gpt2", "smol-gqa"])
+@pytest.mark.parametrize(
+    "make", [sharp_tiny_model, lambda: sharp_tiny_model("gpt2"), tiny_gqa_model], ids=["llama", "gpt2", "smol-gqa"]
+)
 def test_round_trips_with_peft_both_ways(make, tmp_path):
     skip_if_peft_fails(METHOD)
     from peft import PrefixTuningConfig
 
     report = check_peft_roundtrip(
-        METHOD, {"num_virtual_tokens": 5, "encoder_hidden_size": 24}, make_model=make, inputs=left_padded(), std=0.5,
-        peft_config=PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6, prefix_projection=True,
-                                       encoder_hidden_size=20), tmp_path=tmp_path)
+        METHOD,
+        {"num_virtual_tokens": 5, "encoder_hidden_size": 24},
+        make_model=make,
+        inputs=left_padded(),
+        std=0.5,
+        peft_config=PrefixTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=6, prefix_projection=True, encoder_hidden_size=20
+        ),
+        tmp_path=tmp_path,
+    )
     cfg = json.loads((report["peftlab_saved"] / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "PREFIX_TUNING" and cfg["prefix_projection"] is True
     assert report["to_peft_max_diff"] <= 1e-4 and report["from_peft_max_diff"] <= 1e-4  # and greedy replies agree
@@ -220,7 +237,7 @@ def test_round_trips_with_peft_both_ways(make, tmp_path):
     assert report["from_peft_effect"] > 1e-2  # the prefix really acts
     # peft keeps only P: the adapter is collapsed, and P itself trains from here
     model = report["loaded"]
-    (name, param), = peftlab.adapter_parameters(model).items()
+    ((name, param),) = peftlab.adapter_parameters(model).items()
     assert name.endswith("prompt_embeddings") and param.shape == (6, KVGeometry.of(model).prefix_width)
 
 
@@ -231,10 +248,14 @@ def test_classifier_round_trips_with_peft_both_ways(arch, tmp_path):
 
     # the prefix encoder and the (new) classification head get random weights on each side
     report = check_peft_roundtrip(
-        METHOD, {"num_virtual_tokens": 5}, make_model=lambda: sharp_tiny_model(arch, "SEQ_CLS"),
-        inputs=(random_ids(3, 6), torch.ones(3, 6, dtype=torch.long)), std=0.5,
+        METHOD,
+        {"num_virtual_tokens": 5},
+        make_model=lambda: sharp_tiny_model(arch, "SEQ_CLS"),
+        inputs=(random_ids(3, 6), torch.ones(3, 6, dtype=torch.long)),
+        std=0.5,
         peft_config=PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4, prefix_projection=True),
-        tmp_path=tmp_path)
+        tmp_path=tmp_path,
+    )
     # peft files the head under its prompt-learning key base_model.<head>.*
     assert report["to_peft_max_diff"] <= 1e-4 and report["from_peft_max_diff"] <= 1e-4
 
@@ -268,16 +289,19 @@ def test_stale_mlp_loses_to_the_peft_tensor(tmp_path):
 # --- bad input ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cfg,match", [
-    ({"num_virtual_tokens": 0}, "num_virtual_tokens"),
-    ({"num_virtual_tokens": True}, "num_virtual_tokens"),
-    ({"token_dim": 30, "num_attention_heads": 4}, "multiple"),
-    ({"num_layers": -1}, "num_layers"),
-    ({"encoder_hidden_size": 0}, "encoder_hidden_size"),
-    ({"init_weights": "gaussian"}, "init_weights"),
-    ({"prefix_projection": False}, "p_tuning_v2"),
-    ({"num_virtual_tokens": 4, "prefix_dropout": 0.1}, "prefix_dropout"),
-])
+@pytest.mark.parametrize(
+    "cfg,match",
+    [
+        ({"num_virtual_tokens": 0}, "num_virtual_tokens"),
+        ({"num_virtual_tokens": True}, "num_virtual_tokens"),
+        ({"token_dim": 30, "num_attention_heads": 4}, "multiple"),
+        ({"num_layers": -1}, "num_layers"),
+        ({"encoder_hidden_size": 0}, "encoder_hidden_size"),
+        ({"init_weights": "gaussian"}, "init_weights"),
+        ({"prefix_projection": False}, "p_tuning_v2"),
+        ({"num_virtual_tokens": 4, "prefix_dropout": 0.1}, "prefix_dropout"),
+    ],
+)
 def test_config_validation(cfg, match):
     with pytest.raises(peftlab.ConfigError, match=match):
         peftlab.make_config(METHOD, cfg)
@@ -285,12 +309,30 @@ def test_config_validation(cfg, match):
 
 def test_peft_config_keys_round_trip():
     handle = peftlab.get_method(METHOD)
-    data = {"peft_type": "PREFIX_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 7, "token_dim": 32,
-            "num_attention_heads": 2, "num_layers": 2, "num_transformer_submodules": 1, "encoder_hidden_size": 16,
-            "prefix_projection": True, "init_weights": None, "inference_mode": True, "modules_to_save": None}
+    data = {
+        "peft_type": "PREFIX_TUNING",
+        "task_type": "CAUSAL_LM",
+        "num_virtual_tokens": 7,
+        "token_dim": 32,
+        "num_attention_heads": 2,
+        "num_layers": 2,
+        "num_transformer_submodules": 1,
+        "encoder_hidden_size": 16,
+        "prefix_projection": True,
+        "init_weights": None,
+        "inference_mode": True,
+        "modules_to_save": None,
+    }
     cfg = handle.config_class.from_dict(data)
-    assert cfg.to_dict() == {"num_virtual_tokens": 7, "token_dim": 32, "num_attention_heads": 2, "num_layers": 2,
-                             "init_weights": None, "encoder_hidden_size": 16, "prefix_projection": True}
+    assert cfg.to_dict() == {
+        "num_virtual_tokens": 7,
+        "token_dim": 32,
+        "num_attention_heads": 2,
+        "num_layers": 2,
+        "init_weights": None,
+        "encoder_hidden_size": 16,
+        "prefix_projection": True,
+    }
     assert handle.obj.claims_peft_config(data) and not handle.obj.claims_peft_config({"prefix_projection": False})
 
 
@@ -317,9 +359,11 @@ def test_adapter_for_another_model_is_refused(tmp_path):
     with pytest.raises(peftlab.AdapterMismatchError, match="num_hidden_layers: adapter 2 vs model 3"):
         peftlab.load_adapter(other, folder)  # core's fingerprint check (a peftlab-saved adapter)
     (folder / "peftlab.json").unlink()  # now it looks peft-made: the plugin's own check speaks
-    with pytest.raises(peftlab.AdapterMismatchError,
-                       match=r"num_layers: adapter 2 vs model 3; num_attention_heads: adapter 2 vs model 3; "
-                             r"token_dim: adapter 32 vs model 24"):
+    with pytest.raises(
+        peftlab.AdapterMismatchError,
+        match=r"num_layers: adapter 2 vs model 3; num_attention_heads: adapter 2 vs model 3; "
+        r"token_dim: adapter 32 vs model 24",
+    ):
         peftlab.load_adapter(other, folder)
     cfg = json.loads((folder / "adapter_config.json").read_text())
     for key in ("num_layers", "num_attention_heads", "token_dim"):

@@ -57,8 +57,13 @@ def load_init_tokenizer(source: str, kwargs: dict | None):
 
 
 @torch.no_grad()
-def initialise(prompt: PromptEmbedding, word_embeddings: nn.Embedding, init: str, text_ids: list[int] | None = None,
-               generator: torch.Generator | None = None) -> None:
+def initialise(
+    prompt: PromptEmbedding,
+    word_embeddings: nn.Embedding,
+    init: str,
+    text_ids: list[int] | None = None,
+    generator: torch.Generator | None = None,
+) -> None:
     """Start ``P`` from random vocabulary embeddings (SAMPLE_VOCAB), a text's embeddings (TEXT) or N(0, 1) (RANDOM)."""
     k = prompt.num_virtual_tokens
     weight = word_embeddings.weight
@@ -67,8 +72,10 @@ def initialise(prompt: PromptEmbedding, word_embeddings: nn.Embedding, init: str
     elif init == "TEXT":
         ids = torch.tensor(init_token_ids(k, list(text_ids or [])), dtype=torch.long, device=weight.device)
         if int(ids.max()) >= weight.shape[0]:
-            raise MethodError(f"the init text has token id {int(ids.max())} but the model's vocabulary has only "
-                              f"{weight.shape[0]} entries: is tokenizer_name_or_path the model's tokenizer?")
+            raise MethodError(
+                f"the init text has token id {int(ids.max())} but the model's vocabulary has only "
+                f"{weight.shape[0]} entries: is tokenizer_name_or_path the model's tokenizer?"
+            )
     else:
         return  # RANDOM: nn.Embedding's own N(0, 1) init
     prompt.embedding.weight.copy_(word_embeddings(ids).to(prompt.embedding.weight.dtype))

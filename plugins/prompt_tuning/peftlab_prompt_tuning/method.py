@@ -30,8 +30,10 @@ class PromptTuning(VirtualTokenMethod):
             return prompt
         source = config.tokenizer_name_or_path or getattr(model, "peftlab_source", None)
         if not source:
-            raise MethodError("prompt_tuning_init=TEXT needs tokenizer_name_or_path: this model was not loaded by "
-                              "peftlab.load_model, so its tokenizer is unknown")
+            raise MethodError(
+                "prompt_tuning_init=TEXT needs tokenizer_name_or_path: this model was not loaded by "
+                "peftlab.load_model, so its tokenizer is unknown"
+            )
         if config.tokenizer_name_or_path is None:  # record it: peft refuses a TEXT config without one
             config.tokenizer_name_or_path = getattr(model, "peftlab_base_id", None) or source
         prompt.deferred_init = functools.partial(_text_init, prompt, words, source, config)
@@ -55,4 +57,3 @@ def _text_init(prompt: PromptEmbedding, words: nn.Embedding, source: str, config
     tokenizer = load_init_tokenizer(source, config.tokenizer_kwargs)
     ids = tokenizer(config.prompt_tuning_init_text)["input_ids"]
     initialise(prompt, words, "TEXT", ids)
-

@@ -93,8 +93,13 @@ def test_round_trips_with_peft_both_ways(tmp_path):
     from peft import PromptTuningConfig
 
     report = check_peft_roundtrip(
-        METHOD, {"num_virtual_tokens": 5}, make_model=responsive_tiny_model, std=1.0,
-        peft_config=PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6), tmp_path=tmp_path)
+        METHOD,
+        {"num_virtual_tokens": 5},
+        make_model=responsive_tiny_model,
+        std=1.0,
+        peft_config=PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6),
+        tmp_path=tmp_path,
+    )
     # peft keeps the virtual positions in its logits; peftlab returns the input's
     assert report["to_peft_extra_positions"] == 5 and report["from_peft_extra_positions"] == 6
     assert report["to_peft_max_diff"] <= ATOL and report["from_peft_max_diff"] <= ATOL  # and 10 greedy tokens agree
@@ -108,9 +113,14 @@ def test_classifier_with_its_head_round_trips_with_peft_both_ways(tmp_path):
 
     # the prompt and the new head get random weights on each side
     report = check_peft_roundtrip(
-        METHOD, {"num_virtual_tokens": 4}, make_model=lambda: responsive_tiny_model("SEQ_CLS"), std=1.0,
+        METHOD,
+        {"num_virtual_tokens": 4},
+        make_model=lambda: responsive_tiny_model("SEQ_CLS"),
+        std=1.0,
         peft_config=PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5),
-        inputs=(random_ids(3, 6), torch.ones(3, 6, dtype=torch.long)), tmp_path=tmp_path)
+        inputs=(random_ids(3, 6), torch.ones(3, 6, dtype=torch.long)),
+        tmp_path=tmp_path,
+    )
     assert report["to_peft_max_diff"] <= ATOL and report["from_peft_max_diff"] <= ATOL
     assert report["to_peft_effect"] > 1e-2  # the head and prompt matter
 
@@ -122,12 +132,15 @@ def test_training_follows_peft_step_for_step():
     ids = random_ids(length=10)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     model = _adapted(k=4)
-    peft_model = get_peft_model(responsive_tiny_model(),
-                                PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    peft_model = get_peft_model(
+        responsive_tiny_model(), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    )
     with torch.no_grad():
         peft_model.prompt_encoder["default"].embedding.weight.copy_(VirtualTokens.source(model, "default")())
-    curves = [train_steps(model, peftlab.prepare_for_training(model).values(), batch, 4, lr=0.1),
-              train_steps(peft_model, [p for p in peft_model.parameters() if p.requires_grad], batch, 4, lr=0.1)]
+    curves = [
+        train_steps(model, peftlab.prepare_for_training(model).values(), batch, 4, lr=0.1),
+        train_steps(peft_model, [p for p in peft_model.parameters() if p.requires_grad], batch, 4, lr=0.1),
+    ]
     assert curves[0][-1] < curves[0][0]
     assert curves[0] == pytest.approx(curves[1], abs=1e-5)
 
@@ -157,7 +170,7 @@ def test_left_padded_batch_replies_like_one_at_a_time():
     # the logits of the real tokens, too
     padded = logits(model, ids, mask)
     for i, p in enumerate(prompts):
-        assert (padded[i, ids.shape[1] - len(p):] - logits(model, p[None])[0]).abs().max() <= ATOL
+        assert (padded[i, ids.shape[1] - len(p) :] - logits(model, p[None])[0]).abs().max() <= ATOL
 
 
 def test_mixed_batch_each_row_gets_its_own_prompt():
@@ -192,8 +205,8 @@ def test_seq_cls_pools_the_last_real_token_with_padding():
     right_ids = torch.zeros_like(left_ids)
     right_mask = torch.zeros_like(left_mask)
     for i, p in enumerate(prompts):
-        right_ids[i, :len(p)] = p
-        right_mask[i, :len(p)] = 1
+        right_ids[i, : len(p)] = p
+        right_mask[i, : len(p)] = 1
     for ids, mask in ((left_ids, left_mask), (right_ids, right_mask)):
         assert (logits(model, ids, mask) - singles).abs().max() <= ATOL
     with peftlab.active_adapters(model, None):
@@ -227,8 +240,9 @@ def test_inputs_embeds_and_labels():
     # the virtual tokens carry label -100 (as in peft): the base model fed the prompt by hand agrees
     with torch.no_grad(), peftlab.active_adapters(model, None):
         P = VirtualTokens.source(model, "default")().expand(2, -1, -1)
-        manual = model(inputs_embeds=torch.cat([P, embeds], dim=1),
-                       labels=torch.cat([torch.full((2, 5), -100), ids], dim=1))
+        manual = model(
+            inputs_embeds=torch.cat([P, embeds], dim=1), labels=torch.cat([torch.full((2, 5), -100), ids], dim=1)
+        )
     assert abs(manual.loss.item() - by_ids.loss.item()) <= ATOL
     assert (manual.logits[:, 5:] - by_ids.logits).abs().max() <= ATOL
 
@@ -275,8 +289,16 @@ def test_text_init_repeats_the_text_embeddings(tmp_path):
 def test_text_init_adapter_loads_without_its_tokenizer(tmp_path):
     tok = _word_level_tokenizer(tmp_path / "tok")
     model = responsive_tiny_model()
-    peftlab.add_adapter(model, METHOD, {"num_virtual_tokens": 4, "prompt_tuning_init": "TEXT",
-                                        "prompt_tuning_init_text": "the review", "tokenizer_name_or_path": tok})
+    peftlab.add_adapter(
+        model,
+        METHOD,
+        {
+            "num_virtual_tokens": 4,
+            "prompt_tuning_init": "TEXT",
+            "prompt_tuning_init_text": "the review",
+            "tokenizer_name_or_path": tok,
+        },
+    )
     ids = random_ids()
     want = logits(model, ids)
     folder = peftlab.save_adapter(model, tmp_path / "a")
@@ -302,14 +324,17 @@ def test_sample_vocab_init_uses_vocabulary_embeddings():
 # --- bad input ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cfg, match", [
-    ({"num_virtual_tokens": 0}, "num_virtual_tokens"),
-    ({"prompt_tuning_init": "ZEROS"}, "prompt_tuning_init"),
-    ({"prompt_tuning_init": "TEXT"}, "prompt_tuning_init_text"),
-    ({"tokenizer_kwargs": {"use_fast": True}}, "tokenizer_kwargs"),
-    ({"num_transformer_submodules": 2}, "encoder-decoder"),
-    ({"token_dim": -3}, "token_dim"),
-])
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        ({"num_virtual_tokens": 0}, "num_virtual_tokens"),
+        ({"prompt_tuning_init": "ZEROS"}, "prompt_tuning_init"),
+        ({"prompt_tuning_init": "TEXT"}, "prompt_tuning_init_text"),
+        ({"tokenizer_kwargs": {"use_fast": True}}, "tokenizer_kwargs"),
+        ({"num_transformer_submodules": 2}, "encoder-decoder"),
+        ({"token_dim": -3}, "token_dim"),
+    ],
+)
 def test_bad_config_is_refused(cfg, match):
     with pytest.raises(ConfigError, match=match):
         peftlab.make_config(METHOD, cfg)
@@ -318,8 +343,16 @@ def test_bad_config_is_refused(cfg, match):
 def _small_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -334,11 +367,19 @@ def test_adapter_for_another_hidden_size_is_refused(tmp_path):
     model = tiny_model()
     config = peftlab.add_adapter(model, METHOD, {"num_virtual_tokens": 4})
     with pytest.raises(AdapterMismatchError, match=r"hidden size 32 but this model's hidden size is 64"):
-        peftlab.get_method(METHOD).hook("load")(model=model, config=config, adapter_name="default",
-                                                weights=AdapterWeights({"prompt_embeddings": torch.zeros(4, 32)}))
+        peftlab.get_method(METHOD).hook("load")(
+            model=model,
+            config=config,
+            adapter_name="default",
+            weights=AdapterWeights({"prompt_embeddings": torch.zeros(4, 32)}),
+        )
     with pytest.raises(AdapterMismatchError, match="4 virtual tokens|holds 3 virtual tokens"):
-        peftlab.get_method(METHOD).hook("load")(model=model, config=config, adapter_name="default",
-                                                weights=AdapterWeights({"prompt_embeddings": torch.zeros(3, 64)}))
+        peftlab.get_method(METHOD).hook("load")(
+            model=model,
+            config=config,
+            adapter_name="default",
+            weights=AdapterWeights({"prompt_embeddings": torch.zeros(3, 64)}),
+        )
 
 
 def test_mixed_batch_of_the_wrong_size_is_refused():

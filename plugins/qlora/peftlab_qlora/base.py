@@ -19,8 +19,10 @@ def require_bitsandbytes(device: str = "cpu") -> ModuleType:
     """The ``bitsandbytes`` module, or a ``MethodError`` saying what to install / which hardware works."""
     kind = torch.device(device).type
     if kind not in DEVICES:
-        raise MethodError(f"QLoRA's 4-bit base needs bitsandbytes kernels, which do not run on {device!r}; "
-                          f"use one of {', '.join(DEVICES)} (or method 'lora' on a float base)")
+        raise MethodError(
+            f"QLoRA's 4-bit base needs bitsandbytes kernels, which do not run on {device!r}; "
+            f"use one of {', '.join(DEVICES)} (or method 'lora' on a float base)"
+        )
     try:
         bnb = importlib.import_module("bitsandbytes")
     except ImportError as e:
@@ -47,8 +49,9 @@ def keep_trainable_layout(model: torch.nn.Module) -> None:
             from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
             # the inverse is exact for the 4-bit codes; the block scales were rounded to bf16 by the packing
-            layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu_inverse(layer.weight.data,
-                                                                                                state)
+            layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                layer.weight.data, state
+            )
             layer.quant_state = layer.weight.quant_state
 
 
@@ -59,12 +62,16 @@ def load_4bit(source: str, config: QLoraConfig, task: str, dtype: torch.dtype, d
     require_bitsandbytes(device)
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=config.bnb_4bit_quant_type,
-                               bnb_4bit_use_double_quant=config.bnb_4bit_use_double_quant,
-                               bnb_4bit_compute_dtype=config.compute_dtype(dtype))
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=config.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=config.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=config.compute_dtype(dtype),
+    )
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quant, dtype=dtype,
-                                                     device_map={"": device})
+        model = AutoModelForCausalLM.from_pretrained(
+            source, quantization_config=quant, dtype=dtype, device_map={"": device}
+        )
     except ImportError as e:  # transformers checks the bitsandbytes install itself
         raise MethodError(f"QLoRA cannot load a 4-bit base: {e}. {INSTALL}") from None
     except (RuntimeError, NotImplementedError) as e:

@@ -29,9 +29,15 @@ def dequantized(weight: torch.nn.Parameter) -> torch.Tensor:
 def requantized(weight: torch.nn.Parameter, W: torch.Tensor, module: torch.nn.Module) -> torch.nn.Parameter:
     """A new ``Params4bit`` holding ``W`` quantized with ``weight``'s settings (data type, blocks, double quant)."""
     bnb = require_bitsandbytes(str(weight.device))
-    new = bnb.nn.Params4bit(W.to("cpu"), requires_grad=False, blocksize=weight.blocksize,
-                            compress_statistics=weight.compress_statistics, quant_type=weight.quant_type,
-                            quant_storage=weight.quant_storage, module=module)
+    new = bnb.nn.Params4bit(
+        W.to("cpu"),
+        requires_grad=False,
+        blocksize=weight.blocksize,
+        compress_statistics=weight.compress_statistics,
+        quant_type=weight.quant_type,
+        quant_storage=weight.quant_storage,
+        module=module,
+    )
     return new.to(weight.device)  # moving an unquantized Params4bit to a device quantizes it
 
 

@@ -19,9 +19,14 @@ class QLoRA(LoRA):
     peft_type = "LORA"  # on disk it is a LoRA adapter: peft loads it onto a 4-bit (or any) base
     description = "QLoRA: LoRA over a base model quantized to 4-bit NormalFloat (bitsandbytes)"
     capabilities = Capabilities(
-        mergeable=True, stackable=True, mixed_batch=True, needs_quantized_base=True, task_types=("CAUSAL_LM",),
+        mergeable=True,
+        stackable=True,
+        mixed_batch=True,
+        needs_quantized_base=True,
+        task_types=("CAUSAL_LM",),
         combinations=COMBINATIONS,  # its adapters are LoRA's: LoRA's combine (inherited) merges them
-        merge_note="merging into a 4-bit base requantizes W+ΔW, which rounds part of the update away")
+        merge_note="merging into a 4-bit base requantizes W+ΔW, which rounds part of the update away",
+    )
 
     @hookimpl
     def claims_peft_config(self, data: dict) -> bool:
@@ -33,13 +38,15 @@ class QLoRA(LoRA):
         super().inject(model, config, adapter_name)
 
     @hookimpl
-    def load_base_model(self, source: str, config: QLoraConfig, task: str, dtype: torch.dtype,
-                        device: str) -> torch.nn.Module:
+    def load_base_model(
+        self, source: str, config: QLoraConfig, task: str, dtype: torch.dtype, device: str
+    ) -> torch.nn.Module:
         return load_4bit(source, config, task, dtype, device)
 
     @hookimpl
-    def make_optimizer(self, params: list[torch.nn.Parameter], lr: float,
-                       weight_decay: float) -> torch.optim.Optimizer | None:
+    def make_optimizer(
+        self, params: list[torch.nn.Parameter], lr: float, weight_decay: float
+    ) -> torch.optim.Optimizer | None:
         """Paged AdamW on CUDA (the QLoRA paper's answer to optimizer-state memory spikes); the CPU has no
         paging to gain from, so it keeps the trainer's AdamW."""
         if not any(p.is_cuda for p in params):

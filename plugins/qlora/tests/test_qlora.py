@@ -31,8 +31,9 @@ def tiny_folder(tmp_path_factory):
 def load_4bit(folder: str, **config) -> torch.nn.Module:
     """The base through QLoRA's own hook, as ``peftlab.models.load_model(..., method="qlora")`` calls it."""
     handle = peftlab.get_method("qlora")
-    model = handle.hook("load_base_model")(source=folder, config=QLoraConfig(**config), task="CAUSAL_LM",
-                                           dtype=torch.float32, device="cpu")
+    model = handle.hook("load_base_model")(
+        source=folder, config=QLoraConfig(**config), task="CAUSAL_LM", dtype=torch.float32, device="cpu"
+    )
     model.peftlab_base_id = "tiny-llama"
     model.eval()
     return model
@@ -66,8 +67,9 @@ def test_base_is_4bit_nf4_with_double_quant_and_smaller(tiny_folder):
     assert model.is_loaded_in_4bit
     fp4 = linear4bit_layers(load_4bit(tiny_folder, bnb_4bit_quant_type="fp4", bnb_4bit_use_double_quant=False))
     assert fp4[0].weight.quant_type == "fp4" and not fp4[0].weight.compress_statistics
-    float_bytes = sum(p.numel() * p.element_size() for layer in layers for p in [torch.empty(layer.out_features,
-                                                                                  layer.in_features)])
+    float_bytes = sum(
+        p.numel() * p.element_size() for layer in layers for p in [torch.empty(layer.out_features, layer.in_features)]
+    )
     packed_bytes = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers)
     assert packed_bytes * 8 == float_bytes  # 4 bits instead of 32 per weight
 
@@ -84,8 +86,13 @@ def test_trains_after_generate(tiny_folder):
 
     model = load_4bit(tiny_folder)
     with torch.no_grad():
-        model.generate(input_ids=ids[:, :5], attention_mask=torch.ones_like(ids[:, :5]), max_new_tokens=4,
-                       do_sample=False, pad_token_id=0)
+        model.generate(
+            input_ids=ids[:, :5],
+            attention_mask=torch.ones_like(ids[:, :5]),
+            max_new_tokens=4,
+            do_sample=False,
+            pad_token_id=0,
+        )
     torch.manual_seed(0)
     ad.add_adapter(model, "qlora", {"r": 4, "init_lora_weights": False}, name="probe")  # random B: A gets grads
     got = _grads(model, ids, "probe")
@@ -93,8 +100,12 @@ def test_trains_after_generate(tiny_folder):
     assert max((g - w).abs().max().item() for g, w in zip(got.values(), want.values())) <= 1e-5
 
     # a normal start (B = 0), trained alone; named targets: LoRA's 'all-linear' skips already-wrapped layers
-    ad.add_adapter(model, "qlora", {"r": 4, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                               "up_proj", "down_proj"]}, name="task")
+    ad.add_adapter(
+        model,
+        "qlora",
+        {"r": 4, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
+        name="task",
+    )
     peftlab.set_active(model, ["task"])
     params = ad.prepare_for_training(model, "task")
     opt = torch.optim.AdamW(list(params.values()), lr=1e-2)
@@ -142,11 +153,19 @@ def test_round_trips_with_peft_on_the_4bit_base_as_qlora_and_as_lora(tiny_folder
     ids = _ids(1)
     # both sides start from random LoRA weights of their own (init_lora_weights=False)
     report = check_peft_roundtrip(
-        "qlora", {"r": 4, "init_lora_weights": False}, make_model=lambda: load_4bit(tiny_folder),
-        prepare=lambda model: None, prepare_peft=lambda model: None, claims=False, generate=False,
-        peft_config=peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
-                                    task_type="CAUSAL_LM"),
-        inputs=(ids, torch.ones_like(ids)), tmp_path=tmp_path)
+        "qlora",
+        {"r": 4, "init_lora_weights": False},
+        make_model=lambda: load_4bit(tiny_folder),
+        prepare=lambda model: None,
+        prepare_peft=lambda model: None,
+        claims=False,
+        generate=False,
+        peft_config=peft.LoraConfig(
+            r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"
+        ),
+        inputs=(ids, torch.ones_like(ids)),
+        tmp_path=tmp_path,
+    )
     folder = report["peftlab_saved"]
     assert json.loads((folder / "peftlab.json").read_text())["method"] == "qlora"
     saved = json.loads((folder / "adapter_config.json").read_text())
@@ -179,8 +198,9 @@ def test_merge_requantizes_close_and_unmerge_restores_exactly(tiny_folder):
     error = (merged - want).abs().max().item()
     assert error < 0.5 * effect, f"requantized merge lost too much: error {error:.3f} vs adapter effect {effect:.3f}"
     W0 = bnb.functional.dequantize_4bit(original.data, original.quant_state)
-    expected, _ = bnb.functional.quantize_4bit(W0 + layer.delta_weight("default"), blocksize=original.blocksize,
-                                               compress_statistics=True, quant_type="nf4")
+    expected, _ = bnb.functional.quantize_4bit(
+        W0 + layer.delta_weight("default"), blocksize=original.blocksize, compress_statistics=True, quant_type="nf4"
+    )
     assert torch.equal(layer.base_layer.weight.data, expected)  # W₄ = quantize(dequantize(W₄) + ΔW)
     ad.unmerge_adapter(model)
     assert layer.base_layer.weight is original  # the exact 4-bit original, no second rounding
@@ -196,16 +216,20 @@ def test_missing_bitsandbytes_is_a_clear_error(tiny_folder, monkeypatch):
 def test_hardware_without_kernels_is_a_clear_error(tiny_folder):
     handle = peftlab.get_method("qlora")
     with pytest.raises(peftlab.MethodError, match="do not run on 'mps'"):
-        handle.hook("load_base_model")(source=tiny_folder, config=QLoraConfig(), task="CAUSAL_LM",
-                                       dtype=torch.float32, device="mps")
+        handle.hook("load_base_model")(
+            source=tiny_folder, config=QLoraConfig(), task="CAUSAL_LM", dtype=torch.float32, device="mps"
+        )
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"bnb_4bit_quant_type": "int8"}, "bnb_4bit_quant_type must be nf4 or fp4"),
-    ({"bnb_4bit_compute_dtype": "float64"}, "bnb_4bit_compute_dtype must be one of"),
-    ({"bnb_4bit_use_double_quant": "maybe"}, "bnb_4bit_use_double_quant must be true or false"),
-    ({"r": 0}, "r must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"bnb_4bit_quant_type": "int8"}, "bnb_4bit_quant_type must be nf4 or fp4"),
+        ({"bnb_4bit_compute_dtype": "float64"}, "bnb_4bit_compute_dtype must be one of"),
+        ({"bnb_4bit_use_double_quant": "maybe"}, "bnb_4bit_use_double_quant must be true or false"),
+        ({"r": 0}, "r must be a positive integer"),
+    ],
+)
 def test_config_validation(values, message):
     with pytest.raises(peftlab.ConfigError, match=message):
         peftlab.make_config("qlora", values)
@@ -254,7 +278,8 @@ def test_optimizer_is_adamw_on_cpu_and_paged_adamw_on_cuda(tiny_folder):
     assert type(make_optimizer(model, "default", params, 1e-3)) is torch.optim.AdamW
     if torch.cuda.is_available():  # checked on a GPU machine; CI has none
         gpu = peftlab.get_method("qlora").hook("load_base_model")(
-            source=tiny_folder, config=QLoraConfig(), task="CAUSAL_LM", dtype=torch.float32, device="cuda")
+            source=tiny_folder, config=QLoraConfig(), task="CAUSAL_LM", dtype=torch.float32, device="cuda"
+        )
         ad.add_adapter(gpu, "qlora", {"r": 4})
         opt = make_optimizer(gpu, "default", list(ad.prepare_for_training(gpu).values()), 1e-3)
         assert type(opt).__name__ == "PagedAdamW"

@@ -40,8 +40,11 @@ class ScaledLinear(nn.Module):
 
 def scales(model: nn.Module, adapter_name: str) -> dict[str, nn.Parameter]:
     """``{path of a ScaledLinear: its s}`` for one adapter."""
-    return {path: m.scale[adapter_name] for path, m in model.named_modules()
-            if isinstance(m, ScaledLinear) and adapter_name in m.scale}
+    return {
+        path: m.scale[adapter_name]
+        for path, m in model.named_modules()
+        if isinstance(m, ScaledLinear) and adapter_name in m.scale
+    }
 
 
 class Scale(Method):
@@ -54,8 +57,13 @@ class Scale(Method):
 
     @hookimpl
     def inject(self, model, config: ScaleConfig, adapter_name: str) -> None:
-        paths = match_targets(model, config.target_modules, accepts=lambda m: isinstance(m, (nn.Linear, ScaledLinear)),
-                              method="scale", supports="it scales the outputs of nn.Linear layers")
+        paths = match_targets(
+            model,
+            config.target_modules,
+            accepts=lambda m: isinstance(m, (nn.Linear, ScaledLinear)),
+            method="scale",
+            supports="it scales the outputs of nn.Linear layers",
+        )
         for path in paths:
             layer = model.get_submodule(path)
             if not isinstance(layer, ScaledLinear):  # a second adapter joins the wrapper the first one made
