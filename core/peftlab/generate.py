@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .state import active_adapters, mixed_batch
 
@@ -87,21 +88,75 @@ def generate_text(
         return generate_batch(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, raw=raw)[0]
 
 
-class _RowStreamer:
-    """A ``generate`` streamer that hands each step's tokens (one per row) to a queue."""
+class _TextStreamer:
+    """A ``generate`` streamer: after each step (one token per row) it hands the texts so far to ``emit``; a row
+    stops growing at its first stop token."""
 
-    def __init__(self, n_prompt: int) -> None:
-        self.queue: queue.Queue = queue.Queue()
-        self._skip = True  # the first put() is the prompt
+    def __init__(self, tokenizer, n_rows: int, stops: Sequence[int], emit: Callable[[list[str]], None]) -> None:
+        self.tokenizer, self.stops, self.emit = tokenizer, set(stops), emit
+        self.tokens: list[list[int]] = [[] for _ in range(n_rows)]
+        self.finished = [False] * n_rows
+        self.prompt = True  # the first put() is the prompt
 
     def put(self, value: torch.Tensor) -> None:
-        if self._skip:
-            self._skip = False
+        if self.prompt:
+            self.prompt = False
             return
-        self.queue.put(value.reshape(-1).tolist())
+        for i, t in enumerate(value.reshape(-1).tolist()):
+            if self.finished[i]:
+                continue
+            if t in self.stops:
+                self.finished[i] = True
+            else:
+                self.tokens[i].append(t)
+        self.emit([self.tokenizer.decode(t, skip_special_tokens=True) for t in self.tokens])
 
     def end(self) -> None:
-        self.queue.put(None)
+        pass
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops every row once ``cancel`` is set (the reply's consumer has gone away)."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self.cancel = cancel
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+@torch.no_grad()
+def generate_rows(
+    model,
+    tokenizer,
+    prompt: str | Messages,
+    rows: Sequence[str | None],
+    emit: Callable[[list[str]], None],
+    *,
+    max_new_tokens: int = 128,
+    raw: bool = False,
+    cancel: threading.Event | None = None,
+) -> None:
+    """Greedy replies to one prompt from several adapters (``None`` = base) in ONE batched pass, on this thread:
+    ``emit`` gets the list of texts so far, one per row, after every generated token. Setting ``cancel`` stops
+    every row at the next token."""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = prompt_ids(tokenizer, prompt, raw)
+    input_ids, mask = _left_pad([ids] * len(rows), pad, device)
+    stops = _stop_ids(tokenizer)
+    criteria = StoppingCriteriaList([_Cancelled(cancel)]) if cancel is not None else None
+    with mixed_batch(model, rows):
+        model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=stops,
+            streamer=_TextStreamer(tokenizer, len(rows), stops, emit),
+            stopping_criteria=criteria,
+        )
 
 
 def stream_side_by_side(
@@ -113,51 +168,30 @@ def stream_side_by_side(
     max_new_tokens: int = 128,
     raw: bool = False,
 ) -> Iterator[list[str]]:
-    """Stream greedy replies to one prompt from several adapters (``None`` = base) in ONE batched pass.
-
-    Yields the list of texts so far, one per row, after every generated token.
-    """
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = prompt_ids(tokenizer, prompt, raw)
-    input_ids, mask = _left_pad([ids] * len(rows), pad, device)
-    streamer = _RowStreamer(len(ids))
-    stops = _stop_ids(tokenizer)
+    """``generate_rows`` as an iterator: yields the list of texts so far, one per row, after every token (the
+    generation runs on a thread of its own; closing the iterator stops it)."""
+    texts: queue.Queue = queue.Queue()
+    cancel = threading.Event()
     error: list[BaseException] = []
+    done = object()
 
     def run() -> None:
         try:
-            with torch.no_grad(), mixed_batch(model, rows):
-                model.generate(
-                    input_ids=input_ids,
-                    attention_mask=mask,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=pad,
-                    eos_token_id=stops,
-                    streamer=streamer,
-                )
+            generate_rows(
+                model, tokenizer, prompt, rows, texts.put, max_new_tokens=max_new_tokens, raw=raw, cancel=cancel
+            )
         except BaseException as e:  # surfaced to the caller below
             error.append(e)
         finally:
-            streamer.end()
+            texts.put(done)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    tokens: list[list[int]] = [[] for _ in rows]
-    finished = [False] * len(rows)
-    while True:
-        step = streamer.queue.get()
-        if step is None:
-            break
-        for i, t in enumerate(step):
-            if finished[i]:
-                continue
-            if t in stops:
-                finished[i] = True
-            else:
-                tokens[i].append(t)
-        yield [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
-    thread.join()
+    try:
+        while (item := texts.get()) is not done:
+            yield item
+    finally:
+        cancel.set()
+        thread.join()
     if error:
         raise error[0]

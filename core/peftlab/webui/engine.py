@@ -21,17 +21,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers import StoppingCriteriaList
-from transformers.generation.stopping_criteria import StoppingCriteria
-
 from ..errors import AdapterError, MethodError
-from ..generate import _left_pad, _stop_ids, prompt_ids
+from ..generate import generate_rows
 from ..inspect import nearest_tokens
 from ..io import WEIGHTS_FILE, AdapterFiles, load_adapter, read_adapter
 from ..models import load_model, resolve_source
 from ..plugins import MethodHandle
-from ..state import mixed_batch
 
 
 @dataclass
@@ -183,7 +178,6 @@ class ChatEngine:
         finally:
             out.put(_END)
 
-    @torch.no_grad()
     def _rows(
         self,
         message: str,
@@ -194,59 +188,7 @@ class ChatEngine:
     ) -> None:
         """Greedy replies to ``message`` from several adapters (``None`` = base) in one batched pass, on this
         thread; ``emit`` gets the texts so far after each token. Stops once ``cancel`` is set. Hold ``lock``."""
-        model, tokenizer = self.model, self.tokenizer
-        device = next(model.parameters()).device
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        ids = prompt_ids(tokenizer, message)
-        input_ids, mask = _left_pad([ids] * len(rows), pad, device)
-        stops = _stop_ids(tokenizer)
-        with mixed_batch(model, rows):
-            model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-                eos_token_id=stops,
-                streamer=_Streamer(tokenizer, len(rows), stops, emit),
-                stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
-            )
-
-
-class _Streamer:
-    """A ``generate`` streamer: after each step (one token per row) it hands the texts so far to ``emit``."""
-
-    def __init__(self, tokenizer, n_rows: int, stops: list[int], emit: Callable[[list[str]], None]) -> None:
-        self.tokenizer, self.stops, self.emit = tokenizer, set(stops), emit
-        self.tokens: list[list[int]] = [[] for _ in range(n_rows)]
-        self.finished = [False] * n_rows
-        self.prompt = True  # the first put() is the prompt
-
-    def put(self, value: torch.Tensor) -> None:
-        if self.prompt:
-            self.prompt = False
-            return
-        for i, t in enumerate(value.reshape(-1).tolist()):
-            if self.finished[i]:
-                continue
-            if t in self.stops:
-                self.finished[i] = True
-            else:
-                self.tokens[i].append(t)
-        self.emit([self.tokenizer.decode(t, skip_special_tokens=True) for t in self.tokens])
-
-    def end(self) -> None:
-        pass
-
-
-class _Cancelled(StoppingCriteria):
-    """Stops every row once the reply's consumer has gone away."""
-
-    def __init__(self, cancel: threading.Event) -> None:
-        self.cancel = cancel
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+        generate_rows(self.model, self.tokenizer, message, rows, emit, max_new_tokens=max_new_tokens, cancel=cancel)
 
 
 class _Failed:
