@@ -255,6 +255,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
+    if args.record and not args.adapter:
+        raise PeftlabError("--record keeps the result in an adapter folder: pass --adapter")
     model, tok, name = _load(args)
     result = evaluate(
         model,
@@ -265,6 +267,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_samples=args.max_samples,
         max_new_tokens=args.max_new_tokens,
     )
+    if args.record:
+        from .io import record_evaluation
+
+        record_evaluation(args.adapter, result)
     _print(result, args.json)
     return 0
 
@@ -371,6 +377,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=64, help="rows evaluated at most")
     p.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per row for exact match")
     p.add_argument("--no-base", action="store_true", help="skip the base model")
+    p.add_argument(
+        "--record", action="store_true", help="keep the result in the adapter folder (its model card shows it)"
+    )
     p.set_defaults(fn=cmd_eval)
 
     p = add("merge", help="merge an adapter into the base weights and save the full model")

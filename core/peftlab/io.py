@@ -228,6 +228,18 @@ def model_card(handle: MethodHandle, cfg: dict[str, Any], info: dict[str, Any]) 
 _PEFT_TYPES = {"LORA", "ADALORA", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "IA3", "LOHA", "LOKR", "OFT"}
 
 
+def record_evaluation(folder: str | os.PathLike, result: dict[str, Any]) -> Path:
+    """Keep ``peftlab.evaluate.evaluate``'s ``result`` in the adapter's ``peftlab.json`` (key ``evaluation``), so its
+    model card can show it; the file is replaced atomically."""
+    path = read_adapter(folder).path / META_FILE
+    meta = _read_json(path) if path.exists() else {}
+    meta["evaluation"] = result
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def _read_json(file: Path) -> dict[str, Any]:
     try:
         data = json.loads(file.read_text())

@@ -93,7 +93,8 @@ def build_card(
 
     ``repo_id`` names the repo in the load snippets; ``license`` goes in the header; ``base_model`` overrides the
     recorded base (e.g. a Hub id for a base that was trained from a local folder); ``evaluation`` is the result of
-    ``peftlab.evaluate.evaluate`` (base vs adapted) and adds or replaces the metrics the trainer recorded.
+    ``peftlab.evaluate.evaluate`` (base vs adapted; default: what ``peftlab eval --record`` kept in ``peftlab.json``)
+    and adds or replaces the metrics the trainer recorded.
     """
     folder = Path(adapter_dir)
     if not (folder / CONFIG_FILE).exists() and (folder / "adapter" / CONFIG_FILE).exists():
@@ -103,6 +104,7 @@ def build_card(
         raise PeftlabError(f"{folder} is not an adapter folder: {CONFIG_FILE} is missing or unreadable")
     meta = _read_json(folder / META_FILE) or {}
     info = _clean(meta.get("card") or {})
+    evaluation = evaluation or meta.get("evaluation")  # `peftlab eval --record` keeps its result there
     facts = _Facts.of(folder, cfg, meta, info, base_model, repo_id)
     metrics = {**(info.get("metrics") or {}), **_from_evaluation(evaluation)}
     files: dict[str, bytes] = {}

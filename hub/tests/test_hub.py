@@ -439,3 +439,16 @@ def test_cli_store_and_doctor(online, trained, tmp_path):
     assert code == 1 and "adapter_model.bin" in out and "never unpickles" in out
     code, out, _ = _run("store", "rm", "mine")
     assert code == 0 and _run("store", "list", "--json")[1].strip() == "[]"
+
+
+def test_eval_record_puts_exact_match_in_the_pushed_card(online, trained, tiny_dir, tmp_path):
+    folder = tmp_path / "evaluated"
+    shutil.copytree(trained, folder)
+    code, out, err = _run("eval", "--dataset", "capitals-json", "--record", "--base", str(tiny_dir))
+    assert code == 2 and "pass --adapter" in err
+    args = ["--dataset", "capitals-json", "--max-samples", "4", "--max-new-tokens", "4", "--base", str(tiny_dir)]
+    code, out, err = _run("eval", "--adapter", str(folder), "--record", *args)
+    assert code == 0, err
+    assert "exact_match" in json.loads((folder / "peftlab.json").read_text())["evaluation"]["adapted"]
+    push(folder, "alice/evaluated")
+    assert "| exact match |" in online.files("alice/evaluated")["README.md"].decode()
