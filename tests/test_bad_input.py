@@ -430,7 +430,6 @@ CASES = [
         _load_base("WS/no-such-model"),
         PeftlabError,
         train=True,
-        clean=False,
     ),
     Case(
         "generate-base-folder-missing",
@@ -449,7 +448,6 @@ CASES = [
         _load_base("someone/no-such-model"),
         PeftlabError,
         train=True,
-        clean=False,
     ),
     Case(
         "generate-hub-base-offline",

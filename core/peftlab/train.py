@@ -353,8 +353,10 @@ def train(
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from .models import load_model
+    from .models import check_source, load_model
 
+    if model is None:
+        check_source(args.base_model)  # a missing folder or an uncached Hub id offline: said before any folder is made
     accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum, cpu=str(args.device) == "cpu")
     main = accelerator.is_main_process
     out = Path(args.output_dir)
