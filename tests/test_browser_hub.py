@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.hub_fixture import BASE, serve_base, train_tiny
 from tests.hub_server import WRITE_TOKEN
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, md, wait_js
-from tests.test_webui_hub import BASE, serve_base, train_tiny
 
 pytestmark = pytest.mark.browser
 pytest_plugins = ["tests.hub_fixture"]

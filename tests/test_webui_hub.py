@@ -11,45 +11,13 @@ import gradio as gr
 import gradio.routes
 import pytest
 
-from peftlab.train import TrainArgs, train
 from peftlab.webui import build_app, hub_tab
 from peftlab.webui.adapters import adapter_choices, locate
 from peftlab.webui.hub_tab import LOGIN_LOCAL, HubTab, card_markdown, when
+from tests.hub_fixture import BASE, serve_base, train_tiny
 from tests.hub_server import READ_TOKEN, WRITE_TOKEN
 
 pytest_plugins = ["tests.hub_fixture"]
-
-BASE = "alice/tiny-llama"
-
-
-def train_tiny(run: Path, tiny_dir: Path, base: str = BASE) -> Path:
-    """A LoRA adapter trained for 3 steps on the tiny llama into the run folder ``run`` (as a job of the app would),
-    recording ``base`` (a Hub id, so its card tags it and search finds it) as its base model."""
-    train(
-        TrainArgs(
-            method="lora",
-            base_model=str(tiny_dir),
-            dataset="capitals-json",
-            output_dir=str(run),
-            max_steps=3,
-            batch_size=4,
-            max_length=64,
-            max_eval_samples=8,
-            learning_rate=1e-2,
-            device="cpu",
-        )
-    )
-    folder = run / "adapter"
-    for name, key in (("adapter_config.json", "base_model_name_or_path"), ("peftlab.json", "base_model")):
-        data = json.loads((folder / name).read_text())
-        data[key] = base
-        (folder / name).write_text(json.dumps(data))
-    return folder
-
-
-def serve_base(hub, tiny_dir: Path) -> None:
-    """Put the tiny base model on the Hub server as ``BASE`` (the doctor and the chat load it from there)."""
-    hub.add_repo(BASE, {p.name: p.read_bytes() for p in Path(tiny_dir).iterdir() if p.is_file()})
 
 
 @pytest.fixture(scope="module")

@@ -16,47 +16,23 @@ import torch
 import peftlab
 from peftlab.cli import main as cli
 from peftlab.models import load_model
-from peftlab.train import TrainArgs, train
 from peftlab_hub import AdapterStore, HubError, pull, push, resolve_adapter, search
+from tests.hub_fixture import BASE, serve_base, train_tiny
 from tests.hub_server import OTHER_TOKEN, READ_TOKEN, WRITE_TOKEN
 
 pytest_plugins = ["tests.hub_fixture"]
-
-BASE = "alice/tiny-llama"
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_dir):
     """A LoRA adapter trained for 3 steps on the tiny llama (its card records the Hub id of the base)."""
-    out = tmp_path_factory.mktemp("run") / "lora"
-    train(
-        TrainArgs(
-            method="lora",
-            base_model=str(tiny_dir),
-            dataset="capitals-json",
-            output_dir=str(out),
-            max_steps=3,
-            batch_size=4,
-            max_length=64,
-            max_eval_samples=8,
-            learning_rate=1e-2,
-            device="cpu",
-        )
-    )
-    folder = out / "adapter"
-    cfg = json.loads((folder / "adapter_config.json").read_text())
-    cfg["base_model_name_or_path"] = BASE  # as if trained on the Hub copy of the base
-    (folder / "adapter_config.json").write_text(json.dumps(cfg))
-    meta = json.loads((folder / "peftlab.json").read_text())
-    meta["base_model"] = BASE
-    (folder / "peftlab.json").write_text(json.dumps(meta))
-    return folder
+    return train_tiny(tmp_path_factory.mktemp("run") / "lora", tiny_dir)
 
 
 @pytest.fixture
 def online(hub_env, tiny_dir, tmp_path, monkeypatch):
     """The Hub server with the tiny base model on it, and a fresh local store."""
-    hub_env.add_repo(BASE, {p.name: p.read_bytes() for p in Path(tiny_dir).iterdir() if p.is_file()})
+    serve_base(hub_env, tiny_dir)
     monkeypatch.setenv("PEFTLAB_STORE", str(tmp_path / "store"))
     return hub_env
 
