@@ -6,6 +6,7 @@ Run: ``pytest tests/test_browser.py -m browser -s`` (screenshots are written to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -41,40 +42,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def running_app(env: dict, log_file: Path, timeout: float = 180):
+    """``python app.py`` with ``env`` (``PEFTLAB_PORT`` set), its output in ``log_file``; yields its URL once it
+    answers, and stops it (SIGTERM, then kill) afterwards."""
+    url = f"http://127.0.0.1:{env['PEFTLAB_PORT']}"
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"app.py exited: {log_file.read_text()[-3000:]}")
+                try:
+                    urllib.request.urlopen(url, timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            else:
+                raise RuntimeError(f"app.py did not start within {timeout:.0f} s")
+            yield url
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """``python app.py`` on a free port, jobs under a temporary runs folder."""
     runs = tmp_path_factory.mktemp("runs")
-    port = free_port()
-    env = {**os.environ, "PEFTLAB_PORT": str(port), "PEFTLAB_RUNS": str(runs), "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {
+        **os.environ,
+        "PEFTLAB_PORT": str(free_port()),
+        "PEFTLAB_RUNS": str(runs),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
     if os.getloadavg()[0] > (os.cpu_count() or 1):  # a busy machine: one thread per process avoids OpenMP
         env.setdefault("OMP_NUM_THREADS", "1")  # spin-waiting, which made each step ~3x slower in our runs
-    log = open(runs.parent / "app.log", "wb")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited: {(runs.parent / 'app.log').read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        raise RuntimeError("app.py did not start within 180 s")
-    yield url, runs
-    from peftlab import jobs
+    with running_app(env, runs.parent / "app.log") as url:
+        yield url, runs
+        from peftlab import jobs
 
-    running = jobs.current_job(runs)
-    if running is not None:
-        jobs.stop(running, timeout=30)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        running = jobs.current_job(runs)
+        if running is not None:
+            jobs.stop(running, timeout=30)
 
 
 @pytest.fixture(scope="module")

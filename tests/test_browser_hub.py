@@ -7,18 +7,14 @@ Run: ``pytest tests/test_browser_hub.py -m browser -s`` (a screenshot of the tab
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.hub_fixture import BASE, serve_base, train_tiny
 from tests.hub_server import WRITE_TOKEN
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, md, wait_js
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, md, running_app, wait_js
 
 pytestmark = pytest.mark.browser
 pytest_plugins = ["tests.hub_fixture"]
@@ -46,28 +42,8 @@ def app(hub_env, tiny_dir, tmp_path):
     }  # hub_env set HF_ENDPOINT, HF_HOME, XET off
     for key in ("HF_TOKEN", "HF_HUB_OFFLINE", "SPACE_ID"):
         env.pop(key, None)
-    log_file = tmp_path / "app.log"
-    log = open(log_file, "wb")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited: {log_file.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        raise RuntimeError("app.py did not start within 120 s")
-    yield url, tmp_path
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with running_app(env, tmp_path / "app.log", timeout=120) as url:
+        yield url, tmp_path
 
 
 @pytest.fixture
