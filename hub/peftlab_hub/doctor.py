@@ -42,7 +42,7 @@ from peftlab.io import (
     fingerprint,
 )
 from peftlab.kit import ALL_LINEAR, KVGeometry, is_linear, target_matches
-from peftlab.models import load_model, resolve_source
+from peftlab.models import hub_offline, load_model, resolve_source
 
 CHECKS = ("files", "safetensors", "config", "method", "base_model", "vocab_and_hidden", "targets", "shapes")
 MARKS = {True: "✓", False: "✗", None: "–"}
@@ -358,10 +358,11 @@ class _Doctor:
             self.base = _resolve(spec)
         except PeftlabError as e:
             self.base_missing = f"base {spec!r} cannot be used: {e}"
+            offline = hub_offline() and not Path(str(spec)).expanduser().exists()  # a Hub id this machine cannot get
             return (
                 _fail(f"--base {spec}: {e}")
-                if given
-                else _skip(f"the recorded base {spec!r} cannot be resolved here ({e}); pass --base")
+                if given and not offline
+                else _skip(f"the base {spec!r} cannot be resolved here ({e}); pass --base with a local model folder")
             )
         except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, ... for what it cannot find
             self.base_missing = f"the config of base {spec!r} cannot be read here"
