@@ -260,9 +260,9 @@ def test_compose_cli_end_to_end(parents, tmp_path, capsys):
 
 
 def test_a_method_that_cannot_combine_is_refused_with_its_reason(parents, tiny_dir, tmp_path):
-    prompt = _save(tiny_dir, tmp_path / "prompt", method="prompt_tuning", num_virtual_tokens=4)
-    with pytest.raises(CompositionError, match="prompt_tuning adapters cannot be combined: it declares no"):
-        compose([parents[0], prompt], [1, 1], "cat", output=tmp_path / "x")
+    bottleneck = _save(tiny_dir, tmp_path / "bottleneck", method="adapter")
+    with pytest.raises(CompositionError, match="adapter adapters cannot be combined: a bottleneck adapter is non-line"):
+        compose([parents[0], bottleneck], [1, 1], "cat", output=tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 

@@ -24,7 +24,7 @@ from ..schema import option
 from .kv_geometry import KVGeometry
 from .kv_prefix import STORE, KVPrefix
 from .modules import placement
-from .virtual_method import PROMPT_KEY, positive_or_none
+from .virtual_method import PROMPT_COMBINATIONS, PROMPT_KEY, combine_prompts, positive_or_none
 
 
 @dataclass
@@ -99,6 +99,7 @@ class KVPrefixMethod(Method):
         kv_cache=True,
         mixed_batch=True,
         merge_note="prefixes live in the KV cache, not in any weight: there is nothing to fold them into",
+        combinations=PROMPT_COMBINATIONS,
     )
     module_prefix = "base_model."  # peft's prompt-learning layout: a task head is saved as base_model.<head>.*
 
@@ -171,3 +172,24 @@ class KVPrefixMethod(Method):
     @hookimpl
     def soft_prompt(self) -> None:
         return None  # prefixes are keys/values inside attention, not input embeddings
+
+    @hookimpl
+    def combine(self, parents: list, weights: list[float], combination: str, options: dict) -> tuple[dict, dict]:
+        """Merge saved prefixes: ``linear`` = Σ wᵢ Pᵢ of the collapsed ``[k, num_layers·2·token_dim]`` prefixes
+        (equal k), ``cat`` = their virtual tokens one after another, each scaled by its weight (k = Σ kᵢ). The
+        result is this method's adapter with the new ``num_virtual_tokens`` and no training state beside it (prefix
+        tuning: no MLP, it loads as a collapsed prefix)."""
+        widths = {(p.config.num_layers, p.config.token_dim) for p in parents}
+        if len(widths) > 1:
+            raise MethodError(
+                f"the {self.name} parents were made for different models (num_layers, token_dim): "
+                f"{sorted(widths, key=str)}"
+            )
+        prefix = combine_prompts(parents, weights, combination, self.name)
+        config = {
+            **parents[0].config.to_dict(),
+            "peft_type": self.peft_type,
+            "num_virtual_tokens": int(prefix.shape[0]),
+            "num_transformer_submodules": 1,
+        }
+        return config, {PROMPT_KEY: prefix}

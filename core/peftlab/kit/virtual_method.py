@@ -1,5 +1,5 @@
 """What every virtual-token method shares: the config keys peft writes for them, and a ``Method`` base that
-injects a prompt source, trains it, checks shapes and shows the prompt.
+injects a prompt source, trains it, checks shapes, shows the prompt and merges saved prompts (``combine``).
 
 A method (Prompt Tuning, P-Tuning) subclasses ``VirtualTokenMethod`` and implements ``make_source`` (its
 ``nn.Module`` whose ``forward()`` returns the ``[k, d]`` prompt) plus ``save``/``load``; ``VirtualTokens``
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AdapterMismatchError, ConfigError
+from ..errors import AdapterMismatchError, ConfigError, MethodError
 from ..hookspecs import hookimpl
 from ..method import Capabilities, Method, MethodConfig
 from ..schema import option
@@ -65,6 +65,8 @@ class PromptLearningConfig(MethodConfig):
             )
 
 
+PROMPT_COMBINATIONS = ("linear", "cat")  # what combine() of a saved prompt (or KV prefix) computes
+
 VIRTUAL_TOKEN_CAPABILITIES = Capabilities(
     mergeable=False,
     stackable=True,
@@ -73,7 +75,43 @@ VIRTUAL_TOKEN_CAPABILITIES = Capabilities(
     mixed_batch=True,
     merge_note="a soft prompt lives in the input (extra virtual tokens), not in any weight, so there is "
     "nothing to fold into the model",
+    combinations=PROMPT_COMBINATIONS,
 )
+
+
+def combine_prompts(parents: list, weights: list[float], combination: str, method: str) -> torch.Tensor:
+    """The merged ``prompt_embeddings`` of saved prompt-learning adapters: ``linear`` = Σ wᵢ Pᵢ (equal
+    ``num_virtual_tokens`` needed), ``cat`` = the parents' virtual tokens one after another, each parent's scaled
+    by its weight (k = Σ kᵢ). Computed in float32, returned in the first parent's dtype."""
+    if combination not in PROMPT_COMBINATIONS:
+        raise MethodError(f"{method} adapters combine by {', '.join(PROMPT_COMBINATIONS)}, not {combination!r}")
+    prompts = []
+    for p in parents:
+        others = sorted(k for k in p.weights.tensors if k != PROMPT_KEY)
+        if others:
+            raise MethodError(
+                f"{p.path}: the {method} adapter also holds {', '.join(others)} (a task head?): only the prompt "
+                f"{PROMPT_KEY!r} can be combined"
+            )
+        t = p.weights.tensors.get(PROMPT_KEY)
+        if t is None or t.dim() != 2:
+            raise MethodError(f"{p.path}: the {method} adapter has no [k, width] {PROMPT_KEY!r} tensor to combine")
+        prompts.append(t)
+    widths = {t.shape[1] for t in prompts}
+    if len(widths) > 1:
+        listed = "; ".join(f"{p.path}: {t.shape[1]}" for p, t in zip(parents, prompts, strict=True))
+        raise MethodError(f"the {method} prompts have different widths ({listed}): they are for different models")
+    scaled = [w * t.float() for w, t in zip(weights, prompts, strict=True)]
+    if combination == "cat":
+        return torch.cat(scaled).to(prompts[0].dtype).contiguous()
+    lengths = [t.shape[0] for t in prompts]
+    if len(set(lengths)) > 1:
+        listed = "; ".join(f"{p.path}: {k}" for p, k in zip(parents, lengths, strict=True))
+        raise MethodError(
+            f"linear needs one num_virtual_tokens for every {method} parent ({listed}): use cat to concatenate "
+            "the virtual tokens instead"
+        )
+    return torch.stack(scaled).sum(0).to(prompts[0].dtype).contiguous()
 
 
 def token_dim(model: nn.Module) -> int:
@@ -155,3 +193,22 @@ class VirtualTokenMethod(Method):
     @hookimpl
     def soft_prompt(self, model, adapter_name: str) -> torch.Tensor:
         return prompt_of(VirtualTokens.source(model, adapter_name))
+
+    @hookimpl
+    def combine(self, parents: list, weights: list[float], combination: str, options: dict) -> tuple[dict, dict]:
+        """Merge saved prompts (``combine_prompts``). Every virtual-token adapter saves its ``[k, d]`` prompt as
+        it enters the model (P-Tuning: the encoder's output), so the merged adapter is a plain prompt table: a
+        ``PROMPT_TUNING`` adapter whatever the parents' method (an encoder's weights cannot be averaged into an
+        encoder giving the averaged prompt), loaded by peftlab's and peft's prompt tuning."""
+        prompt = combine_prompts(parents, weights, combination, self.name)
+        first = parents[0].config
+        config = {
+            "peft_type": "PROMPT_TUNING",
+            "num_virtual_tokens": int(prompt.shape[0]),
+            "token_dim": int(prompt.shape[1]),
+            "num_transformer_submodules": first.num_transformer_submodules or 1,
+            "num_attention_heads": first.num_attention_heads,
+            "num_layers": first.num_layers,
+            "prompt_tuning_init": "RANDOM",  # the saved prompt replaces any init; RANDOM needs no tokenizer
+        }
+        return config, {PROMPT_KEY: prompt}

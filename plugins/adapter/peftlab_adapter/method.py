@@ -37,6 +37,8 @@ class BottleneckAdapter(Method):
         stackable=True,
         mixed_batch=True,
         merge_note="the non-linearity f sits between W_down and W_up, so the adapter cannot fold into a weight",
+        combine_note="a bottleneck adapter is non-linear (f between W_down and W_up), so a weighted merge of two "
+        "is not the weighted sum of what they do; stack them instead (one after the other)",
     )
     train_defaults = {"learning_rate": 1e-3}
 
