@@ -117,3 +117,12 @@ def test_bad_arguments_are_named():
 def test_unknown_method_fails_before_loading_anything(tmp_path):
     with pytest.raises(peftlab.UnknownMethodError, match="installed methods"):
         train(TrainArgs(method="nope", output_dir=str(tmp_path)))
+
+
+def test_trainargs_refuses_a_dataset_whose_task_the_method_cannot_train(tmp_path):
+    data = tmp_path / "labels.jsonl"
+    data.write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg"}\n')
+    with pytest.raises(peftlab.ConfigError, match="qlora does not support SEQ_CLS datasets"):
+        TrainArgs(method="qlora", dataset=str(data), output_dir=str(tmp_path / "run"))
+    assert TrainArgs(method="lora", dataset=str(data), output_dir=str(tmp_path / "run")).dataset == str(data)
+    assert not (tmp_path / "run").exists()

@@ -266,22 +266,6 @@ def _run_name(runs_dir: Path, method: str) -> Path:
     return path
 
 
-def check_dataset(method: str, dataset: str) -> str:
-    """Read ``dataset`` with the trainer's reader and check that ``method`` supports its task: what the trainer
-    would refuse in its first seconds, said before a process starts. Returns the task."""
-    from .data import dataset_task, load_rows
-    from .plugins import get_method
-
-    try:
-        task = dataset_task(load_rows(dataset))
-    except (PeftlabError, OSError) as e:
-        raise JobError(f"Dataset: {e}") from None
-    supported = get_method(method).capabilities.task_types
-    if task not in supported:
-        raise JobError(f"{method} does not support {task} datasets (it supports {', '.join(supported)})")
-    return task
-
-
 def start_job(
     runs_dir: str | os.PathLike,
     method: str,
@@ -289,7 +273,6 @@ def start_job(
     method_flags: dict[str, str] | None = None,
     *,
     env: dict[str, str] | None = None,
-    check_data: bool = False,
     queue: bool = False,
     owner: str | None = None,
 ) -> Job:
@@ -297,16 +280,15 @@ def start_job(
 
     ``settings`` are ``TrainArgs`` fields (``max_steps``, ``base_model``, ...), as text (a form's) or typed;
     ``method_flags`` are config fields as text (``{"r": "4"}``). Both are checked first, the way ``peftlab train``
-    checks its flags (``TrainArgs.from_strings``: a ``ConfigError`` names the bad value); with ``check_data``
-    the dataset is read too (``check_dataset``). At most ``max_jobs()`` run at once: beyond that, raises
-    ``JobError``, or with ``queue`` returns the job ``queued`` (it starts when a slot frees, in order).
+    checks its flags (``TrainArgs.from_strings``: a ``ConfigError`` or ``DatasetError`` names the bad value or
+    row, and a method that cannot train the dataset's task is refused). At most ``max_jobs()`` run at once:
+    beyond that, raises ``JobError``, or with ``queue`` returns the job ``queued`` (it starts when a slot frees,
+    in order).
     ``owner`` (a session id) is recorded: see ``visible``.
     """
     runs_dir = Path(runs_dir)
-    args = TrainArgs.from_strings({**(settings or {}), "method": method}, method_flags)
+    TrainArgs.from_strings({**(settings or {}), "method": method}, method_flags)  # refuses bad settings now
     limit = max_jobs()
-    if check_data:
-        check_dataset(method, args.dataset)
     with _scheduling(runs_dir):
         _start_queued(runs_dir)  # the jobs already waiting go first
         every = list_jobs(runs_dir)
@@ -506,7 +488,6 @@ def saved_adapters(runs_dir: str | os.PathLike) -> list[tuple[str, Path]]:
 __all__ = [
     "Job",
     "JobError",
-    "check_dataset",
     "start_job",
     "current_job",
     "list_jobs",

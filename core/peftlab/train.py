@@ -110,7 +110,10 @@ class TrainArgs:
 
         ad.make_config(self.method, self.method_config)  # the method exists; its options are its own
         check_output_dir(self.output_dir)
-        pdata.check_dataset(self.dataset)
+        rows = pdata.check_dataset(self.dataset)
+        supported = ad.resolve_method(self.method).capabilities.task_types
+        if rows is not None and (task := pdata.dataset_task(rows)) not in supported:
+            raise ConfigError(f"{self.method} does not support {task} datasets (it supports {', '.join(supported)})")
 
     @classmethod
     def from_strings(cls, values: dict[str, Any], method_flags: dict[str, Any] | None = None) -> TrainArgs:

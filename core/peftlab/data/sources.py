@@ -89,14 +89,16 @@ def load_rows(source: str | os.PathLike) -> list[dict]:
     return normalize_rows(_read_hub(text), f"Hub dataset {text!r}", "row")
 
 
-def check_dataset(source: str | os.PathLike) -> None:
+def check_dataset(source: str | os.PathLike) -> list[dict] | None:
     """Read and check a local dataset file or folder now, so a bad one is refused before anything else starts
-    (``DatasetError`` naming the file and line); built-in datasets are known good, Hub ones are read when used."""
+    (``DatasetError`` naming the file and line), and return its rows; built-in datasets are known good and Hub
+    ones are read when used (``None``)."""
     text = os.fspath(source)
     if isinstance(source, str) and text in builtin_datasets():
-        return
+        return None
     if Path(text).expanduser().exists() or _looks_like_path(text):
-        load_rows(source)
+        return load_rows(source)
+    return None
 
 
 def _looks_like_path(text: str) -> bool:

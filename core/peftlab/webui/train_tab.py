@@ -120,7 +120,7 @@ class TrainTab:
             raise gr.Error("Pick a built-in dataset or upload a file.")
         owner = self.owner_of(v)
         try:  # checks every setting as `peftlab train` does, and reads the dataset, before a process starts
-            job = jobs.start_job(self.runs_dir, name, settings, flags, check_data=True, queue=True, owner=owner)
+            job = jobs.start_job(self.runs_dir, name, settings, flags, queue=True, owner=owner)
         except PeftlabError as e:
             raise gr.Error(str(e)) from None
         return [*outputs_for(job, -1), owner]
