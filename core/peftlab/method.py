@@ -45,6 +45,10 @@ class Capabilities:
     stack_note: str = ""  # why it cannot stack
     combinations: tuple[str, ...] = ()  # weighted-merge types its combine() computes (peft's names: cat, svd, ...)
     combine_note: str = ""  # why it cannot be combined, shown when a composition is refused
+    scalable: bool = False  # its scale() hook multiplies its effect by a weight (stacks, learned mixtures)
+    scale_note: str = ""  # why its effect cannot be weighted
+    packable: bool = True  # trains on packed rows (one sequence, position_ids restarting per row)
+    pack_note: str = ""  # why it cannot train packed (e.g. virtual tokens are inserted per row)
 
 
 @dataclass(frozen=True)
