@@ -363,44 +363,63 @@ def train(
     accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum, cpu=str(args.device) == "cpu")
     main = accelerator.is_main_process
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if main:
-        (out / STOP_FILE).unlink(missing_ok=True)
     if stop is None:
         stop = StopFlag(out / STOP_FILE)
     elif stop.stop_file is None:
         stop.stop_file = out / STOP_FILE
     history: list[dict] = []
-    progress = None
-    if main:
-        progress = open(out / PROGRESS_FILE, "a" if args.resume else "w")
-        if args.resume and progress.tell() > 0:
-            with open(out / PROGRESS_FILE, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":  # a line cut short by kill -9: end it, so the next event reads
-                    progress.write("\n")
+    files: dict[str, Any] = {"progress": None}
+    pending: list[dict] = []  # events before the run folder exists (it is made once the data is encoded)
 
     def emit(event: dict) -> None:
         event = {"time": time.time(), **event}
         history.append(event)
         if not main:
             return
-        progress.write(json.dumps(event) + "\n")
-        progress.flush()
+        if files["progress"] is None:
+            pending.append(event)
+        else:
+            files["progress"].write(json.dumps(event) + "\n")
+            files["progress"].flush()
         if on_event:
             on_event(event)
 
+    def open_run() -> None:
+        """Make the run folder and start progress.jsonl (with the events so far): called once the base model is
+        loaded and the data encoded and checked, so a run refused by those leaves nothing behind."""
+        if files["progress"] is not None:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        if not main:
+            return
+        (out / STOP_FILE).unlink(missing_ok=True)
+        progress = open(out / PROGRESS_FILE, "a" if args.resume else "w")
+        if args.resume and progress.tell() > 0:
+            with open(out / PROGRESS_FILE, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a line cut short by kill -9: end it, so the next event reads
+                    progress.write("\n")
+        for event in pending:
+            progress.write(json.dumps(event) + "\n")
+        progress.flush()
+        pending.clear()
+        files["progress"] = progress
+
+    if main and out.is_dir() and not (out / PROGRESS_FILE).exists():
+        open_run()  # a folder made for this run (a job's): its status shows from the start; nothing is overwritten
     try:
-        return _train(args, model, tokenizer, emit, stop, out, history, accelerator, set_seed, load_model)
+        return _train(args, model, tokenizer, emit, open_run, stop, out, history, accelerator, set_seed, load_model)
     except Exception as e:
         emit({"event": "error", "message": f"{type(e).__name__}: {e}"})
         raise
     finally:
-        if progress is not None:
-            progress.close()
+        if files["progress"] is not None:
+            files["progress"].close()
 
 
-def _train(args, model, tokenizer, emit, stop, out, history, accelerator, set_seed, load_model) -> TrainResult:
+def _train(
+    args, model, tokenizer, emit, open_run, stop, out, history, accelerator, set_seed, load_model
+) -> TrainResult:
     handle = ad.resolve_method(args.method)
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     if args.threads:
@@ -434,6 +453,7 @@ def _train(args, model, tokenizer, emit, stop, out, history, accelerator, set_se
     global_micro = args.batch_size * world  # rows per micro-batch over all processes
     if world > 1 and len(train_items) < world:
         raise ConfigError(f"{len(train_items)} training rows cannot be shared by {world} processes")
+    open_run()
 
     ckpt, state = _readable_checkpoint(out, emit) if args.resume else (None, None)
     if ckpt is not None:
