@@ -292,5 +292,143 @@ def main(argv: list[str] | None = None) -> int:
     return run_from_args(a)
 
 
+# --- a comparison in the background (the web app's Compare tab): reload-safe, like a training job -------------------
+
+JOB_FILE = "compare-job.json"
+
+
+def start_background(
+    runs_dir: str | os.PathLike,
+    methods: list[str],
+    dataset: str = "capitals-json",
+    steps: int = 30,
+    base: str | None = None,
+    *,
+    owner: str | None = None,
+    max_eval_samples: int = 16,
+    batch_size: int = 8,
+    max_length: int = 128,
+) -> Path:
+    """Start ``python -m peftlab.compare`` for ``methods`` in a process of its own (its own session, so a closed
+    page or a restarted app does not stop it) under ``runs_dir/compare-<time>``; returns that folder. Each method
+    trains into ``<folder>/<method>`` (its ``progress.jsonl`` shows live progress) and writes ``<method>.json``."""
+    from .plugins import get_method
+
+    if not methods:
+        raise ValueError("pick at least one method to compare")
+    for m in methods:
+        get_method(m)  # an unknown method is named now, not in the background
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, not {steps}")
+    folder = Path(runs_dir) / time.strftime("compare-%Y%m%d-%H%M%S")
+    n = 1
+    while folder.exists():
+        n += 1
+        folder = folder.with_name(f"{folder.name.split('~')[0]}~{n}")
+    folder.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "peftlab.compare", "--methods", ",".join(methods), "--dataset", str(dataset)]
+    cmd += ["--steps", str(steps), "--output", str(folder.resolve()), "--max-eval-samples", str(max_eval_samples)]
+    cmd += ["--batch-size", str(batch_size), "--max-length", str(max_length)]
+    if base:
+        cmd += ["--base", str(base)]
+    with open(folder / "compare.log", "wb") as log:
+        child = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    job = {"pid": child.pid, "methods": list(methods), "dataset": str(dataset), "steps": steps, "owner": owner}
+    job["started"] = time.time()
+    (folder / JOB_FILE).write_text(json.dumps(job, indent=1) + "\n")
+    _children[child.pid] = child
+    return folder
+
+
+_children: dict[int, subprocess.Popen] = {}  # comparisons this process started: poll() reaps them
+
+
+def _alive(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie or a recycled pid is not our comparison
+        return "peftlab.compare" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:
+        return True
+
+
+def background_status(folder: str | os.PathLike) -> dict[str, Any]:
+    """Where a background comparison stands: ``rows`` (finished methods, in order), ``current`` (the method
+    training now, with ``step`` / ``steps``), ``curves`` (method → [(step, loss)]), ``running``, ``done``."""
+    from .train import read_progress
+
+    folder = Path(folder)
+    job = json.loads((folder / JOB_FILE).read_text())
+    rows, curves, current = [], {}, None
+    for m in job["methods"]:
+        events = read_progress(folder / m)
+        curve = {e["step"]: e["loss"] for e in events if e.get("event") == "step" and "loss" in e}
+        if curve:
+            curves[m] = sorted(curve.items())
+        file = folder / f"{m}.json"
+        if file.exists():
+            try:
+                rows.append(json.loads(file.read_text()))
+                continue
+            except json.JSONDecodeError:
+                pass
+        if current is None and events:
+            current = {"method": m, "step": max(curve, default=0), "steps": job["steps"]}
+    running = _alive(int(job["pid"]))
+    if not running:
+        done = {r["method"] for r in rows}
+        for m in job["methods"]:  # a method that ended without its row: the table says so
+            if m not in done:
+                rows.append({"method": m, "error": _last_error(folder, m)})
+        current = None
+    return {**job, "folder": str(folder), "rows": rows, "curves": curves, "current": current, "running": running}
+
+
+def _last_error(folder: Path, method: str) -> str:
+    log = folder / "compare.log"
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
+    for ln in reversed(lines):
+        if ln.startswith(f"[compare] {method}:"):
+            return ln.split(":", 1)[1].strip()
+    return "did not finish (stopped)"
+
+
+def latest_background(runs_dir: str | os.PathLike, owner: str | None = None) -> Path | None:
+    """The newest comparison under ``runs_dir`` that ``owner`` started (``None``: any)."""
+    for file in sorted(Path(runs_dir).glob(f"compare-*/{JOB_FILE}"), reverse=True):
+        try:
+            job = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if owner is None or job.get("owner") in (None, owner):
+            return file.parent
+    return None
+
+
+def stop_background(folder: str | os.PathLike) -> None:
+    """Stop a background comparison (its whole process group: the method training now too)."""
+    import signal
+
+    job = json.loads((Path(folder) / JOB_FILE).read_text())
+    pid = int(job["pid"])
+    if _alive(pid):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.time() + 20
+        while _alive(pid) and time.time() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+
+
 if __name__ == "__main__":
     sys.exit(main())
