@@ -171,6 +171,54 @@ def merge_and_unload(model: torch.nn.Module, name: str = "default") -> torch.nn.
     return model
 
 
+def _check_weight(weight: Any, name: str) -> float | torch.Tensor:
+    """``weight`` as a float or a 0-dim floating tensor (kept as it is, so its graph stays), refusing anything else,
+    NaN and infinities with a message naming adapter ``name``."""
+    if isinstance(weight, torch.Tensor):
+        if weight.dim() != 0 or not weight.is_floating_point():
+            raise ConfigError(
+                f"the weight of adapter {name!r} must be a number or a 0-dim floating tensor, got a "
+                f"{weight.dtype} tensor of shape {tuple(weight.shape)}"
+            )
+        value = float(weight.detach())
+    elif isinstance(weight, (int, float)) and not isinstance(weight, bool):
+        value = weight = float(weight)
+    else:
+        raise ConfigError(f"the weight of adapter {name!r} must be a number, got {type(weight).__name__}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"the weight of adapter {name!r} must be a finite number, got {value}")
+    return weight
+
+
+def set_weight(model: torch.nn.Module, name: str, weight: float | torch.Tensor) -> None:
+    """Multiply adapter ``name``'s effect by ``weight`` (a float or a 0-dim tensor; 1 = as trained, 0 = as if absent)
+    through its method's ``scale`` hook. A tensor that requires grad receives gradients through forward (learned
+    mixtures). A method that cannot be weighted (``scalable=False``) is refused with its ``scale_note``; weight 1.0
+    is always accepted (it changes nothing). A merged adapter is unmerged, reweighted and merged again."""
+    handle, e = entry(model, name)
+    weight = _check_weight(weight, name)
+    if not handle.capabilities.scalable:
+        if not isinstance(weight, torch.Tensor) and weight == 1.0:
+            e.weight = 1.0
+            return
+        raise MethodError(
+            f"adapter {name!r} ({handle.name}) cannot be weighted: "
+            f"{handle.capabilities.scale_note or 'the method declares scalable=False'}. Use weight 1 for it"
+        )
+    merged = e.merged
+    if merged:
+        unmerge_adapter(model, name)
+    handle.hook("scale")(model=model, config=e.config, adapter_name=name, weight=weight)
+    e.weight = weight
+    if merged:
+        merge_adapter(model, name)
+
+
+def get_weight(model: torch.nn.Module, name: str) -> float | torch.Tensor:
+    """The weight ``set_weight`` gave adapter ``name`` (1.0 when never set)."""
+    return entry(model, name)[1].weight
+
+
 def extra_loss(model: torch.nn.Module, name: str) -> torch.Tensor | None:
     handle, e = entry(model, name)
     return handle.hook("extra_loss")(model=model, config=e.config, adapter_name=name)
@@ -201,6 +249,8 @@ __all__ = [
     "count_parameters",
     "merge_and_unload",
     "set_active",
+    "set_weight",
+    "get_weight",
     "make_config",
     "model_task",
 ]

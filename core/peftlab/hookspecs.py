@@ -10,7 +10,8 @@ object (subclass ``peftlab.Method``) with
   method in use** (one registration per method), so an implementation never checks which method it is
   serving, and one plugin cannot answer for another's method. Each returns one value (pluggy ``firstresult``).
   ``inject``, ``trainable_params``, ``save`` and ``load`` are required (``peftlab.Method`` gives ``save``/``load``
-  for a method that implements ``tensor_map``); a method whose capabilities say ``mergeable`` needs ``merge``.
+  for a method that implements ``tensor_map``); a method whose capabilities say ``mergeable`` needs ``merge``,
+  one that says ``scalable`` needs ``scale``.
 
 Arguments a method hook may receive:
 
@@ -145,6 +146,22 @@ def merge(model, config, adapter_name):
 @hookspec(firstresult=True)
 def unmerge(model, config, adapter_name):
     """Undo ``merge`` (up to floating-point rounding). Returns ``None``."""
+
+
+@hookspec(firstresult=True)
+def scale(model, config, adapter_name, weight):
+    """Multiply the adapter's effect by ``weight`` from now on (it replaces the previous weight; it does not compound).
+
+    Only called for methods whose capabilities say ``scalable=True``; ``peftlab.adapters.set_weight`` calls it
+    (and records the weight on the adapter's state entry). ``weight`` is a float or a 0-dim tensor: ``1`` = the
+    adapter as trained, ``0`` = outputs equal to the model without it, ``0.5`` = half its update (for LoRA exactly
+    half ΔW). A tensor is kept as it is, not copied or detached, so when it requires grad, gradients of a loss reach
+    it through forward (learned mixtures train mixing weights this way); move it to the adapter's device and dtype at
+    use (``w.to(update)``), which keeps the graph. The weight acts in forward and in ``merge``/``unmerge`` (``merge``
+    folds the weighted update; core unmerges, rescales and merges again when the weight of a merged adapter
+    changes). Saving is unaffected: ``save`` writes the adapter as trained. Raise ``peftlab.MethodError`` when this
+    adapter cannot take the weight (its config trains something that cannot be weighted). Returns ``None``.
+    """
 
 
 @hookspec(firstresult=True)

@@ -150,6 +150,9 @@ class Registry:
         if handle.capabilities.mergeable and not handle.implements("merge"):
             self.pm.unregister(obj)
             raise PluginConflictError(f"method {name!r} ({plugin}) says mergeable but has no merge hook")
+        if handle.capabilities.scalable and not handle.implements("scale"):
+            self.pm.unregister(obj)
+            raise PluginConflictError(f"method {name!r} ({plugin}) says scalable but has no scale hook")
         self.methods[name] = handle
         return handle
 

@@ -25,6 +25,7 @@ class AdapterEntry:
     method: str
     config: Any  # the method's MethodConfig
     merged: bool = False
+    weight: Any = 1.0  # what set_weight gave its method's scale hook: a float or a 0-dim tensor (1 = as trained)
 
 
 class AdapterState:

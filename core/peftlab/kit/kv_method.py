@@ -99,7 +99,12 @@ class KVPrefixMethod(Method):
         kv_cache=True,
         mixed_batch=True,
         merge_note="prefixes live in the KV cache, not in any weight: there is nothing to fold them into",
+        scale_note="a KV prefix is attended to through a softmax, so scaling its keys or values does not scale "
+        "its effect (weight 0 would still draw attention to zeroed entries, not remove the prefix)",
         combinations=PROMPT_COMBINATIONS,
+        packable=False,
+        pack_note="the prefix sits in the KV cache, and transformers keeps packed rows apart only without a "
+        "cache: trained on length-grouped padded batches",
     )
     module_prefix = "base_model."  # peft's prompt-learning layout: a task head is saved as base_model.<head>.*
 

@@ -75,7 +75,12 @@ VIRTUAL_TOKEN_CAPABILITIES = Capabilities(
     mixed_batch=True,
     merge_note="a soft prompt lives in the input (extra virtual tokens), not in any weight, so there is "
     "nothing to fold into the model",
+    scale_note="a soft prompt adds virtual tokens that attention reads, not an update that can be scaled: "
+    "weight 0 would still leave k (zeroed) tokens in the input, not the model without the prompt",
     combinations=PROMPT_COMBINATIONS,
+    packable=False,
+    pack_note="the virtual tokens go in front of each row, so packed rows would share one prompt and one "
+    "row's positions would follow another's: trained on length-grouped padded batches",
 )
 
 

@@ -31,7 +31,7 @@ class AdaLoraLayer(LoraLayer):
         """Take over an existing ``LoraLayer`` (and its LoRA adapters, same parameter objects)."""
         new = cls(layer.base_layer, layer.state)
         new.lora_A, new.lora_B, new.lora_dropout = layer.lora_A, layer.lora_B, layer.lora_dropout
-        new.scaling = layer.scaling
+        new.scaling, new.weights = layer.scaling, layer.weights
         return new
 
     def add_svd(self, name: str, r: int, alpha: float, dropout: float, init: bool) -> None:
@@ -72,6 +72,7 @@ class AdaLoraLayer(LoraLayer):
             if name in d:
                 del d[name]
         self.scaling.pop(name, None)
+        self.weights.pop(name, None)
         self.ranknum.pop(name, None)
 
     def svd_scaling(self, name: str) -> float:

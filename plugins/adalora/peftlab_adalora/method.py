@@ -40,7 +40,9 @@ class AdaLoRA(Method):
     config_class = AdaLoraConfig
     peft_type = "ADALORA"
     description = "AdaLoRA: SVD-form LoRA (P Λ Q) whose rank budget moves to the layers that matter"
-    capabilities = Capabilities(mergeable=True, stackable=True, mixed_batch=True, combinations=COMBINATIONS)
+    capabilities = Capabilities(
+        mergeable=True, stackable=True, mixed_batch=True, combinations=COMBINATIONS, scalable=True
+    )
     # measured on SmolLM2 (capitals-json, 14 steps of 8, init_r 8 → target_r 4): eval loss 1.363 → 1.286 at
     # 5e-3, → 0.966 at 1e-2, → 0.146 at 2e-2, → 0.119 at 3e-2 (Λ starts at zero, so small LRs barely move it)
     train_defaults = {"learning_rate": 2e-2}
@@ -192,6 +194,12 @@ class AdaLoRA(Method):
     def unmerge(self, model, adapter_name: str) -> None:
         for layer in svd_layers(model, adapter_name).values():
             layer.unmerge(adapter_name)
+
+    @hookimpl
+    def scale(self, model, adapter_name: str, weight) -> None:
+        """P Λ Q x · α/r₀ becomes weight times it in every layer (the ``LoraLayer`` routing applies it)."""
+        for layer in svd_layers(model, adapter_name).values():
+            layer.weights[adapter_name] = weight
 
     @hookimpl
     def unload(self, model, adapter_name: str) -> None:

@@ -39,6 +39,13 @@ class Bottleneck(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.adapter_up(self.f(self.adapter_down(h)))  # the residual "h +" is added by the hook
 
+    def weighted(self, update: torch.Tensor) -> torch.Tensor:
+        """``update`` times the weight the ``scale`` hook set (1: as trained); a tensor weight keeps its graph."""
+        w = self.__dict__.get("scale_weight", 1.0)  # a plain attribute (kit.keep): never a registered parameter
+        if isinstance(w, torch.Tensor):
+            return update * w.to(device=update.device, dtype=update.dtype)
+        return update if w == 1.0 else update * w
+
 
 def add_bottlenecks(sublayer: nn.Module, args: tuple, output):
     """Forward hook: ``h ← h + f(h W_down) W_up`` for each active adapter, on this sublayer's output."""
@@ -53,7 +60,7 @@ def add_bottlenecks(sublayer: nn.Module, args: tuple, output):
                 f"not the hidden size {adapter.adapter_down.in_features}; point attn_module / "
                 f"ffn_module at a sublayer whose output joins the residual stream"
             )
-        update = adapter(h.to(adapter.adapter_down.weight.dtype))
+        update = adapter.weighted(adapter(h.to(adapter.adapter_down.weight.dtype)))
         h = h + for_rows(update, acting).to(h.dtype)
     return (h, *output[1:]) if isinstance(output, tuple) else h
 

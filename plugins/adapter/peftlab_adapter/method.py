@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from peftlab import Capabilities, Method, MethodError, hookimpl
+from peftlab.kit import keep
 
 from .config import BottleneckAdapterConfig
 from .layer import bottlenecks, inject_bottlenecks
@@ -36,6 +37,7 @@ class BottleneckAdapter(Method):
         mergeable=False,
         stackable=True,
         mixed_batch=True,
+        scalable=True,
         merge_note="the non-linearity f sits between W_down and W_up, so the adapter cannot fold into a weight",
         combine_note="a bottleneck adapter is non-linear (f between W_down and W_up), so a weighted merge of two "
         "is not the weighted sum of what they do; stack them instead (one after the other)",
@@ -56,6 +58,12 @@ class BottleneckAdapter(Method):
             for path, adapters in bottlenecks(model, adapter_name).items()
             for n, p in adapters[adapter_name].named_parameters()
         }
+
+    @hookimpl
+    def scale(self, model, adapter_name: str, weight) -> None:
+        """``h ← h + weight · f(h W_down) W_up`` after every adapted sublayer (the residual update is weighted)."""
+        for adapters in bottlenecks(model, adapter_name).values():
+            keep(adapters[adapter_name], "scale_weight", weight)
 
     def tensor_map(self, model, config, adapter_name: str) -> dict[str, torch.Tensor]:
         # base_model.model.<sublayer>.adapter_down.weight etc.; a LoRA wrapper's base_layer is not part of the key

@@ -16,6 +16,7 @@ from peftlab.kit import for_rows, keep, placement, rows, share_state
 from .select import bias_size, owner
 
 ATTR = "bitfit_bias"  # the ParameterDict on each adapted layer: layer.bitfit_bias[adapter_name] = Δb
+WEIGHTS = "_bitfit_weights"  # plain attribute: {adapter name: weight} from the scale hook (absent: 1)
 
 
 def add_bias_deltas(layer: nn.Module, args: tuple, y: torch.Tensor) -> torch.Tensor:
@@ -24,8 +25,20 @@ def add_bias_deltas(layer: nn.Module, args: tuple, y: torch.Tensor) -> torch.Ten
         acting = rows(layer, name, y.device)  # None: off (or merged); True: all rows; bool[batch]: some rows
         if acting is None:
             continue
-        y = y + for_rows(delta_b.to(y.dtype).expand_as(y), acting)
+        y = y + for_rows(weighted(layer, name, delta_b).to(y.dtype).expand_as(y), acting)
     return y
+
+
+def weighted(layer: nn.Module, name: str, delta_b: torch.Tensor) -> torch.Tensor:
+    """``Δb`` times adapter ``name``'s weight (``scale``; 1 when never set). A tensor weight keeps its graph."""
+    w = layer.__dict__.get(WEIGHTS, {}).get(name, 1.0)
+    if isinstance(w, torch.Tensor):
+        return delta_b * w.to(device=delta_b.device, dtype=delta_b.dtype)
+    return delta_b if w == 1.0 else delta_b * w
+
+
+def set_weight(layer: nn.Module, name: str, weight: float | torch.Tensor) -> None:
+    layer.__dict__.setdefault(WEIGHTS, {})[name] = weight
 
 
 def bias_layers(model: nn.Module, name: str | None = None) -> dict[str, nn.Module]:
@@ -59,7 +72,7 @@ def base_bias(layer: nn.Module) -> torch.Tensor:
         return torch.zeros(bias_size(layer), device=next(iter(delta.values())).device)
     b = owner(layer).bias.detach().float().clone()
     for name in layer.__dict__["_bitfit_merged"]:
-        b -= delta[name].detach().float()
+        b -= weighted(layer, name, delta[name].detach()).float()  # merge folded the weighted Δb
     return b
 
 
@@ -70,9 +83,9 @@ def merge(layer: nn.Module, name: str) -> None:
         if base.bias is None:
             w = getattr(base, "weight", None)
             dtype = w.dtype if w is not None and w.dtype.is_floating_point else delta_b.dtype
-            base.bias = nn.Parameter(delta_b.detach().clone().to(dtype), requires_grad=False)
+            base.bias = nn.Parameter(weighted(layer, name, delta_b.detach()).clone().to(dtype), requires_grad=False)
         else:
-            base.bias.add_(delta_b.to(base.bias.dtype))
+            base.bias.add_(weighted(layer, name, delta_b).to(base.bias.dtype))
     layer.__dict__["_bitfit_merged"].add(name)
 
 
@@ -85,4 +98,4 @@ def unmerge(layer: nn.Module, name: str) -> None:
         if not layer.__dict__["_bitfit_base_has_bias"] and not merged:
             base.bias = None  # restores the bias-less layer exactly
         else:
-            base.bias.sub_(delta_b.to(base.bias.dtype))
+            base.bias.sub_(weighted(layer, name, delta_b).to(base.bias.dtype))

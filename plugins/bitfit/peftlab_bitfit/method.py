@@ -16,7 +16,9 @@ class BitFit(Method):
     config_class = BitFitConfig
     peft_type = "BITFIT"
     description = "BitFit: train only the bias terms (zero biases added to bias-less linear layers)"
-    capabilities = Capabilities(mergeable=True, stackable=True, mixed_batch=True, combinations=("linear",))
+    capabilities = Capabilities(
+        mergeable=True, stackable=True, mixed_batch=True, combinations=("linear",), scalable=True
+    )
     train_defaults = {"learning_rate": 1e-2}
 
     @hookimpl
@@ -60,6 +62,12 @@ class BitFit(Method):
     def unmerge(self, model, adapter_name: str) -> None:
         for layer in bitfit.bias_layers(model, adapter_name).values():
             bitfit.unmerge(layer, adapter_name)
+
+    @hookimpl
+    def scale(self, model, adapter_name: str, weight) -> None:
+        """``y = W x + b + weight · Δb`` on every adapted layer (``merge`` folds ``weight · Δb``)."""
+        for layer in bitfit.bias_layers(model, adapter_name).values():
+            bitfit.set_weight(layer, adapter_name, weight)
 
     @hookimpl
     def combine(self, parents: list, weights: list[float], combination: str, options: dict) -> tuple[dict, dict]:

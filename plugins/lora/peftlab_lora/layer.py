@@ -48,6 +48,7 @@ class LoraLayer(nn.Module):
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
         self.scaling: dict[str, float] = {}
+        self.weights: dict[str, float | torch.Tensor] = {}  # set_weight's weight per adapter (absent: 1, as trained)
         keep(self, "state", state)  # shared routing state; a plain attribute, not a submodule
 
     # PyTorch code that reaches for the wrapped layer's weight/bias keeps working
@@ -79,6 +80,17 @@ class LoraLayer(nn.Module):
         delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
         return delta.T if self.fan_in_fan_out else delta
 
+    def weighted(self, name: str, update: torch.Tensor) -> torch.Tensor:
+        """``update`` times adapter ``name``'s weight (a tensor weight keeps its graph, so gradients reach it)."""
+        w = self.weights.get(name, 1.0)
+        if isinstance(w, torch.Tensor):
+            return update * w.to(device=update.device, dtype=update.dtype)
+        return update if w == 1.0 else update * w
+
+    def merged_delta(self, name: str) -> torch.Tensor:
+        """What ``merge`` folds into the base weight: ΔW times the adapter's weight."""
+        return self.weighted(name, self.delta_weight(name))
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         h = self.base_layer(x, *args, **kwargs)
         for name in self.lora_A:
@@ -88,7 +100,7 @@ class LoraLayer(nn.Module):
             update = self.update(name, x)
             if update is None:
                 continue
-            h = h + for_rows(update, rows).to(h.dtype)
+            h = h + for_rows(self.weighted(name, update), rows).to(h.dtype)
         return h
 
     def update(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
@@ -100,12 +112,12 @@ class LoraLayer(nn.Module):
     def merge(self, name: str) -> None:
         with torch.no_grad():
             w = self.base_layer.weight
-            w.add_(self.delta_weight(name).to(w.dtype))
+            w.add_(self.merged_delta(name).to(w.dtype))
 
     def unmerge(self, name: str) -> None:
         with torch.no_grad():
             w = self.base_layer.weight
-            w.sub_(self.delta_weight(name).to(w.dtype))
+            w.sub_(self.merged_delta(name).to(w.dtype))
 
 
 def lora_layers(model: nn.Module, name: str | None = None) -> dict[str, LoraLayer]:

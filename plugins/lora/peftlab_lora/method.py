@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from peftlab import Capabilities, Method, hookimpl
+from peftlab import Capabilities, Method, MethodError, hookimpl
 from peftlab.kit import replace_module
 
 from .combine import COMBINATIONS, combine_lora_family, lora_factors
@@ -17,7 +17,9 @@ class LoRA(Method):
     config_class = LoraConfig
     peft_type = "LORA"
     description = "LoRA: low-rank updates B·A added to linear layers"
-    capabilities = Capabilities(mergeable=True, stackable=True, mixed_batch=True, combinations=COMBINATIONS)
+    capabilities = Capabilities(
+        mergeable=True, stackable=True, mixed_batch=True, combinations=COMBINATIONS, scalable=True
+    )
 
     @hookimpl
     def claims_peft_config(self, data: dict) -> bool:
@@ -82,11 +84,23 @@ class LoRA(Method):
             layer.unmerge(adapter_name)
 
     @hookimpl
+    def scale(self, model, config: LoraConfig, adapter_name: str, weight) -> None:
+        """ΔW x becomes weight · ΔW x in every layer of the adapter (and ``merge`` folds weight · ΔW)."""
+        if config.bias != "none" and not (isinstance(weight, float) and weight == 1.0):
+            raise MethodError(
+                f"LoRA adapter {adapter_name!r} trains biases (bias={config.bias!r}), which are written into the "
+                "base layers themselves, so its effect cannot be weighted; only bias='none' adapters scale"
+            )
+        for layer in lora_layers(model, adapter_name).values():
+            layer.weights[adapter_name] = weight
+
+    @hookimpl
     def unload(self, model, adapter_name: str) -> None:
         """Drop this adapter's A/B; a layer left with no adapter is replaced by its base layer."""
         for path, layer in lora_layers(model, adapter_name).items():
             for d in (layer.lora_A, layer.lora_B, layer.lora_dropout):
                 del d[adapter_name]
             layer.scaling.pop(adapter_name)
+            layer.weights.pop(adapter_name, None)
             if not len(layer.lora_A):
                 replace_module(model, path, layer.base_layer)

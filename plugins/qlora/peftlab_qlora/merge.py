@@ -45,7 +45,7 @@ def requantized(weight: torch.nn.Parameter, W: torch.Tensor, module: torch.nn.Mo
 def merge_4bit(layer: LoraLayer, name: str) -> None:
     base = layer.base_layer
     W = dequantized(base.weight)
-    delta = layer.delta_weight(name).to(W.dtype)
+    delta = layer.merged_delta(name).to(W.dtype)  # ΔW times the adapter's weight (set_weight)
     layer.__dict__.setdefault(STASH, []).append((name, base.weight))
     base.weight = requantized(base.weight, W + delta, base)
 
@@ -60,4 +60,4 @@ def unmerge_4bit(layer: LoraLayer, name: str) -> None:
         return
     W = dequantized(base.weight)
     layer.__dict__[STASH] = []  # the stashed originals all include this adapter's ΔW: none is exact any more
-    base.weight = requantized(base.weight, W - layer.delta_weight(name).to(W.dtype), base)
+    base.weight = requantized(base.weight, W - layer.merged_delta(name).to(W.dtype), base)

@@ -23,6 +23,7 @@ class QLoRA(LoRA):
         stackable=True,
         mixed_batch=True,
         needs_quantized_base=True,
+        scalable=True,  # LoRA's scale hook (inherited); a merge into the 4-bit base folds the weighted ΔW
         task_types=("CAUSAL_LM",),
         combinations=COMBINATIONS,  # its adapters are LoRA's: LoRA's combine (inherited) merges them
         merge_note="merging into a 4-bit base requantizes W+ΔW, which rounds part of the update away",
