@@ -313,3 +313,32 @@ def test_train_tab_shows_and_stops_only_its_browsers_jobs(demo, tmp_path, monkey
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_loss_chart_draws_train_as_a_line_and_eval_as_points_on_whole_steps():
+    from peftlab.webui.plots import COLORS, loss_chart
+
+    assert loss_chart([]) is None and loss_chart([{"event": "status", "message": "loading"}]) is None
+    events = [
+        {"event": "eval", "step": 0, "eval_loss": 2.5},
+        {"event": "step", "step": 1, "loss": 2.25},
+        {"event": "step", "step": 2, "loss": 2.0},
+        {"event": "eval", "step": 2, "eval_loss": 2.1},
+    ]
+    spec = loss_chart(events).to_dict()
+    train, evals = spec["layer"]
+    assert train["mark"]["type"] == "line" and "train" in train["transform"][0]["filter"]
+    assert evals["mark"]["type"] == "point" and "eval" in evals["transform"][0]["filter"]  # never a joined line
+    x = train["encoding"]["x"]
+    assert x["axis"] == {"format": "d", "tickMinStep": 1} and x["title"] == "step"
+    assert x["scale"]["domain"] == [0, 2] and train["encoding"]["y"]["title"] == "loss"
+    assert train["encoding"]["color"]["scale"]["range"] == list(COLORS.values())
+    rows = next(iter(spec["datasets"].values()))
+    assert sorted((r["series"], r["step"], r["loss"]) for r in rows) == [
+        ("eval", 0, 2.5),
+        ("eval", 2, 2.1),
+        ("train", 1, 2.25),
+        ("train", 2, 2.0),
+    ]
+    one = loss_chart(events[:1]).to_dict()  # a single eval point still spans a step, so it is drawn
+    assert one["layer"][0]["encoding"]["x"]["scale"]["domain"] == [0, 1]
