@@ -64,6 +64,7 @@ TRAIN_VALUES = {
     "dtype": ("float32", "float32"),
     "device": ("cpu", "cpu"),
     "threads": ("2", 2),
+    "packing": ("off", "off"),
     "resume": ("true", True),
 }
 

@@ -168,6 +168,57 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
+PACK_ROWS = (7, 3, 12, 1)  # lengths of the rows ``check_packing`` packs (a 1-token row included)
+
+
+def check_packing(
+    model: torch.nn.Module,
+    *,
+    name: str = "the model",
+    atol: float = 1e-4,
+    seed: int = 0,
+    position_ids: bool = True,
+) -> float:
+    """A row's logits are the same packed with any neighbours as alone: rows of ``PACK_ROWS`` tokens are run one by
+    one, then packed into one sequence (``peftlab.data.pack``: ``position_ids`` restarting per row, no attention
+    mask, ``use_cache=False``) in three orders; each row's slice must match its logits alone within ``atol``. The
+    trainer packs a micro-batch's rows this way (``packing``), so a method that declares ``packable=True`` must pass.
+    ``position_ids=False`` packs without them (rows then see each other: the check must fail; its own test).
+
+    Returns the largest difference; raises ``AssertionError`` naming the row and order when it exceeds ``atol``."""
+    from .data import pack
+
+    vocab = int(getattr(model.config, "vocab_size", 256) or 256)
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in PACK_ROWS]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    worst = 0.0
+    try:
+        with torch.no_grad():
+            alone = [model(input_ids=torch.tensor([r], device=device), use_cache=False).logits[0] for r in rows]
+            k = len(rows)
+            for order in (list(range(k)), list(reversed(range(k))), [(i * 2 + 1) % k for i in range(k)]):
+                packed = pack([{"input_ids": rows[i], "labels": rows[i]} for i in order])
+                kw = {"position_ids": packed["position_ids"].to(device)} if position_ids else {}
+                out = model(input_ids=packed["input_ids"].to(device), use_cache=False, **kw).logits[0]
+                at = 0
+                for i in order:
+                    n = len(rows[i])
+                    d = _max_diff(out[at : at + n], alone[i])
+                    worst = max(worst, d)
+                    assert d <= atol, (
+                        f"{name}: row {i} ({n} tokens) packed in order {order} has logits up to {d:.2e} away from "
+                        f"the row alone; the kit allows atol={atol:g} (attention or the method must stay inside "
+                        f"each packed row, or the method must declare packable=False with a pack_note)"
+                    )
+                    at += n
+    finally:
+        model.train(was_training)
+    return worst
+
+
 # --- adapters ---------------------------------------------------------------------------------------------------
 
 
@@ -296,7 +347,10 @@ def check_method(
        active, with and without the KV cache;
     8. ``stackable=True``: ``a`` and ``b`` active together give finite outputs that differ from either alone, and
        for ``CAUSAL_LM`` the same greedy replies with and without the KV cache;
-    9. ``CAUSAL_LM``: greedy generation of 8 tokens with the KV cache equals generation without it.
+    9. ``CAUSAL_LM``: greedy generation of 8 tokens with the KV cache equals generation without it;
+    10. ``packable=True`` and ``CAUSAL_LM``: the trained adapter keeps packed rows apart (``check_packing``: a row's
+        logits packed with neighbours equal the row alone), when the tiny base model itself does (else skipped,
+        reported as ``"base model does not pack"``).
 
     A method declaring ``mixed_batch=True`` but ``stackable=False`` fails: a mixed batch needs two adapters on
     one model, and core refuses a second adapter next to one that cannot stack.
@@ -322,7 +376,8 @@ def check_method(
         A report: ``method``, ``arch``, ``task``, ``trainable`` (parameter count), ``loss_first``, ``loss_last``,
         ``reload_max_diff``, ``merge_max_diff`` (mergeable methods), ``mixed_batch_max_diff`` (methods with
         ``mixed_batch=True``), ``stack_min_change`` (stackable methods: how far ``a`` and ``b`` together differ
-        from the nearer of the two alone), and ``generate`` = ``"ok"`` (``CAUSAL_LM``).
+        from the nearer of the two alone), ``generate`` = ``"ok"`` (``CAUSAL_LM``), and ``packing_max_diff``
+        (packable ``CAUSAL_LM`` methods).
 
     Raises:
         AssertionError: at the first broken promise, naming the method, what was measured and the threshold.
@@ -430,6 +485,15 @@ def check_method(
             f"  cached   {cached.tolist()}\n  uncached {uncached.tolist()}"
         )
         report["generate"] = "ok"
+
+    # 10. packed rows stay apart
+    if task == "CAUSAL_LM" and handle.capabilities.packable:
+        try:
+            check_packing(tiny_model(arch, task=task), name=f"the tiny {arch} base", atol=atol)
+        except AssertionError:
+            report["packing_max_diff"] = "base model does not pack"
+        else:
+            report["packing_max_diff"] = check_packing(fresh, name=name, atol=atol)
     return report
 
 

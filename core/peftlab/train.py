@@ -89,6 +89,13 @@ class TrainArgs:
     )
     device: str | None = option(None, "cpu, cuda, mps (default: best available)")
     threads: int | None = option(None, "CPU threads for torch (default: torch's)")
+    packing: str = option(
+        "auto",
+        "pack a micro-batch's rows into one sequence, no padding (auto: when the method and task allow it, else "
+        "length-grouped padded batches; on: refuse a method or task that cannot; off: padded batches in the "
+        "shuffled order)",
+        choices=["auto", "on", "off"],
+    )
     resume: bool = option(False, "continue from the last checkpoint in the output folder")
 
     def __post_init__(self) -> None:
@@ -114,6 +121,16 @@ class TrainArgs:
         supported = ad.resolve_method(self.method).capabilities.task_types
         if rows is not None and (task := pdata.dataset_task(rows)) not in supported:
             raise ConfigError(f"{self.method} does not support {task} datasets (it supports {', '.join(supported)})")
+        if self.packing == "on":
+            caps = ad.resolve_method(self.method).capabilities
+            if not caps.packable:
+                why = f": {caps.pack_note}" if caps.pack_note else ""
+                raise ConfigError(f"--packing on: {self.method} cannot train on packed rows{why}; use --packing auto")
+            if rows is not None and pdata.dataset_task(rows) == "SEQ_CLS":
+                raise ConfigError(
+                    "--packing on: a classification (SEQ_CLS) dataset cannot be packed (each row is pooled on its "
+                    "own); use --packing auto"
+                )
 
     @classmethod
     def from_strings(cls, values: dict[str, Any], method_flags: dict[str, Any] | None = None) -> TrainArgs:
@@ -168,14 +185,18 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-def _batch_indices(n: int, batch_size: int, seed: int, skip: int = 0):
+def _batch_indices(n: int, batch_size: int, seed: int, skip: int = 0, lengths: list[int] | None = None):
     """Endless shuffled micro-batches of row indices; epoch e uses the permutation seeded by (seed, e).
-    ``skip`` micro-batches are passed over without being built (the data position a resumed run starts at)."""
+    ``skip`` micro-batches are passed over without being built (the data position a resumed run starts at).
+    With ``lengths``, each epoch's rows are length-grouped (``data.length_grouped``: similar lengths share a batch,
+    so less padding), still deterministic per epoch."""
     per_epoch = n // batch_size if n >= batch_size else 1
     epoch, first = divmod(skip, per_epoch)
     while True:
         g = torch.Generator().manual_seed(seed * 1000 + epoch)
         order = torch.randperm(n, generator=g).tolist()
+        if lengths is not None:
+            order = pdata.length_grouped(order[: per_epoch * batch_size], lengths, batch_size)
         for i in range(first * batch_size, n - batch_size + 1 if n >= batch_size else 1, batch_size):
             yield order[i : i + batch_size]
         epoch, first = epoch + 1, 0
@@ -194,6 +215,92 @@ def _loss_tokens(item: dict) -> int:
     return sum(1 for t in item["labels"][1:] if t != -100)
 
 
+class _LabelledLogits:
+    """Logits only where a label is: a forward pre-hook on the output layer (``get_output_embeddings()``, whatever
+    wraps it: a LoRA on ``lm_head`` included) keeps the hidden states at ``index`` (flat positions of the input
+    ``[B, T]``; the last ``T`` positions when a method prepends virtual tokens), as a ``[N, 1, hidden]`` tensor, so
+    the model's own post-processing (logit soft-capping, scaling) still applies and its logits come out
+    ``[N, 1, vocab]``; never the full ``[B × T, vocab]`` tensor. A model without an output layer (SEQ_CLS) is
+    called as it is."""
+
+    def __init__(self, model) -> None:
+        get = getattr(model, "get_output_embeddings", None)
+        self.head = get() if callable(get) else None
+        self.index: torch.Tensor | None = None
+        self.length = 0
+        self.used = False
+        if self.head is not None:
+            self.head.register_forward_pre_hook(self._select, with_kwargs=True)
+
+    def _select(self, module, args, kwargs):
+        if self.index is None or not args or not torch.is_tensor(args[0]) or args[0].dim() != 3:
+            return None
+        h = args[0]
+        if h.shape[1] < self.length:
+            return None
+        h = h[:, h.shape[1] - self.length :].reshape(-1, h.shape[-1]).index_select(0, self.index)
+        self.used = True
+        return (h.unsqueeze(1), *args[1:]), kwargs
+
+    def loss(self, model, batch: dict[str, torch.Tensor], reduction: str = "mean") -> tuple[torch.Tensor, int]:
+        """The batch's loss (token mean, or sum) and the number of loss tokens: CAUSAL_LM through the labelled
+        positions only (``data.loss_positions``), SEQ_CLS (1-D labels) by the model's own loss (mean per row)."""
+        labels = batch["labels"]
+        if labels.dim() == 1 or self.head is None:
+            out = model(**batch)
+            n = labels.numel() if labels.dim() == 1 else int((labels[:, 1:] != -100).sum())
+            return (out.loss if reduction == "mean" else out.loss * n), n
+        index, targets = pdata.loss_positions(labels)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        if "position_ids" in inputs and "attention_mask" not in inputs:
+            inputs["use_cache"] = False  # packed: transformers masks per row only without a cache
+        self.index, self.length, self.used = index, labels.shape[1], False
+        try:
+            out = model(**inputs)
+        finally:
+            self.index = None
+        logits = out.logits
+        if self.used:
+            logits = logits.reshape(-1, logits.shape[-1])
+        else:  # the output layer was not called as expected: the full logits, selected here
+            logits = logits[:, -labels.shape[1] :].reshape(-1, logits.shape[-1]).index_select(0, index)
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction=reduction)
+        return loss, int(targets.numel())
+
+
+def _labelled(model) -> _LabelledLogits:
+    """The model's ``_LabelledLogits`` (made once; its hook stays on the output layer and acts only during
+    ``loss``)."""
+    found = getattr(model, "_peftlab_labelled", None)
+    if found is None:
+        found = _LabelledLogits(model)
+        object.__setattr__(model, "_peftlab_labelled", found)
+    return found
+
+
+def _packing_isolates(model, vocab: int) -> float:
+    """How far (max |Δ logit|, relative to the largest logit) two short rows' logits packed into one sequence
+    differ from each row alone: about 0 when the model keeps attention inside each packed row."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(3, max(4, vocab), (n,), generator=g).tolist() for n in (7, 5)]
+    try:
+        with torch.no_grad():
+            alone = [model(input_ids=torch.tensor([r], device=device), use_cache=False).logits[0] for r in rows]
+            packed = pdata.pack([{"input_ids": r, "labels": r} for r in rows])
+            out = model(
+                input_ids=packed["input_ids"].to(device),
+                position_ids=packed["position_ids"].to(device),
+                use_cache=False,
+            ).logits[0]
+    finally:
+        model.train(was_training)
+    ref = torch.cat(alone).float()
+    return float((out.float() - ref).abs().max() / ref.abs().max().clamp(min=1e-6))
+
+
 @torch.no_grad()
 def eval_loss(model, items: list[dict], pad_id: int, batch_size: int = 8, accelerator=None) -> float:
     """Token-weighted mean loss over ``items`` (classification: mean cross-entropy). With an ``accelerator`` of
@@ -202,6 +309,8 @@ def eval_loss(model, items: list[dict], pad_id: int, batch_size: int = 8, accele
     model's collective forward (FSDP) stays in step."""
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
+    labelled = _labelled(accelerator.unwrap_model(model) if accelerator is not None else model)
+    items = sorted(items, key=lambda it: len(it["input_ids"]))  # similar lengths share a batch: less padding
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -213,18 +322,45 @@ def eval_loss(model, items: list[dict], pad_id: int, batch_size: int = 8, accele
         own = b < len(starts)
         i = starts[b] if own else 0
         batch = {k: v.to(device) for k, v in pdata.collate(items[i : i + batch_size], pad_id).items()}
-        out = model(**batch)
+        loss, n = labelled.loss(model, batch, reduction="sum")
         if not own:
             continue
-        labels = batch["labels"]
-        n = labels.numel() if labels.dim() == 1 else int((labels[:, 1:] != -100).sum())
-        total += float(out.loss) * n
+        total += float(loss)
         count += n
     if world > 1:
         sums = accelerator.reduce(torch.tensor([total, float(count)], dtype=torch.float64, device=device), "sum")
         total, count = float(sums[0]), int(sums[1])
     model.train(was_training)
     return total / max(count, 1)
+
+
+def _use_packing(args: TrainArgs, handle, task: str, model, emit) -> bool:
+    """Whether this run trains on packed rows: ``packing`` on or auto, a CAUSAL_LM task, a method declaring
+    ``packable``, and a model whose attention stays inside each packed row (probed on two short rows). ``auto``
+    falls back to length-grouped padded batches with a status line saying why; ``on`` stops with the reason."""
+    if args.packing == "off":
+        return False
+    why = ""
+    if task != "CAUSAL_LM":
+        why = "a classification (SEQ_CLS) dataset is trained on padded batches (each row is pooled on its own)"
+    elif not handle.capabilities.packable:
+        note = handle.capabilities.pack_note
+        why = f"{handle.name} cannot train on packed rows" + (f" ({note})" if note else "")
+    else:
+        leak = _packing_isolates(model, int(getattr(model.config, "vocab_size", 256) or 256))
+        low_precision = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
+        if not leak < (5e-2 if low_precision else 1e-3):  # a leak changes logits by far more than rounding
+            why = (
+                f"this model's attention does not keep packed rows apart (a row's logits change by {leak:.1e} of "
+                f"the largest when packed with another; attention implementation "
+                f"{getattr(model.config, '_attn_implementation', None)!r})"
+            )
+    if not why:
+        return True
+    if args.packing == "on":
+        raise ConfigError(f"--packing on: {why}; use --packing auto")
+    emit({"event": "status", "message": f"packing off: {why}; training on length-grouped padded batches"})
+    return False
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
@@ -486,6 +622,8 @@ def _train(
     ad.set_active(model, [args.adapter_name])
     trainable = ad.prepare_for_training(model, args.adapter_name)
     counts = ad.count_parameters(model, trainable)
+    packed = _use_packing(args, handle, task, model, emit)
+    labelled = _labelled(model)
     lr = args.learning_rate or handle.train_defaults.get("learning_rate", 2e-3)
 
     optimizer = ad.make_optimizer(model, args.adapter_name, list(trainable.values()), lr, args.weight_decay)
@@ -520,6 +658,7 @@ def _train(
             "eval_rows": len(eval_items),
             "num_processes": world,
             "global_batch": global_micro * args.grad_accum,
+            "packing": packed,
             **counts,
         }
     )
@@ -529,7 +668,9 @@ def _train(
 
     if ckpt is not None and (ckpt / RNG_FILE).exists():  # the dropout masks an uninterrupted run draws next
         _set_rng_state(load_file(str(ckpt / RNG_FILE)), state.get("rng") or {})
-    batches = _batch_indices(len(train_items), global_micro, args.seed, skip=start * args.grad_accum)
+    grouped = not packed and args.packing == "auto"  # padded batches: similar lengths together, less padding
+    lengths = [len(it["input_ids"]) for it in train_items] if grouped else None
+    batches = _batch_indices(len(train_items), global_micro, args.seed, skip=start * args.grad_accum, lengths=lengths)
     rows_log = None
     if os.environ.get(DEBUG_ROWS_ENV):  # a debugging aid (and the multi-process test's witness): rows per process
         rows_log = open(out / f"rows-rank{rank}.jsonl", "a" if args.resume else "w")
@@ -584,13 +725,15 @@ def _train(
             if rows_log is not None:
                 rows_log.write(json.dumps({"step": step + 1, "micro": micro, "rank": rank, "rows": mine}) + "\n")
                 rows_log.flush()
-            batch = {k: v.to(device) for k, v in pdata.collate([train_items[j] for j in mine], pad_id).items()}
+            micro_rows = [train_items[j] for j in mine]
+            made = pdata.pack(micro_rows) if packed else pdata.collate(micro_rows, pad_id)
+            batch = {k: v.to(device) for k, v in made.items()}
             tokens += sum(len(train_items[j]["input_ids"]) for j in idx)
             if world > 1:  # this process's share of the global batch's loss tokens
                 n_mine = sum(_loss_tokens(train_items[j]) for j in mine)
                 n_all = sum(_loss_tokens(train_items[j]) for j in idx)
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = labelled.loss(model, batch)[0]
                 report = loss.detach()
                 if world > 1:
                     report = accelerator.reduce(report * n_mine, "sum") / max(n_all, 1)

@@ -1,0 +1,196 @@
+"""Padding-free packing and logits only where a label is: the same optimisation as padded batches, rows isolated."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+
+import pytest
+import torch
+
+import peftlab
+from peftlab import adapters as ad
+from peftlab import data as pdata
+from peftlab.models import load_model, tiny_model
+from peftlab.plugins import methods
+from peftlab.testing import check_packing
+from peftlab.train import TrainArgs, _labelled, read_progress, train
+
+WORDS = "the a river mountain city old new north south capital of is and people live there many".split()
+
+
+def _mixed_rows(n: int = 24, seed: int = 0) -> list[dict]:
+    """Chat rows from a few tokens to ~60: prompt and reply lengths vary a lot (as real data does)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        ask = " ".join(rng.choice(WORDS) for _ in range(rng.choice([1, 3, 12, 25])))
+        reply = " ".join(rng.choice(WORDS) for _ in range(rng.choice([1, 2, 8, 30])))
+        rows.append({"messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": reply}]})
+    return rows
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    file = tmp_path / "mixed.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in _mixed_rows()))
+    return str(file)
+
+
+def _train(tiny_dir, out, dataset, **kw):
+    model, tok = load_model(tiny_dir)
+    args = dict(
+        dataset=dataset,
+        output_dir=str(out),
+        batch_size=4,
+        max_length=64,
+        max_steps=3,
+        learning_rate=5e-3,
+        eval_fraction=0.2,
+        max_eval_samples=4,
+        save_every=0,
+        method_config={"r": 4},
+    )
+    res = train(TrainArgs(**{**args, **kw}), model=model, tokenizer=tok)
+    return res, [e["loss"] for e in res.history if e["event"] == "step"]
+
+
+def test_packed_training_is_the_padded_optimisation(tiny_dir, tmp_path, mixed):
+    """Same rows per micro-batch, packed or padded: the same loss per step (fp32, 1e-5), the same eval losses and
+    the same adapter, with gradient accumulation; the default (auto) packs."""
+    packed, lp = _train(tiny_dir, tmp_path / "packed", mixed, grad_accum=2)
+    padded, lq = _train(tiny_dir, tmp_path / "padded", mixed, grad_accum=2, packing="off")
+    start = {r: next(e for e in res.history if e["event"] == "start") for r, res in (("p", packed), ("q", padded))}
+    assert start["p"]["packing"] is True and start["q"]["packing"] is False
+    assert len(lp) == 3 and max(abs(a - b) for a, b in zip(lp, lq, strict=True)) < 1e-5, (lp, lq)
+    assert abs(packed.eval_loss_after - padded.eval_loss_after) < 1e-5
+    a = peftlab.read_adapter(packed.output_dir).weights.tensors
+    b = peftlab.read_adapter(padded.output_dir).weights.tensors
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_labelled_logits_loss_is_the_models_loss(tiny_dir):
+    """The loss from logits at labelled positions only equals the model's own full-logit loss (1e-5): padded,
+    packed (whose first label per row is dropped), with a LoRA on lm_head, and with a soft prompt in front."""
+    model, tok = load_model(tiny_dir)
+    items = pdata.encode_rows(_mixed_rows(6), tok, max_length=64)
+    batch = pdata.collate(items, tok.pad_token_id)
+    for setup in ("plain", "lm_head", "prompt"):
+        model, _ = load_model(tiny_dir)
+        if setup == "lm_head":
+            ad.add_adapter(model, "lora", {"r": 4, "target_modules": ["q_proj", "lm_head"]}, "default")
+        if setup == "prompt":
+            ad.add_adapter(model, "prompt_tuning", {"num_virtual_tokens": 3}, "default")
+        if setup != "plain":
+            for p in ad.prepare_for_training(model, "default").values():
+                torch.nn.init.normal_(p, std=0.05)
+        with torch.no_grad():
+            want = float(model(**batch).loss)
+            got, n = _labelled(model).loss(model, batch)
+            assert n == int((batch["labels"][:, 1:] != -100).sum())
+            assert abs(float(got) - want) < 1e-5, (setup, float(got), want)
+            if setup != "prompt":
+                packed, count = _labelled(model).loss(model, pdata.pack(items))
+                assert count == n and abs(float(packed) - want) < 1e-5, (setup, float(packed), want)
+
+
+def test_labelled_logits_never_builds_the_full_logits(tiny_dir):
+    """The output layer sees only the labelled positions: its output has one row per loss token."""
+    model, tok = load_model(tiny_dir)
+    items = pdata.encode_rows(_mixed_rows(6), tok, max_length=64)
+    shapes = []
+    model.get_output_embeddings().register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
+    loss, n = _labelled(model).loss(model, pdata.pack(items))
+    loss.backward()
+    tokens = sum(len(it["input_ids"]) for it in items)
+    assert shapes == [(n, 1, model.config.vocab_size)] and n < tokens
+
+
+def test_pack_restarts_positions_and_masks_row_starts():
+    items = [{"input_ids": [5, 6, 7], "labels": [5, -100, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}]
+    b = pdata.pack(items)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert b["labels"].tolist() == [[-100, -100, 7, -100, 9]]
+    index, targets = pdata.loss_positions(b["labels"])
+    assert index.tolist() == [1, 3] and targets.tolist() == [7, 9]
+    with pytest.raises(ValueError, match="SEQ_CLS"):
+        pdata.pack([{"input_ids": [1], "label": 0}])
+
+
+def test_length_grouped_batches_hold_similar_lengths():
+    lengths = [random.Random(1).randint(1, 100) for _ in range(64)]
+    order = list(range(64))
+    grouped = pdata.length_grouped(order, lengths, batch_size=4, group=4)
+    assert sorted(grouped) == order
+    for i in range(0, 64, 16):
+        chunk = [lengths[j] for j in grouped[i : i + 16]]
+        assert chunk == sorted(chunk, reverse=True)
+
+
+def test_packing_on_refuses_a_method_that_cannot_pack(tmp_path):
+    with pytest.raises(
+        peftlab.ConfigError, match=r"--packing on: prompt_tuning cannot train on packed rows: .*virtual"
+    ):
+        TrainArgs(method="prompt_tuning", packing="on", output_dir=str(tmp_path / "run"))
+    data = tmp_path / "labels.jsonl"
+    data.write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg"}\n')
+    with pytest.raises(peftlab.ConfigError, match="classification .* cannot be packed"):
+        TrainArgs(dataset=str(data), packing="on", output_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_auto_falls_back_to_length_grouped_batches_with_a_note(tiny_dir, tmp_path, mixed):
+    res, losses = _train(
+        tiny_dir, tmp_path, mixed, method="prompt_tuning", method_config={"num_virtual_tokens": 2}, max_steps=1
+    )
+    notes = [e["message"] for e in read_progress(tmp_path) if e["event"] == "status"]
+    assert any(m.startswith("packing off: prompt_tuning cannot train on packed rows") for m in notes), notes
+    assert next(e for e in res.history if e["event"] == "start")["packing"] is False
+    assert len(losses) == 1 and losses[0] > 0
+
+
+def test_rows_longer_than_max_length_are_truncated_with_a_count(tiny_dir, caplog):
+    _, tok = load_model(tiny_dir)
+    rows = _mixed_rows(24)
+    with caplog.at_level(logging.WARNING, logger="peftlab.data.encode"):
+        items = pdata.encode_rows(rows, tok, max_length=40)
+    full = pdata.encode_rows(rows, tok, max_length=10_000)
+    longer = sum(len(it["input_ids"]) > 40 for it in full)
+    assert longer and all(len(it["input_ids"]) <= 40 for it in items)
+    assert f"truncated {longer} of 24 rows longer than max_length=40" in caplog.text
+
+
+def test_check_packing_catches_a_model_that_leaks_across_rows():
+    """peftlab.testing's isolation step: a row's logits packed with neighbours equal the row alone; an attention
+    that ignores the packed positions (a causal mask over the whole sequence) is caught."""
+    model = tiny_model()
+    assert check_packing(model) <= 1e-4
+    model.set_attn_implementation("eager")
+    assert model.config._attn_implementation == "eager" and check_packing(model) <= 1e-4
+    with pytest.raises(AssertionError, match="packed"):
+        check_packing(model, position_ids=False)
+
+
+PACKABLE = sorted(h.name for h in methods() if h.capabilities.packable)
+
+
+@pytest.mark.parametrize("method", PACKABLE)
+def test_every_packable_method_keeps_packed_rows_apart(method):
+    """For every installed method that trains packed: a row's logits (adapter active, its parameters randomised)
+    are the same packed with any neighbours as alone (1e-4)."""
+    torch.manual_seed(0)
+    model = tiny_model()
+    base = logits_of(model)
+    ad.add_adapter(model, method, None, "default")
+    ad.set_active(model, ["default"])
+    for p in ad.prepare_for_training(model, "default").values():
+        torch.nn.init.normal_(p, std=0.1)
+    assert (logits_of(model) - base).abs().max() > 1e-3  # the adapter acts
+    assert check_packing(model, name=method) <= 1e-4
+
+
+def logits_of(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=torch.arange(3, 20).view(1, -1)).logits
