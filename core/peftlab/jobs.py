@@ -7,8 +7,10 @@ writes: ``progress.jsonl``, ``checkpoints/``, ``adapter/``. Anything that can re
 
 At most ``max_jobs()`` jobs run at once (``PEFTLAB_MAX_JOBS``; default: one per CUDA GPU, one on a CPU). With
 ``start_job(..., queue=True)`` a further job waits as ``queued`` (``queue_place`` says its place) and starts when a
-slot frees. A job may have an ``owner`` (the web app's browser session): ``list_jobs``, ``current_job`` and ``stop``
-given an owner only see that owner's jobs (and jobs without one), unless ``PEFTLAB_SHARE_JOBS=1``.
+slot frees. A job may have an ``owner`` (the web app's browser, or ``hf:<user>`` for a Hugging Face login):
+``list_jobs``, ``current_job``, ``stop`` and ``saved_adapters`` given an owner only see that owner's jobs (and jobs
+without one), unless ``PEFTLAB_SHARE_JOBS=1``. Here, with the variable unset, owners are kept apart; the web app's
+``launch`` sets the default it serves with (shared on a single-user laptop, apart in a Space or on the network).
 """
 
 from __future__ import annotations
@@ -62,9 +64,18 @@ def max_jobs() -> int:
         return 1
 
 
+SHARE_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def shared_jobs() -> bool:
-    """``PEFTLAB_SHARE_JOBS=1``: every session sees and may stop every job."""
-    return os.environ.get("PEFTLAB_SHARE_JOBS", "").strip().lower() in ("1", "true", "yes", "on")
+    """``PEFTLAB_SHARE_JOBS=1``: every session sees and may stop every job (and its adapter); ``0`` or unset: each
+    owner sees its own. Any other value is refused (``JobError``), never silently read as one or the other."""
+    value = os.environ.get("PEFTLAB_SHARE_JOBS", "").strip().lower()
+    if value and value not in SHARE_VALUES:
+        raise JobError(
+            f"PEFTLAB_SHARE_JOBS must be 1 (share jobs between sessions) or 0 (keep them apart), not {value!r}"
+        )
+    return SHARE_VALUES.get(value, False)
 
 
 def visible(job: Job, owner: str | None) -> bool:
@@ -470,11 +481,14 @@ def _signal(pid: int, sig: int) -> None:
         raise JobError(f"cannot signal job process {pid}: {e}") from None
 
 
-def saved_adapters(runs_dir: str | os.PathLike) -> list[tuple[str, Path]]:
-    """(label, folder) of every adapter saved under ``runs_dir/*/adapter``, newest first."""
+def saved_adapters(runs_dir: str | os.PathLike, owner: str | None = None) -> list[tuple[str, Path]]:
+    """(label, folder) of every adapter saved under ``runs_dir/*/adapter`` that ``owner`` may see (``visible``: a
+    run without ``job.json``, made by the CLI, has no owner), newest first."""
     out = []
     for cfg in sorted(Path(runs_dir).glob("*/adapter/adapter_config.json"), reverse=True):
         folder = cfg.parent
+        if owner is not None and not shared_jobs() and _run_owner(folder.parent) not in (None, owner):
+            continue
         label = folder.parent.name
         try:
             meta = json.loads((folder / "peftlab.json").read_text())
@@ -483,6 +497,13 @@ def saved_adapters(runs_dir: str | os.PathLike) -> list[tuple[str, Path]]:
             pass
         out.append((label, folder))
     return out
+
+
+def _run_owner(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / JOB_FILE).read_text()).get("owner")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 __all__ = [

@@ -6,6 +6,10 @@ the form and call what ``peftlab push / search / pull`` call (``peftlab_hub``), 
 hub functions check repo ids, folders and tokens, once. The token is read from the password box (held only in the
 page's session), from the Hugging Face login in a Space (``gr.OAuthToken``), or else from ``HF_TOKEN`` / the saved
 ``hf auth login``; it is handed to ``peftlab_hub`` and nowhere else: never shown, written or put in a message.
+
+In a Space every Hub action uses the visitor's own login and nothing else (the Space's own ``HF_TOKEN``, if it has
+one, is never lent to a visitor): a push goes to the logged-in user's namespace unless the repo id names another
+(an organisation of theirs), and the push picker lists the adapters of this page's owner (``jobs.saved_adapters``).
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from peftlab_hub import AdapterStore, build_card, pull, push, search
 from peftlab_hub.card import LOSS_CURVE_FILE
 from peftlab_hub.remote import client, endpoint, hub_errors, resolve_token, scrub
 
+from .. import jobs
 from ..errors import PeftlabError
 from ..models import DEFAULT_MODEL_ID
 from ..plugins import methods
-from .adapters import adapter_choices
+from .adapters import store_adapters
 from .chat_tab import ChatPicker
+from .train_tab import user_owner
 
 ANY = "any"  # the method dropdown's "no filter"
 SEARCH_COLUMNS = ["repo", "method", "downloads", "likes", "last change"]
@@ -67,6 +73,10 @@ class HubTab:
         """The box's token, else the Space login's; ``None`` leaves it to ``HF_TOKEN`` or the saved login."""
         return (typed or "").strip() or (oauth_token.token if oauth_token is not None else None)
 
+    def logged_out(self, token: str | None) -> str | None:
+        """In a Space, the message for a visitor who has not logged in (the Space's own token is not theirs)."""
+        return f"**Not logged in.** {LOGIN_SPACE}" if self.space and not token else None
+
     def failure(self, what: str, e: BaseException, token: str | None) -> str:
         """``e`` as Markdown, with the token blanked out, and how to log in here when it is about the token."""
         text = scrub(scrub(str(e), token), resolve_token(token))
@@ -78,17 +88,23 @@ class HubTab:
             out += "\n\n" + (LOGIN_SPACE if self.space else LOGIN_LOCAL)
         return out
 
-    def choices(self) -> list[tuple[str, str]]:
-        return adapter_choices(self.runs_dir, self.store_dir)
+    def choices(self, owner: str | None = None) -> list[tuple[str, str]]:
+        """The adapters ``owner`` may push (None: every run's; see ``jobs.saved_adapters``), then the store's."""
+        found = [*jobs.saved_adapters(self.runs_dir, owner), *store_adapters(self.store_dir)]
+        return [(label, str(path)) for label, path in found]
 
-    def on_refresh(self, current: str | None) -> gr.Dropdown:
-        fresh = self.choices()
+    def on_refresh(
+        self, current: str | None, browser: str | None = "", profile: gr.OAuthProfile | None = None
+    ) -> gr.Dropdown:
+        fresh = self.choices(user_owner(profile) or browser or "")
         values = [v for _, v in fresh]
         return gr.Dropdown(choices=fresh, value=current if current in values else (values[0] if values else None))
 
     def on_check(self, typed: str, oauth_token: gr.OAuthToken | None = None) -> str:
         """Who the token belongs to and what it may do: ``Logged in as alice (write)``."""
         token = self.token(typed, oauth_token)
+        if self.logged_out(token):
+            return self.logged_out(token)
         if not resolve_token(token):
             return "**Not logged in:** no token here, in HF_TOKEN or saved by `hf auth login`. " + (
                 LOGIN_SPACE if self.space else LOGIN_LOCAL
@@ -137,14 +153,18 @@ class HubTab:
         private: bool,
         message: str,
         typed: str,
+        profile: gr.OAuthProfile | None = None,
         oauth_token: gr.OAuthToken | None = None,
         progress=gr.Progress(),
     ) -> str:
-        """Push the adapter and its card in one commit; say where it went (commit URL and sha)."""
+        """Push the adapter and its card in one commit; say where it went (commit URL and sha). Logged in with
+        Hugging Face, a repo id without an owner (or none: the run's name) goes to the user's namespace."""
         if not adapter:
             return "Pick an adapter to push."
         token = self.token(typed, oauth_token)
-        repo_id = (repo_id or "").strip()
+        if self.logged_out(token):
+            return self.logged_out(token)
+        repo_id = default_repo((repo_id or "").strip(), adapter, getattr(profile, "username", None))
         progress(0, desc=f"Pushing to {repo_id}…")
         try:
             done = push(
@@ -167,6 +187,8 @@ class HubTab:
     ) -> tuple[str, pd.DataFrame]:
         """The base model's adapters on the Hub, most downloaded first, as a table."""
         token = self.token(typed, oauth_token)
+        if self.logged_out(token):
+            return self.logged_out(token), pd.DataFrame(columns=SEARCH_COLUMNS)
         base = (base or "").strip() or DEFAULT_MODEL_ID
         try:
             found = search(
@@ -191,6 +213,8 @@ class HubTab:
     def on_pull(self, ref: str, typed: str, oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()) -> list:
         """[status, doctor report, pulled folder, Open-in-chat button]: download, check, copy into the store."""
         token = self.token(typed, oauth_token)
+        if self.logged_out(token):
+            return [self.logged_out(token), "", "", gr.Button(interactive=False)]
         ref = (ref or "").strip()
         progress(0, desc=f"Pulling {ref}…")
         try:
@@ -209,6 +233,15 @@ class HubTab:
         if not pulled:
             return gr.skip(), gr.skip(), gr.skip()
         return gr.Dropdown(choices=self.choices(), value=pulled), "", gr.Tabs(selected="chat")
+
+
+def default_repo(repo_id: str, adapter: str, username: str | None) -> str:
+    """``repo_id`` as typed; for a logged-in user, a bare name gets their namespace, and an empty box the adapter's
+    run (or store) name: ``alice/20250101-120000-lora``."""
+    if not username or "/" in repo_id:
+        return repo_id
+    folder = Path(adapter)
+    return f"{username}/{repo_id or (folder.parent.name if folder.name == 'adapter' else folder.name)}"
 
 
 def card_markdown(text: str) -> str:
@@ -268,7 +301,12 @@ def _push_inputs(choices: list[tuple[str, str]]) -> dict:
         )
         w["refresh"] = gr.Button("Refresh", scale=1, elem_id="hub-push-refresh")
     with gr.Row():
-        w["repo"] = gr.Textbox(label="Repo id", placeholder="owner/name", scale=3, elem_id="hub-push-repo")
+        w["repo"] = gr.Textbox(
+            label="Repo id",
+            placeholder="owner/name (logged in: empty = your-name/run-name)",
+            scale=3,
+            elem_id="hub-push-repo",
+        )
         w["branch"] = gr.Textbox(label="Branch", placeholder="empty = main", scale=2, elem_id="hub-push-branch")
         w["private"] = gr.Checkbox(label="Private", value=False, scale=1, elem_id="hub-push-private")
     w["message"] = gr.Textbox(
@@ -324,21 +362,23 @@ def _pull_inputs() -> dict:
     return w
 
 
-def build(runs_dir: Path, chat: ChatPicker, tabs: gr.Tabs, tab: gr.Tab) -> HubTab:
+def build(runs_dir: Path, chat: ChatPicker, tabs: gr.Tabs, tab: gr.Tab, owner: gr.BrowserState | None = None) -> HubTab:
+    """The tab; ``owner``: the Train tab's browser owner state (the push picker lists that owner's adapters)."""
     hub = HubTab(Path(runs_dir), space=in_space())
     gr.Markdown(HELP)
     token, check, account = _account_inputs(hub.space)
+    owner = owner if owner is not None else gr.State("")
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=380):
-            p = _push_inputs(hub.choices())
+            p = _push_inputs(hub.choices(None if jobs.shared_jobs() else ""))  # a page's own come with a refresh
         with gr.Column(scale=5, min_width=380):
             s = _search_inputs()
             pl = _pull_inputs()
     pulled = gr.State("")  # the folder of the adapter pulled last
 
     check.click(hub.on_check, token, account)
-    p["refresh"].click(hub.on_refresh, p["adapter"], p["adapter"])
-    tab.select(hub.on_refresh, p["adapter"], p["adapter"])
+    p["refresh"].click(hub.on_refresh, [p["adapter"], owner], p["adapter"])
+    tab.select(hub.on_refresh, [p["adapter"], owner], p["adapter"])
     p["preview"].click(hub.on_preview, [p["adapter"], p["repo"]], [p["card"], p["curve"]])
     p["push"].click(
         hub.on_push,
@@ -366,4 +406,4 @@ def build(runs_dir: Path, chat: ChatPicker, tabs: gr.Tabs, tab: gr.Tab) -> HubTa
     return hub
 
 
-__all__ = ["HubTab", "build", "card_markdown"]
+__all__ = ["HubTab", "build", "card_markdown", "default_repo"]

@@ -5,9 +5,10 @@ The ``_*_inputs`` / ``_progress_outputs`` functions only build widgets; ``build`
 ``TrainTab`` methods, which only read the form and call what the CLI calls: ``jobs.start_job`` checks the
 settings with ``TrainArgs.from_strings`` (so ``TrainArgs`` and the method config validate them, once).
 
-Each browser gets an owner id (kept in its local storage, so a reload keeps it): its jobs are started with it, and
-the tab reattaches to, shows and stops only that owner's jobs (``jobs.visible``; ``PEFTLAB_SHARE_JOBS=1`` shares
-them). Jobs beyond ``jobs.max_jobs()`` wait in a queue; the tab shows the place."""
+Each browser gets an owner id (kept in its local storage, so a reload keeps it); a user logged in with Hugging Face
+(``gr.OAuthProfile``: the Space's login) is the owner ``hf:<username>`` instead, in any browser. Jobs are started
+with the owner, and the tab reattaches to, shows and stops only that owner's jobs (``jobs.visible``;
+``PEFTLAB_SHARE_JOBS=1`` shares them). Jobs beyond ``jobs.max_jobs()`` wait in a queue; the tab shows the place."""
 
 from __future__ import annotations
 
@@ -92,6 +93,10 @@ class TrainTab:
         value = v.get(self.owner, "") if isinstance(v, dict) else v
         return value or uuid.uuid4().hex
 
+    def who(self, browser: str | None, profile: gr.OAuthProfile | None = None) -> str | None:
+        """Who owns the jobs this page starts and sees: the Hugging Face user when logged in, else the browser."""
+        return user_owner(profile) or browser or None
+
     def on_method(self, name: str) -> list:
         """[method info, learning-rate placeholder, one visibility per method form]."""
         m = self.handles.get(name)
@@ -112,18 +117,18 @@ class TrainTab:
         settings["base_model"] = (v[self.inputs["base"]] or "").strip() or None
         return name, settings, flags
 
-    def on_start(self, v: dict) -> list:
-        """Start (or queue, when ``jobs.max_jobs()`` run already) a job owned by this browser; the outputs, then
-        the owner id (for the browser state)."""
+    def on_start(self, v: dict, profile: gr.OAuthProfile | None = None) -> list:
+        """Start (or queue, when ``jobs.max_jobs()`` run already) a job owned by this page's user (``who``); the
+        outputs, then the browser's owner id (for the browser state)."""
         name, settings, flags = self.read_form(v)
         if not settings["dataset"]:
             raise gr.Error("Pick a built-in dataset or upload a file.")
-        owner = self.owner_of(v)
+        browser = self.owner_of(v)
         try:  # checks every setting as `peftlab train` does, and reads the dataset, before a process starts
-            job = jobs.start_job(self.runs_dir, name, settings, flags, queue=True, owner=owner)
+            job = jobs.start_job(self.runs_dir, name, settings, flags, queue=True, owner=self.who(browser, profile))
         except PeftlabError as e:
             raise gr.Error(str(e)) from None
-        return [*outputs_for(job, -1), owner]
+        return [*outputs_for(job, -1), browser]
 
     def _job(self, run_dir: str, owner: str | None) -> jobs.Job | None:
         """The job in ``run_dir`` if this browser may see it."""
@@ -132,13 +137,14 @@ class TrainTab:
         job = jobs.Job.load(run_dir).refresh()
         return job if jobs.visible(job, owner or "") else None
 
-    def on_poll(self, run_dir: str, seen: int, owner: str | None = None) -> list:
-        return outputs_for(self._job(run_dir, owner), seen)
+    def on_poll(self, run_dir: str, seen: int, owner: str | None = None, profile: gr.OAuthProfile | None = None):
+        return outputs_for(self._job(run_dir, self.who(owner, profile)), seen)
 
     def on_stopping(self) -> tuple:
         return f"**Stopping…** {STOPPING}", gr.Button(interactive=False)
 
-    def on_stop(self, run_dir: str, owner: str | None = None) -> list:
+    def on_stop(self, run_dir: str, owner: str | None = None, profile: gr.OAuthProfile | None = None) -> list:
+        owner = self.who(owner, profile)
         job = self._job(run_dir, owner)
         if job is None:
             return [gr.skip()] * 2 + ["Nothing to stop."] + [gr.skip()] * (N_OUTPUTS - 3)
@@ -147,13 +153,19 @@ class TrainTab:
         except jobs.JobError as e:
             raise gr.Error(str(e)) from None
 
-    def on_load(self, owner: str | None = None) -> list:
-        """A page (re)load reattaches to this browser's job still running or queued, if any (else leaves the
-        page as it is, so a Start pressed before this ran is not undone); then the owner id (a new one for a
-        browser that has none)."""
+    def on_load(self, owner: str | None = None, profile: gr.OAuthProfile | None = None) -> list:
+        """A page (re)load reattaches to this user's (``who``) job still running or queued, if any (else leaves the
+        page as it is, so a Start pressed before this ran is not undone); then the browser's owner id (a new one for
+        a browser that has none)."""
         owner = self.owner_of(owner)
-        job = jobs.current_job(self.runs_dir, owner)
+        job = jobs.current_job(self.runs_dir, self.who(owner, profile))
         return [*(outputs_for(job, -1) if job is not None else [gr.skip()] * N_OUTPUTS), owner]
+
+
+def user_owner(profile: gr.OAuthProfile | None) -> str | None:
+    """The owner id of a Hugging Face login (``hf:<username>``), or None when nobody is logged in."""
+    name = getattr(profile, "username", None) if profile is not None else None
+    return f"hf:{name}" if name else None
 
 
 def capability_text(m: MethodHandle) -> str:
@@ -343,4 +355,4 @@ def build(demo: gr.Blocks, runs_dir: Path) -> TrainTab:
     return tab
 
 
-__all__ = ["TrainTab", "build", "capability_text", "upload_text"]
+__all__ = ["TrainTab", "build", "capability_text", "upload_text", "user_owner"]
