@@ -202,7 +202,9 @@ def _load(args: argparse.Namespace):
     task = "CAUSAL_LM"
     if getattr(args, "adapter", None):
         args.adapter = _adapter_folder(args)
-        files = read_adapter(args.adapter)
+        from .recipe import is_recipe, representative  # a recipe: the parent whose base model it needs
+
+        files = representative(args.adapter) if is_recipe(args.adapter) else read_adapter(args.adapter)
         method, task = files.method, files.peft_config.get("task_type") or "CAUSAL_LM"
     kw = {}
     if task == "SEQ_CLS":

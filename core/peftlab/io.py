@@ -19,6 +19,7 @@ from .adapters import add_adapter, entry, model_task, task_head_parameters
 from .errors import AdapterError, AdapterMismatchError, ConfigError
 from .method import AdapterWeights, MethodConfig
 from .plugins import MethodHandle, get_method, registry
+from .recipe import RECIPE_FILE, is_recipe, load_recipe
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -262,6 +263,11 @@ def read_adapter(path: str | os.PathLike, method: str | None = None) -> AdapterF
     path = Path(path)
     if not path.is_dir():
         raise AdapterError(f"adapter folder {path} does not exist")
+    if (path / RECIPE_FILE).is_file() and not (path / CONFIG_FILE).exists():
+        raise AdapterError(
+            f"{path} is a composition recipe (a stack of saved adapters, {RECIPE_FILE}), not one adapter: load it "
+            "with peftlab.load_adapter(model, folder) or --adapter"
+        )
     if not (path / CONFIG_FILE).exists() and (path / "adapter" / CONFIG_FILE).exists():
         path = path / "adapter"  # a training run's folder: its final adapter lives in adapter/
     cfg_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
@@ -326,7 +332,14 @@ def load_adapter(
     method: str | None = None,
     activate: bool = True,
 ) -> str:
-    """Load an adapter folder into ``model`` under ``name`` (default: its saved name or "default")."""
+    """Load an adapter folder into ``model`` under ``name`` (default: its saved name or "default").
+
+    A composition recipe's folder (``composition.json``, see ``peftlab.recipe``) loads all its parents, weighted,
+    as the group ``name`` (default: the recipe's name), which ``set_active`` and friends take like an adapter."""
+    if is_recipe(path):
+        if method:
+            raise ConfigError(f"{path} is a composition recipe: its parents name their methods; do not pass method=")
+        return load_recipe(model, path, name, activate=activate)
     files = read_adapter(path, method=method)
     check_base(files, model)
     name = name or files.meta.get("adapter_name") or "default"

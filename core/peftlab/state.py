@@ -32,6 +32,7 @@ class AdapterState:
     def __init__(self) -> None:
         self.adapters: dict[str, AdapterEntry] = {}
         self.active: list[str] = []
+        self.groups: dict[str, list[str]] = {}  # a loaded recipe's name → its members' adapter names
         self.rows: list[str | None] | None = None
         self._masks: dict[tuple[str, Any], torch.Tensor] = {}
 
@@ -44,7 +45,11 @@ class AdapterState:
         key = (adapter_name, str(device))
         mask = self._masks.get(key)
         if mask is None:
-            mask = torch.tensor([r == adapter_name for r in self.rows], dtype=torch.bool, device=device)
+            mask = torch.tensor(
+                [r == adapter_name or adapter_name in self.groups.get(r, ()) for r in self.rows],
+                dtype=torch.bool,
+                device=device,
+            )
             self._masks[key] = mask
         if not bool(mask.any()):
             return None
@@ -53,6 +58,18 @@ class AdapterState:
     def set_rows(self, rows: Sequence[str | None] | None) -> None:
         self.rows = None if rows is None else list(rows)
         self._masks.clear()
+
+    def expand(self, names: Sequence[str]) -> list[str]:
+        """``names`` with each group (a loaded recipe) replaced by its members; an unknown name is a ``KeyError``."""
+        out: list[str] = []
+        for n in names:
+            members = self.groups.get(n, [n])
+            for m in members:
+                if m not in self.adapters:
+                    raise KeyError(f"no adapter named {n!r}; loaded: {sorted([*self.adapters, *self.groups])}")
+                if m not in out:
+                    out.append(m)
+        return out
 
     def __getstate__(self) -> dict:  # deep copies and pickles carry no cached tensors
         return {**self.__dict__, "_masks": {}}
@@ -68,22 +85,21 @@ def adapter_state(model: torch.nn.Module, create: bool = True) -> AdapterState:
 
 
 def set_active(model: torch.nn.Module, names: Sequence[str] | str | None) -> None:
-    """Activate these adapters (all others inactive). ``None`` or ``[]`` = the base model."""
+    """Activate these adapters (all others inactive). ``None`` or ``[]`` = the base model. A loaded recipe's name
+    (a group) stands for all its members."""
     state = adapter_state(model)
     names = [names] if isinstance(names, str) else list(names or [])
-    unknown = [n for n in names if n not in state.adapters]
-    if unknown:
-        raise KeyError(f"no adapter named {unknown[0]!r}; loaded: {sorted(state.adapters)}")
-    state.active = names
+    state.active = state.expand(names)
 
 
 @contextlib.contextmanager
 def mixed_batch(model: torch.nn.Module, rows: Sequence[str | None]) -> Iterator[None]:
-    """Within this block, row ``i`` of every batch uses adapter ``rows[i]`` (``None`` = base model)."""
+    """Within this block, row ``i`` of every batch uses adapter ``rows[i]`` (``None`` = base model; a loaded recipe's
+    name = all its members on that row)."""
     state = adapter_state(model)
-    unknown = sorted({r for r in rows if r is not None and r not in state.adapters})
+    unknown = sorted({r for r in rows if r is not None and r not in state.adapters and r not in state.groups})
     if unknown:
-        raise KeyError(f"no adapter named {unknown[0]!r}; loaded: {sorted(state.adapters)}")
+        raise KeyError(f"no adapter named {unknown[0]!r}; loaded: {sorted([*state.adapters, *state.groups])}")
     previous = state.rows
     state.set_rows(rows)
     try:

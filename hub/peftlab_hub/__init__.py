@@ -10,6 +10,7 @@ from .push import PushResult, push
 from .remote import HubError, HubRef, parse_ref
 from .resolve import ResolvedAdapter, resolve_adapter
 from .search import HubAdapter, search
+from .stack import StackError, stack
 from .store import AdapterInfo, AdapterStore, default_store_dir
 
 __all__ = [
@@ -36,4 +37,6 @@ __all__ = [
     "push",
     "resolve_adapter",
     "search",
+    "stack",
+    "StackError",
 ]

@@ -535,3 +535,58 @@ def loss_curve_png(curve: list[tuple[int, float]], metrics: dict | None = None) 
 
 
 __all__ = ["Card", "build_card", "loss_curve_png", "LOSS_CURVE_FILE"]
+
+
+def recipe_card(data: dict, *, repo_id: str | None = None, hub_url: str | None = None) -> str:
+    """The README of a composition recipe (``composition.json``'s ``data``): what it stacks, each parent linked (a
+    Hub parent at its pinned commit), the weights, and how to load it. ``hub_url`` is the Hub's address for links."""
+    from .remote import endpoint
+
+    url = (hub_url or endpoint()).rstrip("/")
+    base = str(data.get("base_model") or "unknown")
+    lines = ["---"]
+    if _is_hub_id(base):
+        lines.append(f"base_model: {json.dumps(base)}")
+    lines += [
+        "library_name: peftlab",
+        f"pipeline_tag: {PIPELINE_TAGS.get(data.get('task_type') or 'CAUSAL_LM', 'text-generation')}",
+        "tags:",
+        '- "peftlab"',
+        '- "peftlab-composition"',
+        "---",
+        "",
+        f"# {_scrub(str(data.get('name') or repo_id or 'composition'))}: a stack of {len(data['parents'])} adapters",
+        "",
+        f"A [peftlab]({PEFTLAB_URL}) composition recipe for `{_shown(base)}`: the adapters below act together "
+        "(a stack), each with its weight. The recipe holds no tensors, only the parents, pinned: loading it checks "
+        "each parent's weights against the sha256 recorded here and refuses a changed one.",
+        "",
+        "| # | parent | method | weight | weights sha256 |",
+        "|---|---|---|---|---|",
+    ]
+    for i, (p, w) in enumerate(zip(data["parents"], data["weights"], strict=True), 1):
+        if p.get("repo_id") and p.get("sha"):
+            shown = f"[{p['repo_id']}@{p['sha'][:12]}]({url}/{p['repo_id']}/tree/{p['sha']})"
+        else:
+            shown = f"`{_scrub(str(p.get('ref')))}` (local)"
+        lines.append(f"| {i} | {shown} | {p['method']} | {w:g} | `{p['weights_sha256'][:16]}…` |")
+    where = repo_id or "RECIPE_FOLDER"
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```bash",
+        f"peftlab generate --adapter {where} --prompt 'Hello'",
+        f"peftlab pull {where}  # the recipe and its parents" if repo_id else "",
+        "```",
+        "",
+        "```python",
+        "import peftlab",
+        "from peftlab.models import load_model",
+        f"model, tok = load_model({base!r})",
+        f"name = peftlab.load_adapter(model, {where!r})  # every parent, weighted; "
+        "set_active(model, name) / None switches",
+        "```",
+        "",
+    ]
+    return "\n".join(line for line in lines if line is not None)

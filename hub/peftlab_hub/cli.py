@@ -103,6 +103,8 @@ def cmd_store(args: argparse.Namespace) -> int:
 def cmd_compose(args: argparse.Namespace) -> int:
     from .compose import compose
 
+    if args.stack:
+        return _stack(args)
     out = compose(
         args.parents,
         args.weights,
@@ -121,6 +123,19 @@ def cmd_compose(args: argparse.Namespace) -> int:
         summary,
         args.json,
         f"merged {len(args.parents)} adapter(s) by {args.combination} into {out} ({meta['method']}, r={cfg.get('r')})",
+    )
+    return 0
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from .stack import stack
+
+    out = stack(args.parents, args.weights, output=args.output, name=args.name, token=args.token)
+    data = json.loads((out / "composition.json").read_text())
+    _out(
+        {"output": str(out), **data},
+        args.json,
+        f"stacked {len(args.parents)} adapter(s) into the recipe {out} (load it as --adapter {out})",
     )
     return 0
 
@@ -180,8 +195,18 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="the report as JSON")
     p.set_defaults(fn=cmd_doctor)
 
-    p = add("compose", help="merge adapters (LoRA family) with weights into one plain PEFT adapter")
+    p = add(
+        "compose",
+        help="merge adapters (LoRA family) with weights into one plain PEFT adapter, or --stack them as a recipe",
+    )
     p.add_argument("parents", nargs="+", help="adapter folders, local store names or Hub ids owner/name[@revision]")
+    p.add_argument(
+        "--stack",
+        action="store_true",
+        help="do not merge: write a composition recipe that loads every parent at once, each with its weight "
+        "(any methods that can stack; a weight other than 1 needs one that can scale) (default: merge)",
+    )
+    p.add_argument("--name", default=None, help="--stack: the name the recipe loads under (default: the folder's)")
     p.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per parent (default: 1 each)")
     p.add_argument(
         "--combination",

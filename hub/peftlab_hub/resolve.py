@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftlab import AdapterError
+from peftlab.recipe import is_recipe
 
 from .remote import looks_like_hub_id, parse_ref
 from .store import AdapterStore
@@ -46,7 +47,7 @@ def resolve_adapter(
     local = Path(text).expanduser()
     if local.is_dir() or ("/" not in text and (store.root / text).is_dir()):
         path, source = (local, "folder") if local.is_dir() else (store.root / text, "store")
-        if check:
+        if check and not is_recipe(path):  # a recipe's parents are checked (sha256) when it loads
             doctor_check(path, base)
         return ResolvedAdapter(path, source, provenance(path))
     if looks_like_hub_id(text):

@@ -1,0 +1,227 @@
+"""Composition recipes (stacks): written by ``peftlab_hub.stack`` / ``peftlab compose --stack``, loaded by
+``peftlab.load_adapter`` as a group of weighted adapters, refused when a parent is missing or changed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import peftlab
+from peftlab.adapters import get_weight, set_weight
+from peftlab.errors import AdapterError, AdapterMismatchError, ConfigError, MethodError
+from peftlab.models import tiny_model
+from peftlab.recipe import RECIPE_FILE, read_recipe
+from peftlab.testing import logits, random_ids, randomize_adapter
+
+peftlab_hub = pytest.importorskip("peftlab_hub")
+from peftlab_hub import StackError, stack  # noqa: E402
+
+STACK = [("lora", None, 0.5), ("prompt_tuning", {"num_virtual_tokens": 4}, 1.0), ("bitfit", None, 0.7)]
+STACK += [("adapter", {"bottleneck_size": 8}, 0.3)]
+
+
+def _save(tmp_path, method, config=None, seed=0, arch="llama"):
+    model = tiny_model(arch).eval()
+    peftlab.add_adapter(model, method, config)
+    randomize_adapter(model, std=0.2, seed=seed)
+    return peftlab.save_adapter(model, tmp_path / f"{method}-{arch}-{seed}")
+
+
+@pytest.fixture
+def parents(tmp_path):
+    return [(_save(tmp_path / "parents", m, c, seed=i), w) for i, (m, c, w) in enumerate(STACK)]
+
+
+def _by_hand(parents):
+    """The stack loaded adapter by adapter, weighted by set_weight: what the recipe must reproduce."""
+    model = tiny_model().eval()
+    for i, (folder, w) in enumerate(parents):
+        peftlab.load_adapter(model, folder, f"p{i}")
+        set_weight(model, f"p{i}", w)
+    return model
+
+
+def test_a_stack_of_four_methods_reloads_to_the_same_outputs(parents, tmp_path):
+    out = stack([str(p) for p, _ in parents], [w for _, w in parents], output=tmp_path / "recipe")
+    data = json.loads((out / RECIPE_FILE).read_text())
+    assert data["format_version"] == 1 and data["combination"] == "stack" and data["weights"] == [0.5, 1.0, 0.7, 0.3]
+    assert [p["method"] for p in data["parents"]] == ["lora", "prompt_tuning", "bitfit", "adapter"]
+    assert all(len(p["weights_sha256"]) == 64 and p["source"] == "folder" for p in data["parents"])
+    assert data["base_fingerprint"]["hidden_size"] == 64 and (out / "README.md").is_file()
+
+    ids = random_ids(batch=2, length=9, seed=3)
+    expected = logits(_by_hand(parents), ids)
+    model = tiny_model().eval()
+    with peftlab.active_adapters(model, None):
+        base = logits(model, ids)
+    name = peftlab.load_adapter(model, out)
+    assert name == "recipe"
+    assert torch.equal(logits(model, ids), expected)
+    assert [get_weight(model, f"recipe__{i}") for i in range(4)] == [0.5, 1.0, 0.7, 0.3]
+    # the group switches like one adapter: base, adapted, and one batch with a row of each
+    with peftlab.active_adapters(model, None):
+        assert torch.equal(logits(model, ids), base)
+    peftlab.set_active(model, None)
+    peftlab.set_active(model, name)
+    assert torch.equal(logits(model, ids), expected)
+    both = torch.cat([ids[:1], ids[:1]])
+    with peftlab.mixed_batch(model, [name, None]):
+        mixed = logits(model, both)
+    assert torch.allclose(mixed[0], expected[0], atol=1e-5) and torch.allclose(mixed[1], base[0], atol=1e-5)
+
+
+def test_recipe_folders_move_with_their_parents(parents, tmp_path):
+    """Folder parents are recorded relative to the recipe: the whole tree can be moved."""
+    stack([str(p) for p, _ in parents[:2]], [0.5, 1.0], output=tmp_path / "recipe")
+    expected = logits(_by_hand(parents[:2]), random_ids(seed=1))
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path, moved, ignore=shutil.ignore_patterns("elsewhere"))
+    shutil.rmtree(tmp_path / "parents")
+    model = tiny_model().eval()
+    assert peftlab.load_adapter(model, moved / "recipe", "mine") == "mine"
+    assert torch.equal(logits(model, random_ids(seed=1)), expected)
+
+
+def test_a_changed_parent_is_refused_naming_it_and_both_hashes(parents, tmp_path):
+    out = stack([str(p) for p, _ in parents], output=tmp_path / "recipe")
+    recorded = read_recipe(out).parents[2].weights_sha256
+    _save(tmp_path / "parents", "bitfit", seed=99)  # another bitfit adapter over the same folder
+    shutil.rmtree(parents[2][0])
+    shutil.move(tmp_path / "parents" / "bitfit-llama-99", parents[2][0])
+    model = tiny_model().eval()
+    with pytest.raises(AdapterMismatchError) as err:
+        peftlab.load_adapter(model, out)
+    msg = str(err.value)
+    assert str(parents[2][0]) in msg and recorded in msg and "changed" in msg
+    assert not peftlab.adapter_state(model).adapters, "nothing is loaded when a parent is refused"
+
+
+def test_a_missing_parent_is_named(parents, tmp_path):
+    out = stack([str(p) for p, _ in parents[:2]], output=tmp_path / "recipe")
+    shutil.rmtree(parents[1][0])
+    with pytest.raises(AdapterError, match="prompt_tuning.*is missing"):
+        peftlab.load_adapter(tiny_model(), out)
+
+
+@pytest.mark.parametrize(
+    ("weights", "problem"), [([1.0], "1 weight"), ([1.0, float("nan")], "finite"), ([float("inf"), 1.0], "finite")]
+)
+def test_bad_weights_are_refused_and_nothing_is_written(parents, tmp_path, weights, problem):
+    with pytest.raises(ConfigError, match=problem):
+        stack([str(p) for p, _ in parents[:2]], weights, output=tmp_path / "recipe")
+    assert not (tmp_path / "recipe").exists()
+
+
+def test_parents_on_different_bases_are_refused(tmp_path):
+    a = _save(tmp_path, "lora", seed=1)
+    b = _save(tmp_path, "bitfit", seed=2, arch="gpt2")
+    with pytest.raises(StackError, match="different base models"):
+        stack([str(a), str(b)], output=tmp_path / "recipe")
+    assert not (tmp_path / "recipe").exists()
+
+
+def test_a_weight_for_a_method_that_cannot_scale_is_refused_with_its_note(parents, tmp_path):
+    note = peftlab.get_method("prompt_tuning").capabilities.scale_note
+    with pytest.raises(StackError) as err:
+        stack([str(p) for p, _ in parents[:2]], [1.0, 0.5], output=tmp_path / "recipe")
+    assert "prompt_tuning" in str(err.value) and note in str(err.value)
+
+
+def test_a_method_that_cannot_stack_is_refused_with_its_note(parents, tmp_path, monkeypatch):
+    handle = peftlab.get_method("bitfit")
+    caps = dataclasses.replace(handle.capabilities, stackable=False, stack_note="it owns every bias alone")
+    out = stack([str(p) for p, _ in parents[:3]], output=tmp_path / "recipe")  # made while bitfit could stack
+    monkeypatch.setattr(handle.obj, "capabilities", caps)
+    with pytest.raises(StackError, match="bitfit adapters cannot be stacked.*owns every bias alone"):
+        stack([str(p) for p, _ in parents[:3]], output=tmp_path / "recipe2")
+    with pytest.raises(MethodError, match="owns every bias alone"):
+        peftlab.load_adapter(tiny_model(), out)
+
+
+def test_bad_recipe_files_are_refused(parents, tmp_path):
+    out = stack([str(p) for p, _ in parents[:2]], output=tmp_path / "recipe")
+    data = json.loads((out / RECIPE_FILE).read_text())
+    for change, problem in [
+        ({"format_version": 99}, "newer peftlab"),
+        ({"weights": [1.0]}, "1 weight"),
+        ({"parents": []}, "non-empty"),
+        ({"combination": "cat"}, "not 'stack'"),
+    ]:
+        (out / RECIPE_FILE).write_text(json.dumps({**data, **change}))
+        with pytest.raises(AdapterError, match=problem):
+            peftlab.load_adapter(tiny_model(), out)
+    with pytest.raises(AdapterError, match="composition recipe"):
+        peftlab.read_adapter(out)  # one adapter's reader says what the folder is
+
+
+def test_a_recipe_name_already_loaded_is_refused(parents, tmp_path):
+    out = stack([str(p) for p, _ in parents[:2]], output=tmp_path / "recipe")
+    model = tiny_model()
+    peftlab.load_adapter(model, out)
+    with pytest.raises(ConfigError, match="already has"):
+        peftlab.load_adapter(model, out)
+    assert peftlab.load_adapter(model, out, "again") == "again"
+
+
+# --- the command line -------------------------------------------------------------------------------------------
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "peftlab", *args], capture_output=True, text=True, env=env)
+
+
+def _tiny_parents(tiny_dir, tmp_path):
+    from peftlab.models import load_model
+
+    out = []
+    for i, (method, cfg) in enumerate([("lora", None), ("prompt_tuning", {"num_virtual_tokens": 3})]):
+        model, _ = load_model(str(tiny_dir))
+        peftlab.add_adapter(model, method, cfg)
+        randomize_adapter(model, std=0.3, seed=i)
+        out.append(peftlab.save_adapter(model, tmp_path / method))
+    return out
+
+
+def test_cli_compose_stack_then_generate_and_eval_with_the_recipe(tiny_dir, tmp_path):
+    from peftlab.generate import generate_text
+    from peftlab.models import load_model
+
+    lora, prompt = _tiny_parents(tiny_dir, tmp_path)
+    made = run("compose", "--stack", str(lora), str(prompt), "--weights", "0.5", "1", "--output", str(tmp_path / "r"))
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert read_recipe(tmp_path / "r").weights == [0.5, 1.0]
+
+    model, tok = load_model(str(tiny_dir))
+    peftlab.load_adapter(model, lora, "a")
+    peftlab.load_adapter(model, prompt, "b")
+    set_weight(model, "a", 0.5)
+    expected = generate_text(model, tok, "hello", max_new_tokens=6)
+    gen_json = run(
+        "generate", "--base", str(tiny_dir), "--adapter", str(tmp_path / "r"), "--prompt", "hello",
+        "--max-new-tokens", "6", "--json",
+    )  # fmt: skip
+    assert gen_json.returncode == 0, gen_json.stderr[-2000:]
+    assert json.loads(gen_json.stdout)["reply"] == expected
+
+    ev = run(
+        "eval", "--base", str(tiny_dir), "--adapter", str(tmp_path / "r"), "--dataset", "capitals-json",
+        "--max-samples", "2", "--max-new-tokens", "4", "--json",
+    )  # fmt: skip
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    result = json.loads(ev.stdout)
+    assert result["adapted"]["eval_loss"] != result["base"]["eval_loss"]  # the stack acts, the base is compared
+
+
+def test_cli_compose_stack_refuses_nan_weights(tiny_dir, tmp_path):
+    lora, prompt = _tiny_parents(tiny_dir, tmp_path)
+    out = run("compose", "--stack", str(lora), str(prompt), "--weights", "nan", "1", "--output", str(tmp_path / "r"))
+    assert out.returncode != 0 and "finite" in out.stderr
+    assert not (tmp_path / "r").exists()
