@@ -1,0 +1,395 @@
+"""Weight sweeps over two adapters (``peftlab compose --sweep DATASET``), and what sweeps and learned mixtures share:
+one base model with the parents applied at any weights, and the score of such a mixture on rows.
+
+The base model loads once. A mixture's weights are applied without reloading anything, one of two ways:
+
+* **scale** — every parent is loaded as its own adapter, all active, and ``peftlab.adapters.set_weight`` sets each
+  one's weight (methods that declare ``capabilities.scalable``; a weight may be a tensor that requires grad, which is
+  how ``learn`` descends on the mixing scalars);
+* **merge** — otherwise, the parents' exact ``cat`` merge (``Σ wᵢ ΔWᵢ``, their method's ``combine`` hook) is computed
+  in memory and copied into one adapter slot, whose shape does not change with the weights.
+
+Nothing here names a method: what a parent can do is its method's declaration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import peftlab
+from peftlab import AdapterWeights, registry
+from peftlab import adapters as core_adapters
+from peftlab.data import encode_rows, load_rows, prompt_and_reference, split_rows
+from peftlab.evaluate import exact_match
+from peftlab.generate import generate_batch
+from peftlab.io import atomic_dir, check_output_dir
+from peftlab.train import eval_loss
+
+from .compose import CompositionError, _common_base, _common_form
+from .resolve import resolve_adapter
+from .store import AdapterStore
+
+SWEEP_JSON = "sweep.json"
+SWEEP_PNG = "sweep.png"
+DEFAULT_GRID = tuple(round(i / 10, 1) for i in range(11))
+MIX_SLOT = "mix"  # the adapter slot of merge mode
+
+
+def _log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def check_weights(weights: Sequence[Any], n: int, what: str = "weights") -> list[float]:
+    """``weights`` as floats, one per parent, each finite; else a ``CompositionError`` naming the problem."""
+    out = []
+    for w in weights:
+        try:
+            out.append(float(w))
+        except (TypeError, ValueError):
+            raise CompositionError(f"{what}: {w!r} is not a number") from None
+    if len(out) != n:
+        raise CompositionError(f"{what}: {len(out)} weight(s) for {n} parent(s): give one weight per parent")
+    bad = [w for w in out if not math.isfinite(w)]
+    if bad:
+        raise CompositionError(f"{what}: {bad[0]} is not a finite number")
+    return out
+
+
+class Mixture:
+    """A base model with ``parents`` (folders, store names, Hub ids) applied at weights set by :meth:`apply`.
+
+    ``mode`` is ``"scale"`` when ``set_weight`` exists and every parent's method is scalable, else ``"merge"``
+    (see the module's docstring); ``prefer`` forces one (``"merge"`` needs parents that combine by ``cat``)."""
+
+    def __init__(
+        self,
+        parents: Sequence[str | os.PathLike],
+        *,
+        base: str | None = None,
+        store: AdapterStore | None = None,
+        token: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        prefer: str | None = None,
+    ) -> None:
+        from peftlab.models import load_model
+
+        if not parents:
+            raise CompositionError("a mixture needs at least one parent adapter")
+        self.parents = [str(p) for p in parents]
+        self.resolved = [resolve_adapter(p, store=store, token=token, base=base) for p in parents]
+        self.files = [peftlab.read_adapter(r.path) for r in self.resolved]
+        recorded, self.task = _common_base(self.parents, self.files)
+        if self.task not in (None, "CAUSAL_LM"):
+            raise CompositionError(f"mixtures are scored on causal LMs; the parents are {self.task} adapters")
+        self.mode = self._pick_mode(prefer)
+        quantized = [f.method for f in self.files if f.method.capabilities.needs_quantized_base]
+        self.model, self.tokenizer = load_model(
+            base or recorded, dtype=dtype, device=device, method=quantized[0] if quantized else None
+        )
+        self.names: list[str] = []
+        self._combiner = self._inputs = None
+        if self.mode == "scale":
+            for i, r in enumerate(self.resolved):
+                self.names.append(peftlab.load_adapter(self.model, r.path, f"parent{i}", activate=False))
+        else:
+            self._combiner, self._inputs = _common_form(self.parents, self.files)
+            if "cat" not in self._combiner.capabilities.combinations:
+                raise CompositionError(
+                    f"{self._combiner.name} adapters neither scale nor merge exactly (cat), so they cannot be mixed"
+                )
+        peftlab.set_active(self.model, self.names)
+        self._freeze()
+        self.weights: list[float] | None = None
+
+    def _freeze(self) -> None:
+        """Nothing of the model trains: only mixing weights (tensors handed to ``apply``) may."""
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def _pick_mode(self, prefer: str | None) -> str:
+        scalable = [f.method.capabilities.scalable for f in self.files]
+        has_scale = hasattr(core_adapters, "set_weight")
+        if prefer not in (None, "scale", "merge"):
+            raise CompositionError(f"mode {prefer!r}: use scale or merge")
+        if prefer == "scale" or (prefer is None and has_scale and all(scalable)):
+            if not has_scale:
+                raise CompositionError("this peftlab has no adapters.set_weight: mixing by scale needs a newer one")
+            refused = [
+                f"{a}: {f.method.name} cannot be weighted ({f.method.capabilities.scale_note or 'not scalable'})"
+                for a, f, s in zip(self.parents, self.files, scalable, strict=True)
+                if not s
+            ]
+            if refused:
+                raise CompositionError("; ".join(refused))
+            return "scale"
+        for a, f in zip(self.parents, self.files, strict=True):
+            if "cat" not in f.method.capabilities.combinations:
+                why = f.method.capabilities.scale_note or f.method.capabilities.combine_note or "it declares neither"
+                raise CompositionError(
+                    f"{a}: {f.method.name} adapters can be neither weighted (scale) nor merged exactly (cat): {why}"
+                )
+        return "merge"
+
+    def apply(self, weights: Sequence[float | torch.Tensor]) -> None:
+        """Set the parents' weights. Tensors (which may require grad) are kept as they are in scale mode."""
+        if len(weights) != len(self.parents):
+            raise CompositionError(f"{len(weights)} weight(s) for {len(self.parents)} parent(s)")
+        if self.mode == "scale":
+            for name, w in zip(self.names, weights, strict=True):
+                core_adapters.set_weight(self.model, name, w)
+        else:
+            if any(torch.is_tensor(w) and w.requires_grad for w in weights):
+                raise CompositionError("weights that require grad need scale mode (scalable parents)")
+            floats = [float(w) for w in weights]
+            cfg, tensors = self._combiner.hook("combine")(
+                parents=self._inputs, weights=floats, combination="cat", options={}
+            )
+            if not self.names:
+                cfg = {**cfg, "task_type": self.task or "CAUSAL_LM"}
+                handle = registry().for_peft_type(cfg["peft_type"], cfg)
+                config = handle.config_class.from_dict(cfg, source="the mixture")
+                peftlab.add_adapter(self.model, handle, config, MIX_SLOT)
+                self.names = [MIX_SLOT]
+                peftlab.set_active(self.model, self.names)
+                self._freeze()
+            handle, e = core_adapters.entry(self.model, MIX_SLOT)
+            handle.hook("load")(
+                model=self.model, config=e.config, adapter_name=MIX_SLOT, weights=AdapterWeights(tensors)
+            )
+        self.weights = [float(w.detach()) if torch.is_tensor(w) else float(w) for w in weights]
+
+    def encode(self, rows: list[dict], max_length: int = 256) -> list[dict]:
+        return encode_rows(rows, self.tokenizer, max_length=max_length, task="CAUSAL_LM")
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def loss(self, items: list[dict], batch_size: int = 8) -> float:
+        """Core's token-weighted eval loss of the current mixture on encoded ``items``."""
+        return eval_loss(self.model, items, self.pad_id, batch_size)
+
+    def exact_match(self, rows: list[dict], batch_size: int = 8, max_new_tokens: int = 32) -> float | None:
+        """Share of chat rows whose greedy reply equals the reference (core's ``exact_match``); ``None`` when no
+        row has a reference."""
+        pairs = [p for p in (prompt_and_reference(r) for r in rows) if p is not None]
+        if not pairs:
+            return None
+        hits = 0
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i : i + batch_size]
+            out = generate_batch(self.model, self.tokenizer, [p for p, _ in chunk], max_new_tokens=max_new_tokens)
+            hits += sum(exact_match(o, ref) for o, (_, ref) in zip(out, chunk, strict=True))
+        return hits / len(pairs)
+
+
+def pick_rows(dataset: str, split: str = "eval", max_samples: int | None = 64, seed: int = 0) -> list[dict]:
+    """Rows of ``dataset``: its held-out split (``eval``, as ``peftlab eval`` picks it), its training split
+    (``train``) or every row (``all``), at most ``max_samples``."""
+    rows = load_rows(dataset)
+    if split != "all":
+        if split not in ("train", "eval"):
+            raise CompositionError(f"split {split!r}: use eval, train or all")
+        rows = split_rows(rows, 0.1, seed)[split == "eval"]
+    rows = rows[:max_samples] if max_samples else rows
+    if not rows:
+        raise CompositionError(f"dataset {dataset}: no rows in its {split} split")
+    return rows
+
+
+def sweep(
+    parents: Sequence[str | os.PathLike],
+    dataset: str,
+    *,
+    grid: Sequence[float] | None = None,
+    output: str | os.PathLike | None = None,
+    base: str | None = None,
+    split: str = "eval",
+    max_samples: int = 32,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    max_length: int = 256,
+    exact: bool = True,
+    seed: int = 0,
+    store: AdapterStore | None = None,
+    token: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    mixture: Mixture | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Evaluate two parents mixed at ``w`` and ``1 − w`` for each ``w`` of ``grid`` (default 0, 0.1 … 1) on
+    ``dataset``'s rows: eval loss and exact match per point. With ``output``, ``sweep.json`` and ``sweep.png`` (eval
+    loss and exact match against ``w``) are written there atomically. The base model loads once (or pass a
+    ``mixture`` of the two parents to reuse one); progress lines go to stderr. Returns what ``sweep.json`` holds."""
+    if len(parents) != 2:
+        raise CompositionError(f"a sweep mixes two parents, got {len(parents)}")
+    grid = list(DEFAULT_GRID if grid is None else grid)
+    if not grid:
+        raise CompositionError("the grid is empty: give at least one weight")
+    grid = check_weights(grid, len(grid), "grid")
+    if output is not None:
+        check_output_dir(output)
+    if max_samples is not None and max_samples < 1:
+        raise CompositionError(f"max_samples must be at least 1, got {max_samples}")
+    rows = pick_rows(dataset, split, max_samples, seed)
+    t0 = time.time()
+    if mixture is None:
+        _log(f"sweep: loading the base model and {len(parents)} parents", quiet)
+        mixture = Mixture(parents, base=base, store=store, token=token, device=device, dtype=dtype)
+    items = mixture.encode(rows, max_length)
+    points = []
+    for i, w in enumerate(grid):
+        t = time.time()
+        mixture.apply([w, 1.0 - w])
+        point = {"w": w, "weights": [w, 1.0 - w], "eval_loss": mixture.loss(items, batch_size)}
+        if exact:
+            point["exact_match"] = mixture.exact_match(rows, batch_size, max_new_tokens)
+        point["seconds"] = round(time.time() - t, 3)
+        points.append(point)
+        em = f", exact match {point['exact_match']:.3f}" if point.get("exact_match") is not None else ""
+        _log(
+            f"sweep: {i + 1}/{len(grid)} w={w:g}: eval loss {point['eval_loss']:.4f}{em} ({point['seconds']:.1f} s)",
+            quiet,
+        )
+    best = min(points, key=lambda p: p["eval_loss"])
+    result = {
+        "parents": [
+            {"arg": a, "path": str(r.path), "method": f.method.name}
+            for a, r, f in zip(mixture.parents, mixture.resolved, mixture.files, strict=True)
+        ],
+        "dataset": dataset,
+        "split": split,
+        "rows": len(rows),
+        "mode": mixture.mode,
+        "points": points,
+        "best": {"w": best["w"], "eval_loss": best["eval_loss"], "exact_match": best.get("exact_match")},
+        "seconds": round(time.time() - t0, 2),
+    }
+    if output is not None:
+        png = sweep_png(result)
+
+        def write(tmp: Path) -> None:
+            (tmp / SWEEP_JSON).write_text(json.dumps(result, indent=2) + "\n")
+            if png is not None:
+                (tmp / SWEEP_PNG).write_bytes(png)
+
+        result["output"] = str(atomic_dir(Path(output), write))
+        _log(f"sweep: wrote {Path(output) / SWEEP_JSON}" + (f" and {SWEEP_PNG}" if png else ""), quiet)
+    return result
+
+
+def sweep_png(result: dict[str, Any]) -> bytes | None:
+    """Eval loss (left axis) and exact match (right axis) against the first parent's weight ``w``; ``None`` without
+    matplotlib. The bytes carry no timestamp or version."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global backend or state is touched
+    except ImportError:
+        return None
+    import io
+
+    pts = result["points"]
+    names = [Path(p["arg"]).name or p["arg"] for p in result["parents"]]
+    fig = Figure(figsize=(6, 3.2), dpi=100)
+    ax = fig.subplots()
+    ws = [p["w"] for p in pts]
+    ax.plot(ws, [p["eval_loss"] for p in pts], "o-", color="#4c72b0", markersize=4, label="eval loss")
+    ax.set_xlabel(f"w: weight of {names[0]} (1 − w: {names[1]})")
+    ax.set_ylabel("eval loss", color="#4c72b0")
+    ax.grid(True, alpha=0.3)
+    handles = ax.get_lines()
+    if any(p.get("exact_match") is not None for p in pts):
+        em = ax.twinx()
+        em.plot(ws, [p.get("exact_match") for p in pts], "s--", color="#dd8452", markersize=4, label="exact match")
+        em.set_ylabel("exact match", color="#dd8452")
+        em.set_ylim(-0.05, 1.05)
+        handles = [*handles, *em.get_lines()]
+    ax.legend(handles, [h.get_label() for h in handles], loc="best", fontsize=8)
+    ax.set_title(f"{result['dataset']} ({result['rows']} {result['split']} rows)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+# --- the CLI: `peftlab compose PARENT PARENT --sweep DATASET --output DIR` ------------------------------------
+
+
+def add_sweep_arguments(parser) -> None:
+    """Add ``--sweep DATASET`` and its options to ``peftlab compose``'s parser (``--output`` is compose's)."""
+    g = parser.add_argument_group("weight sweep (--sweep)")
+    g.add_argument(
+        "--sweep",
+        metavar="DATASET",
+        default=None,
+        help="instead of merging, evaluate the two parents mixed at w and 1-w for each w of --grid on DATASET "
+        "(built-in name or data file) and write sweep.json and sweep.png to --output",
+    )
+    g.add_argument(
+        "--grid", type=float, nargs="+", default=None, help="weights w of the first parent (default: 0 0.1 ... 1)"
+    )
+    _add_common(parser)
+
+
+def _add_common(parser) -> None:
+    """Options ``--sweep`` and ``--learn`` share (added once, whichever comes first)."""
+    if getattr(parser, "_peftlab_mix_options", False):
+        return
+    parser._peftlab_mix_options = True
+    g = parser.add_argument_group("sweeps and learned mixtures")
+    g.add_argument("--base", default=None, help="base model (default: the one the parents record)")
+    g.add_argument(
+        "--split",
+        default=None,
+        choices=("eval", "train", "all"),
+        help="which rows of the dataset (default: eval for --sweep, all for --learn)",
+    )
+    g.add_argument("--max-samples", type=int, default=None, help="rows used at most (default: 32 sweep, 100 learn)")
+    g.add_argument("--max-new-tokens", type=int, default=32, help="reply length for exact match (default: 32)")
+    g.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (default: 8)")
+    g.add_argument("--max-length", type=int, default=256, help="tokens per row at most (default: 256)")
+    g.add_argument("--no-exact-match", action="store_true", help="eval loss only (no generation; faster)")
+    g.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on CUDA, else fp32)")
+
+
+def run_sweep(args) -> int:
+    """``peftlab compose A B --sweep DATASET --output DIR``: print the points (``--json``: the whole result)."""
+    if getattr(args, "weights", None):
+        raise CompositionError("--sweep picks the weights itself (--grid); drop --weights")
+    result = sweep(
+        args.parents,
+        args.sweep,
+        grid=args.grid,
+        output=args.output,
+        base=args.base,
+        split=args.split or "eval",
+        max_samples=args.max_samples or 32,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        exact=not args.no_exact_match,
+        token=getattr(args, "token", None),
+        device=args.device,
+        dtype=args.dtype,
+    )
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2), flush=True)
+        return 0
+    print(f"{'w':>5} {'eval loss':>10} {'exact match':>12}")
+    for p in result["points"]:
+        em = "" if p.get("exact_match") is None else f"{p['exact_match']:.3f}"
+        print(f"{p['w']:>5g} {p['eval_loss']:>10.4f} {em:>12}")
+    print(f"best (lowest eval loss): w={result['best']['w']:g}; wrote {result.get('output')}", flush=True)
+    return 0
