@@ -101,6 +101,14 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
+    if getattr(args, "sweep", None) or getattr(args, "learn", None):  # a weight sweep or learned weights instead
+        from .compose import CompositionError
+        from .learn import run_learn
+        from .sweep import run_sweep
+
+        if args.sweep and args.learn:
+            raise CompositionError("--sweep and --learn are two different jobs: give one")
+        return run_sweep(args) if args.sweep else run_learn(args)
     from .compose import compose
 
     if args.stack:
@@ -234,6 +242,11 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of dare_*'s random masks (default: 0)")
     p.add_argument("--token", default=None, help=TOKEN_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output (default: off)")
+    from .learn import add_learn_arguments
+    from .sweep import add_sweep_arguments
+
+    add_sweep_arguments(p)
+    add_learn_arguments(p)
     p.set_defaults(fn=cmd_compose)
 
     p = add("store", help="the local adapter store (the offline hub): list, add, rm, show")
