@@ -225,3 +225,41 @@ def test_cli_compose_stack_refuses_nan_weights(tiny_dir, tmp_path):
     out = run("compose", "--stack", str(lora), str(prompt), "--weights", "nan", "1", "--output", str(tmp_path / "r"))
     assert out.returncode != 0 and "finite" in out.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.smollm2
+def test_smollm2_lora_and_prompt_stack_reloads_to_identical_greedy_replies_and_refuses_a_changed_parent(
+    smollm2, smollm2_dir, tmp_path, capsys
+):
+    """Done-when of the stack: a LoRA + prompt-tuning recipe on SmolLM2 gives, through `peftlab generate`, exactly
+    the greedy reply of the two adapters stacked by hand; once a parent's weights change it is refused."""
+    from peftlab.generate import generate_text
+
+    model, tok = smollm2
+    folders = []
+    for i, (method, cfg) in enumerate([("lora", {"r": 4}), ("prompt_tuning", {"num_virtual_tokens": 4})]):
+        peftlab.add_adapter(model, method, cfg, name=method)
+        randomize_adapter(model, method, std=0.05 if method == "lora" else 0.02, seed=i)
+        folders.append(peftlab.save_adapter(model, tmp_path / method, method))
+    set_weight(model, "lora", 0.5)
+    prompt = "Name three colours."
+    expected = generate_text(model, tok, prompt, max_new_tokens=12)
+    with peftlab.active_adapters(model, None):
+        assert expected != generate_text(model, tok, prompt, max_new_tokens=12), "the stack must change the reply"
+
+    from peftlab.cli import main
+
+    assert (
+        main(["compose", "--stack", *map(str, folders), "--weights", "0.5", "1", "--output", str(tmp_path / "r")]) == 0
+    )
+    args = ("generate", "--base", str(smollm2_dir), "--adapter", str(tmp_path / "r"), "--prompt", prompt)
+    gen = run(*args, "--max-new-tokens", "12", "--json")
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    assert json.loads(gen.stdout)["reply"] == expected
+
+    randomize_adapter(model, "lora", std=0.05, seed=7)  # the LoRA parent is trained on: its file changes
+    peftlab.save_adapter(model, folders[0], "lora")
+    capsys.readouterr()
+    assert main([*args, "--max-new-tokens", "12"]) == 2  # refused before the base model loads
+    err = capsys.readouterr().err
+    assert "changed since the recipe was made" in err and str(folders[0]) in err
