@@ -11,7 +11,8 @@ Two learners, both on causal LMs, both on one base model loaded once (``sweep.Mi
   L1 penalty, weights projected back into ``bounds`` after each step.
 
 Both start at the uniform mixture (1/N each). The result: the weights, one composition per learner written with
-``compose`` (default ``cat``: exactly ``Σ wᵢ ΔWᵢ``), and ``learn.json`` with every learner's search trace.
+``compose`` (default ``cat``: exactly ``Σ wᵢ ΔWᵢ``) or as a recipe (``combination="stack"``), and ``learn.json``
+with every learner's search trace.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .sweep import Mixture, _add_common, _log, check_weights, pick_rows
 
 LEARN_JSON = "learn.json"
 LEARNERS = ("nevergrad", "gradient")
+STACK = "stack"  # combination: a composition recipe (peftlab_hub.stack) instead of a merge
 
 
 @dataclass
@@ -222,7 +224,8 @@ def learn(
     """Learn the weights of ``parents`` on ``dataset``'s rows (``split``: all rows by default, at most
     ``max_samples``; 5–100 rows is the intended size) with each of ``learners`` (``nevergrad``, ``gradient``).
     With ``output``, writes atomically: ``learn.json`` (settings, the uniform mixture's loss, each learner's weights
-    and trace) and one composition per learner, ``<learner>/``, made by ``compose(parents, weights, combination)``.
+    and trace) and one composition per learner, ``<learner>/``: ``compose(parents, weights, combination)``, or with
+    ``combination="stack"`` a recipe (``stack(parents, weights)``) that loads the parents together.
     Returns what ``learn.json`` holds."""
     learners = list(learners)
     unknown = [x for x in learners if x not in LEARNERS]
@@ -290,7 +293,13 @@ def learn(
 
         def write(tmp: Path) -> None:
             for name, r in results.items():
-                compose(mixture.parents, r.weights, combination, output=tmp / name, store=store, token=token, seed=seed)
+                if combination == STACK:  # a recipe: the parents stay as they are, loaded together with the weights
+                    from .stack import stack
+
+                    stack(mixture.parents, r.weights, output=tmp / name, store=store, token=token)
+                else:
+                    kw = dict(store=store, token=token, seed=seed)
+                    compose(mixture.parents, r.weights, combination, output=tmp / name, **kw)
                 result["learned"][name]["composition"] = str(out / name)
             (tmp / LEARN_JSON).write_text(json.dumps(result, indent=2) + "\n")
 

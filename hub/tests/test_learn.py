@@ -101,6 +101,23 @@ def test_both_learners_beat_the_uniform_mixture_and_write_what_they_scored(paren
     assert saved["learned"]["nevergrad"]["objective"] == pytest.approx(min(t["objective"] for t in ng_trace))
 
 
+def test_learned_weights_as_a_stack_recipe_reload_to_the_scored_mixture(parents, tiny_dir, tmp_path):
+    out = tmp_path / "recipe"
+    result = learn(
+        [parents["good"], parents["noise"]],
+        parents["data"],
+        output=out,
+        learners=["nevergrad"],
+        combination="stack",
+        budget=4,
+        quiet=True,
+    )
+    r = result["learned"]["nevergrad"]
+    recipe = json.loads((out / "nevergrad" / "composition.json").read_text())
+    assert recipe["weights"] == pytest.approx(r["weights"])
+    assert _loss_of(tiny_dir, out / "nevergrad", parents["data"]) == pytest.approx(r["loss"], abs=1e-4)
+
+
 def test_the_gradient_learner_moves_only_the_mixing_scalars(parents, tiny_dir):
     mixture = Mixture([parents["good"], parents["noise"]])
     assert mixture.mode == "scale"
