@@ -194,3 +194,19 @@ def test_every_packable_method_keeps_packed_rows_apart(method):
 def logits_of(model) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=torch.arange(3, 20).view(1, -1)).logits
+
+
+def test_classification_trains_on_length_grouped_batches(tiny_dir, tmp_path):
+    data = tmp_path / "labels.jsonl"
+    rows = [{"text": " ".join(["good"] * (1 + i % 7)), "label": "pos" if i % 2 else "neg"} for i in range(12)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model, tok = load_model(tiny_dir, task="SEQ_CLS", label_names=["neg", "pos"])
+    res = train(
+        TrainArgs(dataset=str(data), output_dir=str(tmp_path / "run"), max_steps=2, batch_size=4, save_every=0),
+        model=model,
+        tokenizer=tok,
+    )
+    notes = [e["message"] for e in res.history if e["event"] == "status"]
+    assert any(m.startswith("packing off: a classification (SEQ_CLS) dataset") for m in notes), notes
+    losses = [e["loss"] for e in res.history if e["event"] == "step"]
+    assert len(losses) == 2 and all(0 < x < 10 for x in losses) and res.eval_loss_after is not None
