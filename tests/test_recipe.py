@@ -263,3 +263,22 @@ def test_smollm2_lora_and_prompt_stack_reloads_to_identical_greedy_replies_and_r
     assert main([*args, "--max-new-tokens", "12"]) == 2  # refused before the base model loads
     err = capsys.readouterr().err
     assert "changed since the recipe was made" in err and str(folders[0]) in err
+
+
+def test_the_chat_engine_loads_a_recipe_like_an_adapter(tiny_dir, tmp_path):
+    """The app's chat: a recipe is one choice; its reply is the stack's, the base column the base model's."""
+    from peftlab.generate import generate_text
+    from peftlab.webui.engine import ChatEngine
+
+    lora, prompt = _tiny_parents(tiny_dir, tmp_path)
+    recipe = stack([str(lora), str(prompt)], [0.5, 1.0], output=tmp_path / "r")
+    engine = ChatEngine()
+    loaded = engine.load(recipe)
+    assert engine.load(recipe) is loaded and "lora + prompt_tuning" in loaded.method.name
+    assert loaded.method.capabilities.mixed_batch  # both methods mix batches: one batched pass
+    model, tok = engine.model, engine.tokenizer
+    base, adapted = list(engine.stream(loaded, "Capital of France?", max_new_tokens=6))[-1]
+    assert adapted.strip() == generate_text(model, tok, "Capital of France?", max_new_tokens=6, adapter=loaded.name)
+    assert base.strip() == generate_text(model, tok, "Capital of France?", max_new_tokens=6, adapter=None)
+    assert [get_weight(model, f"{loaded.name}__{i}") for i in range(2)] == [0.5, 1.0]
+    assert engine.nearest_tokens(loaded) is None  # a stack has no one soft prompt to read

@@ -159,6 +159,10 @@ def parent_folder(recipe: Recipe, parent: Parent, *, token: str | None = None) -
         if not folder.is_dir():
             raise AdapterError(f"{what} is missing: no folder {folder}")
         return folder
+    if parent.source == "hub" and parent.path:  # a pulled recipe keeps a copy of each Hub parent beside it
+        local = recipe.folder / parent.path
+        if local.is_dir():
+            return local
     hub = _hub(f"{what} (a {parent.source} adapter)")
     if parent.source == "store":
         folder = hub.AdapterStore().root / parent.ref

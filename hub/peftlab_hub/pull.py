@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from peftlab.io import CONFIG_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE, atomic_dir
+from peftlab.recipe import RECIPE_FILE, is_recipe, read_recipe, resolve_parents
 
 from .push import ADAPTER_FILES
 from .remote import HubError, HubRef, client, endpoint, hub_errors, parse_ref, resolve_token
@@ -49,12 +50,13 @@ def download(ref: HubRef | str, *, token: str | None = None) -> tuple[Path, str]
     with hub_errors(doing, token, repo=ref.repo_id, revision=ref.revision):
         info = client(token).model_info(ref.repo_id, revision=ref.revision)
         names = {s.rfilename for s in info.siblings or []}
-        if CONFIG_FILE not in names:
+        recipe = RECIPE_FILE in names and CONFIG_FILE not in names  # a composition recipe: no tensors of its own
+        if not recipe and CONFIG_FILE not in names:
             raise HubError(
                 f"{doing}: {ref.repo_id} holds no adapter ({CONFIG_FILE} is missing; files: "
                 f"{', '.join(sorted(names)[:8]) or 'none'})"
             )
-        if WEIGHTS_FILE not in names:
+        if not recipe and WEIGHTS_FILE not in names:
             pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
             if pickles:
                 raise HubError(
@@ -65,7 +67,7 @@ def download(ref: HubRef | str, *, token: str | None = None) -> tuple[Path, str]
         folder = snapshot_download(
             ref.repo_id,
             revision=info.sha,
-            allow_patterns=list(ADAPTER_FILES),
+            allow_patterns=[RECIPE_FILE, "README.md"] if recipe else list(ADAPTER_FILES),
             token=token or False,
             endpoint=endpoint(),
         )
@@ -92,6 +94,8 @@ def pull(
 
     parsed = parse_ref(ref, revision)
     snapshot, sha = download(parsed, token=token)
+    if is_recipe(snapshot):
+        return _pull_recipe(parsed, snapshot, sha, output, store, name, base, token, keep_in_cache, check_first)
     report = check(snapshot, base) if check_first else None
     provenance = {"repo_id": parsed.repo_id, "revision": parsed.revision, "sha": sha, "endpoint": endpoint()}
     if keep_in_cache:
@@ -109,6 +113,63 @@ def pull(
         store = store or AdapterStore()
         path = store.add_with(name or parsed.repo_id.replace("/", "--"), write, overwrite=True).path
     return PullResult(path, parsed.repo_id, parsed.revision, sha, report, provenance)
+
+
+def _pull_recipe(
+    parsed: HubRef,
+    snapshot: Path,
+    sha: str,
+    output: str | os.PathLike | None,
+    store: AdapterStore | None,
+    name: str | None,
+    base: str | None,
+    token: str | None,
+    keep_in_cache: bool,
+    check_first: bool,
+) -> PullResult:
+    """A recipe pulls its parents: each at its pinned commit, checked by the doctor (``check_first``) and against the
+    sha256 the recipe recorded. Into a folder or the store, the parents are copied beside the recipe
+    (``parents/<i>/``), so it loads offline; ``keep_in_cache`` leaves them in the Hub cache."""
+    from .doctor import check
+
+    recipe = read_recipe(snapshot)
+    provenance = {"repo_id": parsed.repo_id, "revision": parsed.revision, "sha": sha, "endpoint": endpoint()}
+    local = [p.ref for p in recipe.parents if p.source != "hub"]
+    if local:
+        raise HubError(f"pulling {parsed}: the recipe names parents that are not on the Hub ({', '.join(local)})")
+    folders = []
+    for p in recipe.parents:
+        folder = pull(p.repo_id, revision=p.sha, base=base, token=token, keep_in_cache=True, check_first=False).path
+        if check_first:
+            check(folder, base)
+        folders.append(folder)
+    resolve_parents(recipe, token=token)  # every parent as recorded (sha256)
+    if keep_in_cache:
+        return PullResult(snapshot, parsed.repo_id, parsed.revision, sha, None, provenance)
+    data = json.loads((snapshot / RECIPE_FILE).read_text())
+    for i, rec in enumerate(data["parents"]):
+        rec["path"] = f"parents/{i}"  # the local copy; the Hub id and commit stay recorded
+
+    def write(tmp: Path) -> None:
+        for i, folder in enumerate(folders):
+            (tmp / "parents" / str(i)).mkdir(parents=True)
+            for f in folder.iterdir():
+                if f.is_file():
+                    shutil.copyfile(f, tmp / "parents" / str(i) / f.name)
+            prov = {"repo_id": data["parents"][i]["repo_id"], "sha": data["parents"][i]["sha"], "endpoint": endpoint()}
+            (tmp / "parents" / str(i) / PROVENANCE_FILE).write_text(json.dumps(prov, indent=2) + "\n")
+        for f in snapshot.iterdir():
+            if f.is_file() and f.name != RECIPE_FILE:
+                shutil.copyfile(f, tmp / f.name)
+        (tmp / RECIPE_FILE).write_text(json.dumps(data, indent=2) + "\n")
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+
+    if output is not None:
+        path = atomic_dir(Path(output), write)
+    else:
+        store = store or AdapterStore()
+        path = store.add_with(name or parsed.repo_id.replace("/", "--"), write, overwrite=True).path
+    return PullResult(path, parsed.repo_id, parsed.revision, sha, None, provenance)
 
 
 def provenance(folder: str | os.PathLike) -> dict:

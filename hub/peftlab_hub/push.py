@@ -8,6 +8,7 @@ from pathlib import Path
 
 from peftlab import read_adapter
 from peftlab.io import CONFIG_FILE, EXTRA_FILE, META_FILE, WEIGHTS_FILE
+from peftlab.recipe import RECIPE_FILE, is_recipe, read_recipe, resolve_parents
 
 from .remote import HubError, check_repo_id, client, endpoint, hub_errors, require_write_token
 
@@ -38,12 +39,15 @@ def push(
 ) -> PushResult:
     """Upload the adapter in ``adapter_dir`` to ``repo_id`` (created when missing) as one commit on ``revision``
     (a branch, created from main when missing; default main), with a model card. Checks the folder and the token
-    before anything is sent."""
+    before anything is sent. A composition recipe goes up as its ``composition.json`` and a card linking each parent
+    at its pinned commit; its parents must be on the Hub already (``hub_recipe``)."""
     from huggingface_hub import CommitOperationAdd
 
     from .card import build_card
 
     repo_id = check_repo_id(repo_id)
+    if is_recipe(adapter_dir):
+        return _push_recipe(Path(adapter_dir), repo_id, revision, private, message, token)
     files = read_adapter(adapter_dir)  # a complete, loadable adapter (a training run's folder resolves to adapter/)
     folder = Path(files.path)
     card = build_card(folder, repo_id=repo_id, license=license)
@@ -63,6 +67,57 @@ def push(
             api.create_branch(repo_id, branch=branch, exist_ok=True)
         info = api.create_commit(
             repo_id, ops, revision=branch, commit_message=message or f"Upload {files.method.name} adapter with peftlab"
+        )
+    if not info.oid:
+        raise HubError(f"pushing to {repo_id}: the Hub did not return a commit")
+    return PushResult(repo_id, branch, info.oid, info.commit_url, f"{endpoint()}/{repo_id}")
+
+
+def hub_recipe(folder: Path) -> dict:
+    """``composition.json`` of the recipe in ``folder`` as it goes to the Hub: every parent by its Hub id at its pinned
+    commit (local paths dropped). A parent that is only local is refused (push it first), and every parent is checked
+    against its recorded sha256 (a changed one is refused) before anything is sent."""
+    recipe = read_recipe(folder)
+    local = [p.ref for p in recipe.parents if not (p.repo_id and p.sha)]
+    if local:
+        raise HubError(
+            f"recipe {folder} has parent(s) that are only on this machine ({', '.join(local)}): push each first "
+            "(peftlab push PARENT owner/name), then make the recipe again from their Hub ids (peftlab compose "
+            "--stack owner/name ... --output DIR), so that everyone who pulls it can get every parent"
+        )
+    resolve_parents(recipe)  # each parent is there and unchanged (a Hub one is fetched at its pinned commit)
+    parents = []
+    for p in recipe.parents:
+        keep = {"ref": p.repo_id, "source": "hub", "repo_id": p.repo_id, "sha": p.sha}
+        parents.append({**keep, "method": p.method, "adapter_name": p.adapter_name, "weights_sha256": p.weights_sha256})
+    return {**recipe.data, "parents": parents}
+
+
+def _push_recipe(
+    folder: Path, repo_id: str, revision: str | None, private: bool, message: str | None, token: str | None
+) -> PushResult:
+    import json
+
+    from huggingface_hub import CommitOperationAdd
+
+    from .card import recipe_card
+
+    data = hub_recipe(folder)
+    data["name"] = data.get("name") or repo_id.split("/")[1]
+    token = require_write_token(token)
+    api = client(token)
+    ops = [
+        CommitOperationAdd(path_in_repo=RECIPE_FILE, path_or_fileobj=(json.dumps(data, indent=2) + "\n").encode()),
+        CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=recipe_card(data, repo_id=repo_id).encode()),
+    ]
+    branch = revision or "main"
+    with hub_errors(f"pushing to {repo_id}", token, repo=repo_id, revision=branch):
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if branch != "main":
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+        n = len(data["parents"])
+        info = api.create_commit(
+            repo_id, ops, revision=branch, commit_message=message or f"Upload a stack of {n} adapters with peftlab"
         )
     if not info.oid:
         raise HubError(f"pushing to {repo_id}: the Hub did not return a commit")

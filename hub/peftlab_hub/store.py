@@ -13,6 +13,7 @@ from typing import Any
 from peftlab import AdapterError, read_adapter
 from peftlab.io import atomic_dir
 from peftlab.models import cache_dir
+from peftlab.recipe import COMBINATION, is_recipe, read_recipe
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
@@ -64,6 +65,9 @@ class AdapterStore:
 
     def info(self, name: str) -> AdapterInfo:
         path = self._path(name)
+        if is_recipe(path):  # a composition recipe (pulled): a stack of adapters, kept beside it
+            recipe = read_recipe(path)
+            return AdapterInfo(name, path, COMBINATION, "COMPOSITION", recipe.base_model, recipe.task_type)
         files = read_adapter(path)
         metrics = dict((files.meta.get("card") or {}).get("metrics") or {})  # what the trainer recorded
         return AdapterInfo(
@@ -81,7 +85,7 @@ class AdapterStore:
             return []
         out = []
         for p in sorted(self.root.iterdir()):
-            if p.is_dir() and not p.name.startswith(".") and (p / "adapter_config.json").exists():
+            if p.is_dir() and not p.name.startswith(".") and ((p / "adapter_config.json").exists() or is_recipe(p)):
                 try:
                     out.append(self.info(p.name))
                 except Exception:  # noqa: BLE001 - one broken folder must not hide the others

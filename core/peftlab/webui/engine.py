@@ -25,15 +25,17 @@ from ..errors import AdapterError, MethodError
 from ..generate import generate_rows
 from ..inspect import nearest_tokens
 from ..io import WEIGHTS_FILE, AdapterFiles, load_adapter, read_adapter
+from ..method import Capabilities
 from ..models import load_model, resolve_source
 from ..plugins import MethodHandle
+from ..recipe import RECIPE_FILE, is_recipe, read_recipe, representative
 
 
 @dataclass
 class LoadedAdapter:
     name: str  # its slot in the shared base model
     path: Path
-    method: MethodHandle
+    method: MethodHandle | StackView  # a recipe's: what its parents share
     base: str  # the base model it is loaded on (as recorded or given)
     files: AdapterFiles
     requested_base: str | None = None  # the base asked for (None = the recorded one): to load it again
@@ -43,6 +45,37 @@ def recorded_base(files: AdapterFiles) -> str | None:
     """The base model an adapter was trained on (None = the offline default)."""
     base = files.meta.get("base_model") or files.peft_config.get("base_model_name_or_path")
     return None if base in (None, "", "unknown") else str(base)
+
+
+@dataclass
+class StackView:
+    """What the chat needs of a loaded recipe's "method": a name and the capabilities all its parents share (one
+    batched pass only if every parent's method can mix batches). It has no hooks of its own."""
+
+    name: str
+    capabilities: Capabilities
+    plugin: str = "peftlab"
+    description: str = "a stack of adapters (composition recipe)"
+
+    def implements(self, hook: str) -> bool:
+        return False
+
+
+def stack_view(path: Path) -> StackView:
+    from ..plugins import get_method
+
+    parents = read_recipe(path).parents
+    caps = [get_method(p.method).capabilities for p in parents]
+    return StackView(
+        "stack (" + " + ".join(p.method for p in parents) + ")",
+        Capabilities(
+            mergeable=False,
+            stackable=all(c.stackable for c in caps),
+            mixed_batch=all(c.mixed_batch for c in caps),
+            needs_quantized_base=any(c.needs_quantized_base for c in caps),
+            merge_note="a recipe is a stack of adapters; merge its parents with peftlab compose instead",
+        ),
+    )
 
 
 class ChatEngine:
@@ -74,22 +107,23 @@ class ChatEngine:
     def load(self, path: str | os.PathLike, base: str | None = None) -> LoadedAdapter:
         """Load the adapter folder ``path`` (once) on ``base`` (default: the base it records)."""
         path = Path(path).expanduser()
-        files = read_adapter(path)  # validates the folder: AdapterError / ConfigError name the problem
+        recipe = is_recipe(path)  # a stack of adapters: its parents are read (and hash-checked) here
+        files = representative(path) if recipe else read_adapter(path)  # AdapterError / ConfigError name problems
         task = files.peft_config.get("task_type") or "CAUSAL_LM"
         if task != "CAUSAL_LM":
             raise AdapterError(f"{path} is a {task} adapter (a classifier); chat needs a CAUSAL_LM adapter")
         base = base or recorded_base(files)
-        weights = path / WEIGHTS_FILE
+        weights = path / (RECIPE_FILE if recipe else WEIGHTS_FILE)
         key = (str(path.resolve()), weights.stat().st_mtime_ns, base)
         with self.lock:
             hit = self.adapters.get(key)
             if hit is not None and self.model is not None:
                 return hit
-            method = files.method
+            method = stack_view(path) if recipe else files.method
             stackable = method.capabilities.stackable and all(
                 a.method.capabilities.stackable for a in self.adapters.values()
             )
-            self._base(base, method, files, fresh=not stackable)  # a non-stackable method gets a fresh base
+            self._base(base, files.method, files, fresh=not stackable)  # a non-stackable method gets a fresh base
             self._count += 1
             name = f"chat{self._count}"
             try:

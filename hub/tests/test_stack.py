@@ -1,0 +1,104 @@
+"""Composition recipes on the Hub (the local server): a recipe pushes with its parents linked at their pinned commits,
+refuses to push parents that are only local, and pulls with its parents (into the store, loadable offline, and by
+Hub id from the cache)."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+
+import pytest
+import torch
+
+import peftlab
+from peftlab.adapters import set_weight
+from peftlab.cli import main as cli
+from peftlab.models import load_model
+from peftlab.recipe import RECIPE_FILE, read_recipe
+from peftlab.testing import randomize_adapter
+from peftlab_hub import HubError, pull, push, resolve_adapter, stack
+from tests.hub_fixture import BASE, serve_base
+
+pytest_plugins = ["tests.hub_fixture"]
+
+
+@pytest.fixture
+def online(hub_env, tiny_dir, tmp_path, monkeypatch):
+    serve_base(hub_env, tiny_dir)
+    monkeypatch.setenv("PEFTLAB_STORE", str(tmp_path / "store"))
+    return hub_env
+
+
+def _parents(tiny_dir, tmp_path):
+    out = []
+    for i, (method, cfg) in enumerate([("lora", {"r": 4}), ("prompt_tuning", {"num_virtual_tokens": 3})]):
+        model, _ = load_model(str(tiny_dir))
+        peftlab.add_adapter(model, method, cfg)
+        randomize_adapter(model, std=0.3, seed=i)
+        out.append(peftlab.save_adapter(model, tmp_path / method, base_model=BASE))
+    return out
+
+
+def _logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([[1, 5, 9, 23, 42, 7]])).logits
+
+
+def _run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = cli(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_push_and_pull_a_recipe_with_its_parents(online, tiny_dir, tmp_path):
+    from huggingface_hub import hf_hub_download
+
+    lora, prompt = _parents(tiny_dir, tmp_path)
+    local = stack([str(lora), str(prompt)], [0.5, 1.0], output=tmp_path / "local")
+    with pytest.raises(HubError, match="only on this machine.*push each first"):
+        push(local, "alice/my-stack")
+
+    shas = [push(lora, "alice/lora-a").commit_sha, push(prompt, "alice/prompt-b").commit_sha]
+    recipe = stack(["alice/lora-a", "alice/prompt-b"], [0.5, 1.0], output=tmp_path / "hub-stack")
+    parents = read_recipe(recipe).parents
+    assert [(p.source, p.repo_id, p.sha) for p in parents] == [
+        ("hub", "alice/lora-a", shas[0]),
+        ("hub", "alice/prompt-b", shas[1]),
+    ]
+    pushed = push(recipe, "alice/my-stack")
+    card = open(hf_hub_download("alice/my-stack", "README.md", revision=pushed.commit_sha)).read()
+    for repo, sha in zip(["alice/lora-a", "alice/prompt-b"], shas, strict=True):
+        assert f"[{repo}@{sha[:12]}]({online.url}/{repo}/tree/{sha})" in card
+
+    # the parents move on; the recipe stays pinned to the commits it was made from
+    model, _ = load_model(str(tiny_dir))
+    peftlab.add_adapter(model, "lora", {"r": 4})
+    randomize_adapter(model, std=0.3, seed=42)
+    push(peftlab.save_adapter(model, tmp_path / "lora2", base_model=BASE), "alice/lora-a")
+
+    expected_model, _ = load_model(str(tiny_dir))
+    peftlab.load_adapter(expected_model, lora, "a")
+    peftlab.load_adapter(expected_model, prompt, "b")
+    set_weight(expected_model, "a", 0.5)
+    expected = _logits(expected_model)
+
+    pulled = pull("alice/my-stack")  # into the store, with a copy of each parent beside the recipe
+    assert (pulled.path / RECIPE_FILE).is_file() and (
+        pulled.path / "parents" / "0" / "adapter_model.safetensors"
+    ).is_file()
+    model, _ = load_model(str(tiny_dir))
+    assert peftlab.load_adapter(model, pulled.path) == "hub-stack"  # the name it was made with
+    assert torch.equal(_logits(model), expected)
+
+    by_id = resolve_adapter("alice/my-stack")  # a Hub id: the recipe from the cache, its parents at their commits
+    model, _ = load_model(str(tiny_dir))
+    peftlab.load_adapter(model, by_id.path)
+    assert torch.equal(_logits(model), expected)
+
+    code, out, err = _run(
+        "generate", "--base", str(tiny_dir), "--adapter", "alice--my-stack", "--prompt", "hi", "--json"
+    )
+    assert code == 0, err
+    assert isinstance(json.loads(out)["reply"], str)
