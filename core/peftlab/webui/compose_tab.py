@@ -42,9 +42,9 @@ def combination_types() -> list[str]:
         for c in m.capabilities.combinations:
             if c not in seen:
                 seen.append(c)
-    import peftlab_hub
+    from importlib.util import find_spec
 
-    return [*seen, STACK] if hasattr(peftlab_hub, "stack") else seen
+    return [*seen, STACK] if find_spec("peftlab_hub.stack") is not None else seen
 
 
 def parse_weights(text: str, n: int) -> list[float] | None:
@@ -99,7 +99,7 @@ class ComposeTab:
         progress=gr.Progress(),
     ) -> tuple[str, str]:
         """Compose and save under ``runs_dir/<name>/adapter``; returns (status, the new adapter's folder)."""
-        import peftlab_hub
+        from peftlab_hub.compose import compose
 
         try:
             parents = self.parents(picked, typed)
@@ -110,9 +110,11 @@ class ComposeTab:
             if progress is not None:
                 progress(0.2, desc=f"composing {len(parents)} parent(s) ({combination})")
             if combination == STACK:
-                folder = peftlab_hub.stack(parents, ws, output=out)
+                from peftlab_hub.stack import stack
+
+                folder = stack(parents, ws, output=out)
             else:
-                folder = peftlab_hub.compose(
+                folder = compose(
                     parents,
                     ws,
                     combination,
@@ -130,7 +132,7 @@ class ComposeTab:
         self, picked: list[str] | None, typed: str, dataset: str | None, points: float, progress=gr.Progress()
     ) -> tuple:
         """Sweep the weight of the first parent (the second gets 1 − w): (status, plot image, points table)."""
-        import peftlab_hub
+        from peftlab_hub.sweep import sweep
 
         try:
             parents = self.parents(picked, typed)
@@ -143,7 +145,7 @@ class ComposeTab:
             if progress is not None:
                 progress(0.1, desc=f"sweeping {n} weights")
             out = self.work / f"sweep-{time.time_ns()}"
-            result = peftlab_hub.sweep(parents, dataset, grid=grid, output=out, max_samples=16, quiet=True)
+            result = sweep(parents, dataset, grid=grid, output=out, max_samples=16, quiet=True)
         except (PeftlabError, OSError, ValueError) as e:
             return f"**Cannot sweep:** {e}", None, None
         png = Path(result["output"]) / "sweep.png"
