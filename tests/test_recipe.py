@@ -282,3 +282,13 @@ def test_the_chat_engine_loads_a_recipe_like_an_adapter(tiny_dir, tmp_path):
     assert base.strip() == generate_text(model, tok, "Capital of France?", max_new_tokens=6, adapter=None)
     assert [get_weight(model, f"{loaded.name}__{i}") for i in range(2)] == [0.5, 1.0]
     assert engine.nearest_tokens(loaded) is None  # a stack has no one soft prompt to read
+
+
+def test_a_recipe_is_not_one_adapter_for_merge_or_weights(parents, tmp_path):
+    out = stack([str(p) for p, _ in parents[:2]], output=tmp_path / "recipe")
+    model = tiny_model()
+    name = peftlab.load_adapter(model, out)
+    with pytest.raises(MethodError, match="composition recipe.*peftlab compose"):
+        peftlab.merge_adapter(model, name)
+    with pytest.raises(MethodError, match="composition recipe"):
+        set_weight(model, name, 0.5)

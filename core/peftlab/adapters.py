@@ -80,6 +80,12 @@ def add_adapter(
 
 def entry(model: torch.nn.Module, name: str) -> tuple[MethodHandle, AdapterEntry]:
     state = adapter_state(model)
+    if name in state.groups and name not in state.adapters:
+        raise MethodError(
+            f"{name!r} is a composition recipe (a stack of {len(state.groups[name])} adapters: "
+            f"{', '.join(state.groups[name])}), not one adapter: act on its members, or merge its parents into one "
+            "adapter with peftlab compose"
+        )
     if name not in state.adapters:
         raise KeyError(f"no adapter named {name!r}; loaded: {sorted(state.adapters)}")
     e = state.adapters[name]
