@@ -292,3 +292,26 @@ def test_a_recipe_is_not_one_adapter_for_merge_or_weights(parents, tmp_path):
         peftlab.merge_adapter(model, name)
     with pytest.raises(MethodError, match="composition recipe"):
         set_weight(model, name, 0.5)
+
+
+def test_a_recipe_cannot_be_a_parent(parents, tmp_path):
+    out = stack([str(p) for p, _ in parents[:2]], output=tmp_path / "recipe")
+    with pytest.raises(StackError, match="itself a recipe"):
+        stack([str(out), str(parents[2][0])], output=tmp_path / "nested")
+    assert not (tmp_path / "nested").exists()
+
+
+def test_cli_chat_with_a_recipe_answers_adapted_and_base(tiny_dir, tmp_path):
+    lora, prompt = _tiny_parents(tiny_dir, tmp_path)
+    stack([str(lora), str(prompt)], [0.5, 1.0], output=tmp_path / "r")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "peftlab", "chat", "--base", str(tiny_dir), "--adapter", str(tmp_path / "r")]
+        + ["--max-new-tokens", "4"],
+        input="hello\n\n",
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "[adapted]" in out.stdout and "[base]" in out.stdout
