@@ -10,6 +10,7 @@ cannot say: ``app.py`` installs it on first start (see ``spaces/README.md``).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -40,7 +41,7 @@ def card(text: str, versions: dict[str, str]) -> str:
     header, body = text[4:].split("\n---\n", 1)
     lines = [line for line in header.splitlines() if line.split(":", 1)[0] not in VERSION_KEYS]
     at = next((i + 1 for i, line in enumerate(lines) if re.match(r"sdk\s*:", line)), len(lines))
-    lines[at:at] = [f"{key}: {value!r}".replace("'", '"') for key, value in versions.items()]
+    lines[at:at] = [f"{key}: {json.dumps(value)}" for key, value in versions.items()]  # quoted: "3.10" stays text
     return "---\n" + "\n".join(lines) + "\n---\n" + body
 
 
@@ -58,6 +59,8 @@ def build(out: Path) -> Path:
     text = (ROOT / "spaces" / "README.md").read_text()
     (out / "README.md").write_text(card(text, {"sdk_version": gradio_version(), "python_version": python_version()}))
     shutil.copy(ROOT / "spaces" / "app.py", out / "app.py")
+    for image in (ROOT / "spaces").glob("*.png"):  # what the card shows
+        shutil.copy(image, out / image.name)
     shutil.copytree(ROOT / "core", out / "core", ignore=IGNORE, dirs_exist_ok=True)
     shutil.copytree(ROOT / "hub", out / "hub", ignore=IGNORE, dirs_exist_ok=True)
     plugins = sorted(p for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())

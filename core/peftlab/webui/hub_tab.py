@@ -159,11 +159,11 @@ class HubTab:
     ) -> str:
         """Push the adapter and its card in one commit; say where it went (commit URL and sha). Logged in with
         Hugging Face, a repo id without an owner (or none: the run's name) goes to the user's namespace."""
-        if not adapter:
-            return "Pick an adapter to push."
         token = self.token(typed, oauth_token)
         if self.logged_out(token):
             return self.logged_out(token)
+        if not adapter:
+            return "Pick an adapter to push."
         repo_id = default_repo((repo_id or "").strip(), adapter, getattr(profile, "username", None))
         progress(0, desc=f"Pushing to {repo_id}…")
         try:
