@@ -151,7 +151,10 @@ def combine_factors(
             wb = [math.sqrt(abs(x)) for x in ws]
             A = merge_tensors([A.float() for (A, _, _), _, _ in here], wa, kind, density, majority_sign, gen)
             B = merge_tensors([B.float() for (_, B, _), _, _ in here], wb, kind, density, majority_sign, gen)
-        else:  # the svd types: merge the exact ΔWᵢ = sᵢBᵢAᵢ, then the best rank-k approximation
+        elif combination == "svd":  # Σ wᵢsᵢBᵢAᵢ = [B₁ B₂ …][w₁s₁A₁; …] has rank ≤ Σrᵢ: SVD it in factored form
+            A = torch.cat([A.float() * (w * s) for (A, _, s), w, _ in here])
+            A, B = low_rank_svd(A, torch.cat([B.float() for (_, B, _), _, _ in here], dim=1), k)
+        else:  # the other svd types: merge the exact ΔWᵢ = sᵢBᵢAᵢ, then the best rank-k approximation
             deltas = [(B.float() @ A.float()) * s for (A, B, s), _, _ in here]
             delta = merge_tensors(deltas, [w for _, w, _ in here], kind, density, majority_sign, gen)
             U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
@@ -159,6 +162,19 @@ def combine_factors(
         out[path] = (A.to(dtype), B.to(dtype))
     r = max(A.shape[0] for A, _ in out.values())
     return {p: _pad(A, B, r) for p, (A, B) in out.items()}, r
+
+
+def low_rank_svd(A: torch.Tensor, B: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best rank-``k`` factors of ``B @ A`` (``A`` [R, in], ``B`` [out, R]) without forming the product — what the
+    dense SVD of ``B @ A`` gives, at the cost of two thin QRs and an R×R SVD: with ``B = Q_b R_b`` and
+    ``Aᵀ = Q_a R_a``, ``B A = Q_b (R_b R_aᵀ) Q_aᵀ``. Rows beyond the rank are zeros (singular value 0), so the
+    shapes are the dense SVD's: ``min(k, out, in)`` rows of ``A``, columns of ``B``."""
+    qb, rb = torch.linalg.qr(B)
+    qa, ra = torch.linalg.qr(A.T)
+    u, sv, vh = torch.linalg.svd(rb @ ra.T)
+    k = min(k, B.shape[0], A.shape[1])
+    A_k, B_k = (vh @ qa.T)[:k], (qb @ u)[:, :k] * sv[:k]
+    return _pad(A_k, B_k, k)
 
 
 def _pad(A: torch.Tensor, B: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
