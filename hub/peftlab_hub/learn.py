@@ -25,17 +25,13 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from .sweep import _add_common, _log, check_weights, pick_rows
 
-from peftlab import data as pdata
-from peftlab.io import atomic_dir, check_output_dir
-from peftlab.train import _batches, lr_lambda
-
-from .compose import CompositionError, compose
-from .store import AdapterStore
-from .sweep import Mixture, _add_common, _log, check_weights, pick_rows
+if TYPE_CHECKING:  # the CLI builds its parser from this module: torch and the model code load when used
+    from .store import AdapterStore
+    from .sweep import Mixture
 
 LEARN_JSON = "learn.json"
 LEARNERS = ("nevergrad", "gradient")
@@ -68,6 +64,8 @@ class Learned:
 
 
 def _check_bounds(bounds: Sequence[float]) -> tuple[float, float]:
+    from .compose import CompositionError
+
     lo, hi = check_weights(bounds, 2, "bounds")
     if not lo < hi:
         raise CompositionError(f"bounds: the lower bound {lo} must be below the upper bound {hi}")
@@ -88,6 +86,8 @@ def learn_nevergrad(
 ) -> Learned:
     """LoRAHub's search: minimise ``loss(w) + l1 · Σ|wᵢ|`` over ``w`` in ``bounds`` with nevergrad's ``NGOpt`` in
     ``budget`` evaluations, from ``init`` (default: uniform); returns the best point evaluated."""
+    from .compose import CompositionError
+
     try:
         import nevergrad as ng
         import numpy as np
@@ -143,6 +143,12 @@ def learn_gradient(
 ) -> Learned:
     """Gradient descent on the mixing scalars only (Adam, ``steps`` micro-batches of core's shuffled batching), the
     parents' weights as 0-dim tensors through ``set_weight``; returns the last weights and their loss on all rows."""
+    import torch
+
+    from peftlab.train import _batches, lr_lambda
+
+    from .compose import CompositionError
+
     if mixture.mode != "scale":
         raise CompositionError(
             "the gradient learner weights each parent through set_weight, which needs parents of scalable methods "
@@ -227,6 +233,12 @@ def learn(
     and trace) and one composition per learner, ``<learner>/``: ``compose(parents, weights, combination)``, or with
     ``combination="stack"`` a recipe (``stack(parents, weights)``) that loads the parents together.
     Returns what ``learn.json`` holds."""
+    from peftlab import data as pdata
+    from peftlab.io import atomic_dir, check_output_dir
+
+    from .compose import CompositionError, compose
+    from .sweep import Mixture
+
     learners = list(learners)
     unknown = [x for x in learners if x not in LEARNERS]
     if not learners or unknown:

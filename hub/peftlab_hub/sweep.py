@@ -21,22 +21,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # the CLI builds its parser from this module: torch and the model code load when used
+    import torch
 
-import peftlab
-from peftlab import AdapterWeights, registry
-from peftlab import adapters as core_adapters
-from peftlab.data import encode_rows, load_rows, prompt_and_reference, split_rows
-from peftlab.evaluate import exact_match
-from peftlab.generate import generate_batch
-from peftlab.io import atomic_dir, check_output_dir
-from peftlab.train import eval_loss
-
-from .compose import CompositionError, _common_base, _common_form
-from .resolve import resolve_adapter
-from .store import AdapterStore
+    from .store import AdapterStore
 
 SWEEP_JSON = "sweep.json"
 SWEEP_PNG = "sweep.png"
@@ -51,6 +41,8 @@ def _log(message: str, quiet: bool) -> None:
 
 def check_weights(weights: Sequence[Any], n: int, what: str = "weights") -> list[float]:
     """``weights`` as floats, one per parent, each finite; else a ``CompositionError`` naming the problem."""
+    from .compose import CompositionError
+
     out = []
     for w in weights:
         try:
@@ -82,7 +74,11 @@ class Mixture:
         dtype: str | None = None,
         prefer: str | None = None,
     ) -> None:
+        import peftlab
         from peftlab.models import load_model
+
+        from .compose import CompositionError, _common_base, _common_form
+        from .resolve import resolve_adapter
 
         if not parents:
             raise CompositionError("a mixture needs at least one parent adapter")
@@ -118,6 +114,10 @@ class Mixture:
             p.requires_grad_(False)
 
     def _pick_mode(self, prefer: str | None) -> str:
+        from peftlab import adapters as core_adapters
+
+        from .compose import CompositionError
+
         scalable = [f.method.capabilities.scalable for f in self.files]
         has_scale = hasattr(core_adapters, "set_weight")
         if prefer not in (None, "scale", "merge"):
@@ -143,6 +143,14 @@ class Mixture:
 
     def apply(self, weights: Sequence[float | torch.Tensor]) -> None:
         """Set the parents' weights. Tensors (which may require grad) are kept as they are in scale mode."""
+        import torch
+
+        import peftlab
+        from peftlab import AdapterWeights, registry
+        from peftlab import adapters as core_adapters
+
+        from .compose import CompositionError
+
         if len(weights) != len(self.parents):
             raise CompositionError(f"{len(weights)} weight(s) for {len(self.parents)} parent(s)")
         if self.mode == "scale":
@@ -170,6 +178,8 @@ class Mixture:
         self.weights = [float(w.detach()) if torch.is_tensor(w) else float(w) for w in weights]
 
     def encode(self, rows: list[dict], max_length: int = 256) -> list[dict]:
+        from peftlab.data import encode_rows
+
         return encode_rows(rows, self.tokenizer, max_length=max_length, task="CAUSAL_LM")
 
     @property
@@ -178,11 +188,17 @@ class Mixture:
 
     def loss(self, items: list[dict], batch_size: int = 8) -> float:
         """Core's token-weighted eval loss of the current mixture on encoded ``items``."""
+        from peftlab.train import eval_loss
+
         return eval_loss(self.model, items, self.pad_id, batch_size)
 
     def exact_match(self, rows: list[dict], batch_size: int = 8, max_new_tokens: int = 32) -> float | None:
         """Share of chat rows whose greedy reply equals the reference (core's ``exact_match``); ``None`` when no
         row has a reference."""
+        from peftlab.data import prompt_and_reference
+        from peftlab.evaluate import exact_match
+        from peftlab.generate import generate_batch
+
         pairs = [p for p in (prompt_and_reference(r) for r in rows) if p is not None]
         if not pairs:
             return None
@@ -197,6 +213,10 @@ class Mixture:
 def pick_rows(dataset: str, split: str = "eval", max_samples: int | None = 64, seed: int = 0) -> list[dict]:
     """Rows of ``dataset``: its held-out split (``eval``, as ``peftlab eval`` picks it), its training split
     (``train``) or every row (``all``), at most ``max_samples``."""
+    from peftlab.data import load_rows, split_rows
+
+    from .compose import CompositionError
+
     rows = load_rows(dataset)
     if split != "all":
         if split not in ("train", "eval"):
@@ -233,6 +253,10 @@ def sweep(
     ``dataset``'s rows: eval loss and exact match per point. With ``output``, ``sweep.json`` and ``sweep.png`` (eval
     loss and exact match against ``w``) are written there atomically. The base model loads once (or pass a
     ``mixture`` of the two parents to reuse one); progress lines go to stderr. Returns what ``sweep.json`` holds."""
+    from peftlab.io import atomic_dir, check_output_dir
+
+    from .compose import CompositionError
+
     if len(parents) != 2:
         raise CompositionError(f"a sweep mixes two parents, got {len(parents)}")
     grid = list(DEFAULT_GRID if grid is None else grid)
@@ -366,6 +390,8 @@ def _add_common(parser) -> None:
 
 def run_sweep(args) -> int:
     """``peftlab compose A B --sweep DATASET --output DIR``: print the points (``--json``: the whole result)."""
+    from .compose import CompositionError
+
     if getattr(args, "weights", None):
         raise CompositionError("--sweep picks the weights itself (--grid); drop --weights")
     result = sweep(
