@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 
 import pytest
 import torch
@@ -62,6 +63,8 @@ def test_packed_training_is_the_padded_optimisation(tiny_dir, tmp_path, mixed):
     packed, lp = _train(tiny_dir, tmp_path / "packed", mixed, grad_accum=2)
     padded, lq = _train(tiny_dir, tmp_path / "padded", mixed, grad_accum=2, packing="off")
     start = {r: next(e for e in res.history if e["event"] == "start") for r, res in (("p", packed), ("q", padded))}
+    notes = [e["message"] for e in read_progress(tmp_path / "packed") if e["event"] == "status"]
+    assert any(re.match(r"training data: truncated \d+ of \d+ rows longer than max_length=64", m) for m in notes)
     assert start["p"]["packing"] is True and start["q"]["packing"] is False
     assert len(lp) == 3 and max(abs(a - b) for a, b in zip(lp, lq, strict=True)) < 1e-5, (lp, lq)
     assert abs(packed.eval_loss_after - padded.eval_loss_after) < 1e-5

@@ -18,7 +18,9 @@ processes and summed; only the main process writes files. One process is exactly
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import random
@@ -334,6 +336,25 @@ def eval_loss(model, items: list[dict], pad_id: int, batch_size: int = 8, accele
     return total / max(count, 1)
 
 
+@contextlib.contextmanager
+def _data_warnings():
+    """The warnings ``data.encode_rows`` logs meanwhile (rows truncated to ``max_length``, rows dropped), as a list
+    of messages; they are still logged as usual."""
+    notes: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            notes.append(record.getMessage())
+
+    logger = logging.getLogger("peftlab.data.encode")
+    handler = Collect(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield notes
+    finally:
+        logger.removeHandler(handler)
+
+
 def _use_packing(args: TrainArgs, handle, task: str, model, emit) -> bool:
     """Whether this run trains on packed rows: ``packing`` on or auto, a CAUSAL_LM task, a method declaring
     ``packable``, and a model whose attention stays inside each packed row (probed on two short rows). ``auto``
@@ -583,8 +604,14 @@ def _train(
     if ad.model_task(model) != task:
         raise PeftlabError(f"dataset {args.dataset} is a {task} dataset but the model is {ad.model_task(model)}")
     enc = dict(max_length=args.max_length, loss_on=args.loss_on, task=task, labels=labels)
-    train_items = pdata.encode_rows(train_rows, tokenizer, **enc)
-    eval_items = pdata.encode_rows(eval_rows, tokenizer, **enc) if eval_rows else []
+    with _data_warnings() as notes:  # rows truncated or dropped: said in the progress too, not only on stderr
+        train_items = pdata.encode_rows(train_rows, tokenizer, **enc)
+    for note in notes:
+        emit({"event": "status", "message": f"training data: {note}"})
+    with _data_warnings() as notes:
+        eval_items = pdata.encode_rows(eval_rows, tokenizer, **enc) if eval_rows else []
+    for note in notes:
+        emit({"event": "status", "message": f"evaluation data: {note}"})
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     global_micro = args.batch_size * world  # rows per micro-batch over all processes
     if world > 1 and len(train_items) < world:
