@@ -303,3 +303,19 @@ def test_readme_cli_flow_on_smollm2(tmp_path):
         "generate", "--adapter", str(out_dir), "--prompt", "The capital of Austria is", "--raw", "--max-new-tokens", "5"
     )
     assert raw.returncode == 0 and raw.stdout.strip()
+
+
+def test_eval_shows_progress_on_stderr_and_refuses_a_bad_batch_size(tiny_dir):
+    bad = run("eval", "--base", str(tiny_dir), "--dataset", "capitals-json", "--batch-size", "0")
+    assert bad.returncode == 2 and "--batch-size must be at least 1, got 0" in bad.stderr
+    out = run(
+        "eval", "--base", str(tiny_dir), "--dataset", "capitals-json", "--max-samples", "5", "--max-new-tokens", "3",
+        "--batch-size", "2", "--json",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["rows"] == 5
+    lines = [line for line in out.stderr.splitlines() if line.startswith("eval: ")]
+    assert "eval: eval loss 1/1" in lines and lines[-1].startswith("eval: exact match 5/5 rows (")
+    assert [line.split(" rows")[0] for line in lines if "exact match" in line] == [
+        f"eval: exact match {n}/5" for n in (0, 2, 4, 5)
+    ]

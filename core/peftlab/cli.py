@@ -10,12 +10,13 @@ import argparse
 import functools
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import PeftlabError
-from .plugins import get_method, methods
-from .schema import FieldSpec, fields_of
+from .schema import FieldSpec, fields_of  # torch, transformers and the plugins load only where a command needs them
 
 if TYPE_CHECKING:
     from .train import TrainArgs
@@ -97,8 +98,28 @@ def _print(obj: Any, as_json: bool) -> None:
             print(f"{k}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
 
 
+def _progress(command: str, stream: Any) -> Callable[[str, int, int], None]:
+    """``progress(stage, done, total)`` for a long command: ``eval: exact match 32/100 rows (4.1 rows/s)`` on
+    ``stream``; on a terminal one line rewritten in place, else a line per update."""
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    started: dict[str, float] = {}
+
+    def show(stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        start = started.setdefault(stage, now)
+        rate = f" ({done / (now - start):.1f} rows/s)" if done and now > start and stage == "exact match" else ""
+        unit = " rows" if stage == "exact match" else ""
+        text = f"{command}: {stage} {done}/{total}{unit}{rate}"
+        if tty:
+            print("\r" + text + "\033[K", end="\n" if done >= total else "", file=stream, flush=True)
+        else:
+            print(text, file=stream, flush=True)
+
+    return show
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
-    from .plugins import registry
+    from .plugins import methods, registry
 
     items = [m.to_json() for m in methods()]
     if args.json:
@@ -120,6 +141,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_method_flags(p: argparse.ArgumentParser, method: str) -> list[str]:
     """One flag per config field (``--lora-alpha``); a clash with a trainer flag gets the method prefix."""
+    from .plugins import get_method
+
     names = []
     group = p.add_argument_group(f"{method} options")
     for spec in get_method(method).config_class.fields():
@@ -259,6 +282,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.record and not args.adapter:
         raise PeftlabError("--record keeps the result in an adapter folder: pass --adapter")
+    if args.batch_size < 1:
+        raise PeftlabError(f"--batch-size must be at least 1, got {args.batch_size}")
     model, tok, name = _load(args)
     result = evaluate(
         model,
@@ -268,6 +293,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         compare_base=not args.no_base,
         max_samples=args.max_samples,
         max_new_tokens=args.max_new_tokens,
+        generate_batch_size=args.batch_size,
+        progress=_progress("eval", sys.stderr),
     )
     if args.record:
         from .io import record_evaluation
@@ -334,77 +361,152 @@ def _common(p: argparse.ArgumentParser, adapter: bool = True, required: bool = F
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+class _Subcommands(dict):
+    """The ``peftlab`` subcommands' parsers by name. A parser gets its arguments on first use (``setup``):
+    ``peftlab --help``, an unknown command or ``peftlab methods`` never build the trainer's flags, so they load
+    neither torch nor the plugins."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setup: dict[int, list[Callable[[argparse.ArgumentParser], None]]] = {}
+
+    def _ready(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        for setup in self.setup.pop(id(parser), []):
+            setup(parser)
+        return parser
+
+    def __getitem__(self, name: str) -> argparse.ArgumentParser:
+        return self._ready(super().__getitem__(name))
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default
+
+    def values(self) -> list[argparse.ArgumentParser]:  # type: ignore[override]
+        return [self[name] for name in self]
+
+    def items(self) -> list[tuple[str, argparse.ArgumentParser]]:  # type: ignore[override]
+        return [(name, self[name]) for name in self]
+
+
+class _SubcommandsAction(argparse._SubParsersAction):
+    """``add_subparsers`` whose ``add_parser(..., setup=fn)`` defers ``fn(parser)`` until the command is used
+    (parsed, or its parser looked up); ``parser.defer(fn)`` defers more (the hub's commands use it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._name_parser_map = self.choices = _Subcommands()
+
+    def add_parser(self, name: str, setup: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs: Any):
+        parser = super().add_parser(name, **kwargs)
+        pending = self._name_parser_map.setup.setdefault(id(parser), [])
+        parser.defer = pending.append  # type: ignore[attr-defined]
+        if setup is not None:
+            pending.append(setup)
+        return parser
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``peftlab`` parser. Each command's arguments are added when that command is used (``_Subcommands``):
+    ``argv`` only tells which method's flags ``train`` shows."""
     parser = argparse.ArgumentParser(
         prog="peftlab",
         formatter_class=_HelpFormatter,
         description="Parameter-efficient fine-tuning; every method a plugin.",
     )
+    parser.register("action", "parsers", _SubcommandsAction)
     sub = parser.add_subparsers(dest="command", required=True)
     add = functools.partial(sub.add_parser, formatter_class=_HelpFormatter)  # defaults in every --help
+    method = _peek_method(argv)
 
-    p = add("methods", help="list installed methods and their config fields")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(fn=cmd_methods)
+    def methods_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = add(
+    add("methods", help="list installed methods and their config fields", setup=methods_args).set_defaults(
+        fn=cmd_methods
+    )
+
+    def train_setup(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="progress as JSON lines")
+        _add_train_flags(p)
+        try:
+            _add_method_flags(p, method)
+        except PeftlabError:
+            pass  # unknown method: reported when the command runs
+
+    add(
         "train",
         help="train an adapter",
         description="Train an adapter. Method flags appear with --method: `peftlab train --method lora --help`.",
+        setup=train_setup,
+    ).set_defaults(fn=cmd_train)
+
+    def generate_args(p: argparse.ArgumentParser) -> None:
+        _common(p)
+        p.add_argument("--prompt", required=True, help="the user message (with --raw: the text to continue)")
+        p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
+        p.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
+
+    add("generate", help="greedy reply from the base model or an adapter", setup=generate_args).set_defaults(
+        fn=cmd_generate
     )
-    p.add_argument("--json", action="store_true", help="progress as JSON lines")
-    _add_train_flags(p)
-    method = _peek_method(argv)
-    try:
-        _add_method_flags(p, method)
-    except PeftlabError:
-        pass  # unknown method: reported when the command runs
-    p.set_defaults(fn=cmd_train)
 
-    p = add("generate", help="greedy reply from the base model or an adapter")
-    _common(p)
-    p.add_argument("--prompt", required=True, help="the user message (with --raw: the text to continue)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
-    p.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
-    p.set_defaults(fn=cmd_generate)
+    def chat_args(p: argparse.ArgumentParser) -> None:
+        _common(p)
+        p.add_argument("--max-new-tokens", type=int, default=128, help="tokens per reply at most")
 
-    p = add("chat", help="chat on stdin; with --adapter, adapted and base replies side by side")
-    _common(p)
-    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens per reply at most")
-    p.set_defaults(fn=cmd_chat)
+    add(
+        "chat", help="chat on stdin; with --adapter, adapted and base replies side by side", setup=chat_args
+    ).set_defaults(fn=cmd_chat)
 
-    p = add("eval", help="eval loss, perplexity and exact match / accuracy, base vs adapted")
-    _common(p)
-    p.add_argument("--dataset", required=True, help="built-in name or data file/folder")
-    p.add_argument("--max-samples", type=int, default=64, help="rows evaluated at most")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per row for exact match")
-    p.add_argument("--no-base", action="store_true", help="skip the base model")
-    p.add_argument(
-        "--record", action="store_true", help="keep the result in the adapter folder (its model card shows it)"
+    def eval_args(p: argparse.ArgumentParser) -> None:
+        _common(p)
+        p.add_argument("--dataset", required=True, help="built-in name or data file/folder")
+        p.add_argument("--max-samples", type=int, default=64, help="rows evaluated at most")
+        p.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per row for exact match")
+        p.add_argument(
+            "--batch-size",
+            type=int,
+            default=16,
+            help="rows generated together for exact match (1: row by row, one model at a time)",
+        )
+        p.add_argument("--no-base", action="store_true", help="skip the base model")
+        p.add_argument(
+            "--record", action="store_true", help="keep the result in the adapter folder (its model card shows it)"
+        )
+
+    add("eval", help="eval loss, perplexity and exact match / accuracy, base vs adapted", setup=eval_args).set_defaults(
+        fn=cmd_eval
     )
-    p.set_defaults(fn=cmd_eval)
 
-    p = add("merge", help="merge an adapter into the base weights and save the full model")
-    _common(p, required=True)
-    p.add_argument("--output", required=True, help="folder for the merged model")
-    p.set_defaults(fn=cmd_merge)
+    def merge_args(p: argparse.ArgumentParser) -> None:
+        _common(p, required=True)
+        p.add_argument("--output", required=True, help="folder for the merged model")
 
-    p = add("nearest-tokens", help="vocabulary tokens nearest each learned virtual token")
-    _common(p, required=True)
-    p.add_argument("--top-k", type=int, default=5, help="tokens listed per virtual token")
-    p.set_defaults(fn=cmd_nearest_tokens)
+    add("merge", help="merge an adapter into the base weights and save the full model", setup=merge_args).set_defaults(
+        fn=cmd_merge
+    )
 
-    from .compare import add_arguments as compare_arguments
+    def nearest_args(p: argparse.ArgumentParser) -> None:
+        _common(p, required=True)
+        p.add_argument("--top-k", type=int, default=5, help="tokens listed per virtual token")
 
-    p = add(
+    add("nearest-tokens", help="vocabulary tokens nearest each learned virtual token", setup=nearest_args).set_defaults(
+        fn=cmd_nearest_tokens
+    )
+
+    def compare_args(p: argparse.ArgumentParser) -> None:
+        from .compare import add_arguments
+
+        add_arguments(p)
+        p.add_argument("--json", action="store_true", help="rows as JSON instead of the markdown table")
+
+    add(
         "compare",
         help="every method on the same task and budget: params, memory, speed, loss",
         description="Train each method (default: all installed) on the same dataset for the same "
         "number of steps, each in its own process, and print one table row per method.",
-    )
-    compare_arguments(p)
-    p.add_argument("--json", action="store_true", help="rows as JSON instead of the markdown table")
-    p.set_defaults(fn=cmd_compare)
+        setup=compare_args,
+    ).set_defaults(fn=cmd_compare)
 
     hub = _hub()
     if hub is not None:  # push, pull, search, doctor, store: the hub distribution's commands

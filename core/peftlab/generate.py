@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .state import active_adapters, mixed_batch
 
@@ -45,7 +45,100 @@ def _stop_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def _cache_param(model) -> str:
+    """The name under which ``model.forward`` takes the KV cache: ``cache`` from transformers 5.24,
+    ``past_key_values`` before."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _output_cache(out):
+    for name in ("cache", "past_key_values"):
+        cache = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
+        if cache is not None:
+            return cache
+    return None
+
+
 @torch.no_grad()
+def greedy_decode(
+    model,
+    seqs: Sequence[list[int]],
+    *,
+    pad_id: int,
+    stops: Sequence[int],
+    max_new_tokens: int,
+    on_step: Callable[[list[list[int]]], None] | None = None,
+    cancel: threading.Event | None = None,
+    row_done: Callable[[int, list[int]], bool] | None = None,
+) -> list[list[int]]:
+    """Greedy continuations of several prompts (token ids) in one left-padded batch, by a plain decode loop:
+    one forward per token with the KV cache, the logits of the last position only, ``argmax``; no sampling
+    machinery. A row ends at its first stop token (not returned); the loop ends when every row has ended,
+    after ``max_new_tokens``, or at the next token once ``cancel`` is set. ``on_step`` gets every row's tokens
+    after each step; ``row_done(i, tokens)`` may end row ``i`` early (the caller needs no more of it). Rows
+    route to adapters as the model's ``AdapterState`` says (``mixed_batch``); a method's hooks see the same
+    ``attention_mask``, ``position_ids`` and cache a ``generate`` call would pass."""
+    device = next(model.parameters()).device
+    ids, mask = _left_pad(seqs, pad_id, device)
+    params = inspect.signature(model.forward).parameters
+    cache_name = _cache_param(model)
+    stop_set = set(stops)
+    n = len(seqs)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    live = [True] * n
+    kwargs: dict = {"input_ids": ids, "attention_mask": mask, "use_cache": True}
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    kwargs["position_ids"] = positions
+    if "logits_to_keep" in params:
+        kwargs["logits_to_keep"] = 1  # the LM head on the last position only (49,152 logits, not L × that)
+    for _ in range(max_new_tokens):
+        out = model(**kwargs)
+        nxt = out.logits[:, -1].argmax(-1)
+        for i, t in enumerate(nxt.tolist()):
+            if not live[i]:
+                continue
+            if t in stop_set:
+                live[i] = False
+            else:
+                tokens[i].append(t)
+                if row_done is not None and row_done(i, tokens[i]):
+                    live[i] = False
+        if on_step is not None:
+            on_step(tokens)
+        if not any(live) or (cancel is not None and cancel.is_set()):
+            break
+        cache = _output_cache(out)
+        mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
+        positions = positions[:, -1:] + 1
+        kwargs = {"input_ids": nxt[:, None], "attention_mask": mask, "position_ids": positions, "use_cache": True}
+        kwargs[cache_name] = cache
+    return tokens
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def generate_ids(
+    model,
+    tokenizer,
+    prompts: Sequence[str | Messages],
+    *,
+    max_new_tokens: int = 64,
+    raw: bool = False,
+    rows: Sequence[str | None] | None = None,
+    row_done: Callable[[int, list[int]], bool] | None = None,
+) -> list[list[int]]:
+    """``generate_batch``'s token ids (without the stop token)."""
+    seqs = [prompt_ids(tokenizer, p, raw) for p in prompts]
+    kw = dict(pad_id=_pad_id(tokenizer), stops=_stop_ids(tokenizer), max_new_tokens=max_new_tokens, row_done=row_done)
+    if rows is None:
+        return greedy_decode(model, seqs, **kw)
+    with mixed_batch(model, rows):
+        return greedy_decode(model, seqs, **kw)
+
+
 def generate_batch(
     model,
     tokenizer,
@@ -60,16 +153,8 @@ def generate_batch(
     ``rows`` picks an adapter per prompt (``None`` = base model) in a mixed-adapter batch; without it the
     model's active adapters apply to all.
     """
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids, mask = _left_pad([prompt_ids(tokenizer, p, raw) for p in prompts], pad, device)
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=_stop_ids(tokenizer))
-    if rows is not None:
-        with mixed_batch(model, rows):
-            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-    else:
-        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-    return [tokenizer.decode(o[ids.shape[1] :], skip_special_tokens=True).strip() for o in out]
+    out = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, raw=raw, rows=rows)
+    return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out]
 
 
 def generate_text(
@@ -88,44 +173,6 @@ def generate_text(
         return generate_batch(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, raw=raw)[0]
 
 
-class _TextStreamer:
-    """A ``generate`` streamer: after each step (one token per row) it hands the texts so far to ``emit``; a row
-    stops growing at its first stop token."""
-
-    def __init__(self, tokenizer, n_rows: int, stops: Sequence[int], emit: Callable[[list[str]], None]) -> None:
-        self.tokenizer, self.stops, self.emit = tokenizer, set(stops), emit
-        self.tokens: list[list[int]] = [[] for _ in range(n_rows)]
-        self.finished = [False] * n_rows
-        self.prompt = True  # the first put() is the prompt
-
-    def put(self, value: torch.Tensor) -> None:
-        if self.prompt:
-            self.prompt = False
-            return
-        for i, t in enumerate(value.reshape(-1).tolist()):
-            if self.finished[i]:
-                continue
-            if t in self.stops:
-                self.finished[i] = True
-            else:
-                self.tokens[i].append(t)
-        self.emit([self.tokenizer.decode(t, skip_special_tokens=True) for t in self.tokens])
-
-    def end(self) -> None:
-        pass
-
-
-class _Cancelled(StoppingCriteria):
-    """Stops every row once ``cancel`` is set (the reply's consumer has gone away)."""
-
-    def __init__(self, cancel: threading.Event) -> None:
-        self.cancel = cancel
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-@torch.no_grad()
 def generate_rows(
     model,
     tokenizer,
@@ -140,22 +187,20 @@ def generate_rows(
     """Greedy replies to one prompt from several adapters (``None`` = base) in ONE batched pass, on this thread:
     ``emit`` gets the list of texts so far, one per row, after every generated token. Setting ``cancel`` stops
     every row at the next token."""
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = prompt_ids(tokenizer, prompt, raw)
-    input_ids, mask = _left_pad([ids] * len(rows), pad, device)
-    stops = _stop_ids(tokenizer)
-    criteria = StoppingCriteriaList([_Cancelled(cancel)]) if cancel is not None else None
+
+    def on_step(tokens: list[list[int]]) -> None:
+        emit([tokenizer.decode(t, skip_special_tokens=True) for t in tokens])
+
     with mixed_batch(model, rows):
-        model.generate(
-            input_ids=input_ids,
-            attention_mask=mask,
+        greedy_decode(
+            model,
+            [ids] * len(rows),
+            pad_id=_pad_id(tokenizer),
+            stops=_stop_ids(tokenizer),
             max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=stops,
-            streamer=_TextStreamer(tokenizer, len(rows), stops, emit),
-            stopping_criteria=criteria,
+            on_step=on_step,
+            cancel=cancel,
         )
 
 

@@ -8,11 +8,12 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import PeftlabError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI's --help never loads it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ def cache_dir() -> Path:
 def pick_device(device: str | None = None) -> str:
     if device and device != "auto":
         return device
+    import torch
+
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -40,6 +43,8 @@ def pick_device(device: str | None = None) -> str:
 
 def pick_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     """``auto``: bfloat16 on a CUDA GPU that supports it, else float32."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
@@ -83,6 +88,7 @@ def default_model_dir() -> Path:
     if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
         return target
     gguf = gguf_path()
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
@@ -240,6 +246,7 @@ def load_model(
 
 def tiny_model(arch: str = "llama", task: str = "CAUSAL_LM", vocab_size: int = 256, seed: int = 0, num_labels: int = 2):
     """A tiny randomly initialised model for fast tests (llama with GQA, gpt2 with Conv1D, bert)."""
+    import torch
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,

@@ -242,11 +242,15 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of dare_*'s random masks (default: 0)")
     p.add_argument("--token", default=None, help=TOKEN_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output (default: off)")
-    from .learn import add_learn_arguments
-    from .sweep import add_sweep_arguments
 
-    add_sweep_arguments(p)
-    add_learn_arguments(p)
+    def sweep_and_learn_arguments(p: argparse.ArgumentParser) -> None:  # they import torch: only when used
+        from .learn import add_learn_arguments
+        from .sweep import add_sweep_arguments
+
+        add_sweep_arguments(p)
+        add_learn_arguments(p)
+
+    getattr(p, "defer", lambda setup: setup(p))(sweep_and_learn_arguments)  # core's lazy parsers, else now
     p.set_defaults(fn=cmd_compose)
 
     p = add("store", help="the local adapter store (the offline hub): list, add, rm, show")
