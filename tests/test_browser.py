@@ -155,10 +155,15 @@ def step_shown(pg) -> int:
 
 
 def drawn_series(pg) -> set[str]:
-    """The series the loss plot draws as a line through two or more points (by their colours)."""
-    colours = pg.evaluate("""() => [...document.querySelectorAll('#loss-plot .mark-line path')]
-        .filter(p => (p.getAttribute('d') || '').includes('L')).map(p => p.getAttribute('stroke'))""")
-    return {name for name, colour in COLORS.items() if colour in colours}
+    """The series the loss plot draws (by their colours): "train" as a line through two or more points, "eval" as
+    points (never joined)."""
+    found = pg.evaluate("""() => ({
+        lines: [...document.querySelectorAll('#loss-plot .mark-line path')]
+            .filter(p => (p.getAttribute('d') || '').includes('L')).map(p => p.getAttribute('stroke')),
+        points: [...document.querySelectorAll('#loss-plot .mark-symbol path')].map(p => p.getAttribute('fill')),
+    })""")
+    drawn = {"train"} if COLORS["train"] in found["lines"] else set()
+    return drawn | ({"eval"} if COLORS["eval"] in found["points"] and COLORS["eval"] not in found["lines"] else set())
 
 
 def test_train_watch_plot_then_chat(page, app, tmp_path):

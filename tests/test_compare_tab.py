@@ -40,10 +40,11 @@ def test_a_background_comparison_fills_the_table_and_charts_and_reattaches(tiny_
     # a reloaded page (another tab object, same owner) reattaches to it; another owner does not see it
     again = CompareTab(tmp_path).on_load("alice")
     assert again[0] == folder and "**finished**: 2/2" in again[1]
-    table, share, curves = again[3], again[4], again[5]
+    table, share, curves = again[3], again[4].data, again[5].data  # the charts' data
     assert list(table["method"]) == ["lora", "bitfit"]
     assert set(curves["method"]) == {"lora", "bitfit"} and len(curves) == 4
-    assert set(share["method"]) <= {"lora", "bitfit"}
+    assert sorted(share["method"]) == ["bitfit", "lora"]
+    assert list(share["trainable %"]) == [r["percent"] for r in st["rows"] if r["method"] in list(share["method"])]
     assert again[6].active is False and again[7].interactive is True
     assert CompareTab(tmp_path).on_load("bob")[0] == ""
 

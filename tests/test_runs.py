@@ -108,9 +108,11 @@ def test_runs_tab_overlays_curves_and_deletes_after_confirmation(trained, tmp_pa
     table, ticked, plot, chosen, empty = tab.on_refresh(None, None, "alice")
     assert list(table["run"]) == ["second", "first"] and empty == ""
     assert ticked.value == ["second", "first"] and chosen.value == "second"
-    assert set(plot["run"]) == {"first", "second"}
-    assert len(plot[plot["run"] == "first"]) == 3 and len(plot[plot["run"] == "second"]) == 2
-    assert set(tab.on_overlay(["first"], "alice")["run"]) == {"first"}
+    drawn = plot.data  # the chart's data: one row per (run, step)
+    assert set(drawn["run"]) == {"first", "second"}
+    assert len(drawn[drawn["run"] == "first"]) == 3 and len(drawn[drawn["run"] == "second"]) == 2
+    assert plot.to_dict()["encoding"]["color"]["scale"]["domain"] == ["second", "first"]  # every run has a colour
+    assert set(tab.on_overlay(["first"], "alice").data["run"]) == {"first"}
     assert "3 step(s)" in tab.on_details("first", "alice")
 
     adapter, _, tabs, msg = tab.on_chat("first", "alice")

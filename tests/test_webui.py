@@ -330,7 +330,7 @@ def test_loss_chart_draws_train_as_a_line_and_eval_as_points_on_whole_steps():
     assert train["mark"]["type"] == "line" and "train" in train["transform"][0]["filter"]
     assert evals["mark"]["type"] == "point" and "eval" in evals["transform"][0]["filter"]  # never a joined line
     x = train["encoding"]["x"]
-    assert x["axis"] == {"format": "d", "tickMinStep": 1} and x["title"] == "step"
+    assert x["axis"] == {"format": "d", "tickMinStep": 1, "values": [0, 1, 2]} and x["title"] == "step"
     assert x["scale"]["domain"] == [0, 2] and train["encoding"]["y"]["title"] == "loss"
     assert train["encoding"]["color"]["scale"]["range"] == list(COLORS.values())
     rows = next(iter(spec["datasets"].values()))

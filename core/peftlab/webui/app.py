@@ -12,7 +12,7 @@ import gradio as gr
 
 from .. import jobs
 from ..errors import PeftlabError
-from . import chat_tab, train_tab
+from . import chat_tab, compare_tab, eval_tab, runs_tab, train_tab
 from .adapters import HAS_HUB
 from .engine import ChatEngine
 
@@ -21,7 +21,9 @@ CHAT_GPU_SECONDS = 60  # what a ZeroGPU call of the chat may take (a reply of th
 INTRO = (
     "# peftlab\nParameter-efficient fine-tuning where every method is a plugin. **Train** an adapter on "
     "a built-in or uploaded dataset (it runs in a background process: reload the page any time), then "
-    "**Chat** with it next to the base model" + (", or share it on the **Hub**." if HAS_HUB else ".")
+    "**Chat** with it next to the base model, **Evaluate** adapters side by side, **Compare** methods on your "
+    "data, and look back at your **Runs**"
+    + ("; share adapters on the **Hub** and **Compose** them into new ones." if HAS_HUB else ".")
 )
 
 
@@ -66,11 +68,19 @@ def build_app(runs_dir: str | os.PathLike = "runs") -> gr.Blocks:
                 demo.peftlab_train = train = train_tab.build(demo, runs)
             with gr.Tab("Chat", id="chat", elem_id="tab-chat") as chat:
                 picker = chat_tab.build(runs, engine, chat)
+            with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate") as evaluate:
+                demo.peftlab_eval = eval_tab.build(runs, evaluate)
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
+                demo.peftlab_compare = compare_tab.build(demo, runs, train.owner)
+            with gr.Tab("Runs", id="runs", elem_id="tab-runs") as runs_page:
+                demo.peftlab_runs = runs_tab.build(runs, train.owner, picker.adapter, picker.path, tabs, runs_page)
             if HAS_HUB:  # core never needs the hub; the app offers it when peftlab-hub is installed
-                from . import hub_tab
+                from . import compose_tab, hub_tab
 
                 with gr.Tab("Hub", id="hub", elem_id="tab-hub") as hub:
                     demo.peftlab_hub = hub_tab.build(runs, picker, tabs, hub, owner=train.owner)
+                with gr.Tab("Compose", id="compose", elem_id="tab-compose") as compose:
+                    demo.peftlab_compose = compose_tab.build(runs, compose)
     demo.peftlab_engine = engine
     return demo
 

@@ -16,6 +16,8 @@ from .. import compare
 from ..data.sources import builtin_datasets
 from ..errors import PeftlabError
 from ..plugins import methods
+from .plots import series_chart
+from .train_tab import user_owner
 
 HELP = (
     "Train several methods on the same data with the same budget and compare them side by side. It runs in the "
@@ -24,6 +26,7 @@ HELP = (
 )
 POLL_SECONDS = 2.0
 TABLE_COLUMNS = [title for _, title in compare.FIELDS]
+SHARE_TITLE = "Exact match against trainable share"
 
 
 def table_frame(rows: list[dict]) -> pd.DataFrame:
@@ -90,14 +93,15 @@ class CompareTab:
             status_text(st),
             bar,
             table_frame(st["rows"]),
-            share_frame(st["rows"]),
-            curves_frame(st["curves"]),
+            series_chart(share_frame(st["rows"]), "trainable %", "exact match", "method", SHARE_TITLE, mark="point"),
+            series_chart(curves_frame(st["curves"]), "step", "loss", "method", "Training loss"),
             gr.Timer(active=st["running"]),
             gr.Button(interactive=not st["running"]),
             gr.Button(interactive=st["running"]),
         ]
 
-    def on_start(self, picked, dataset, upload, steps, base, owner=None) -> list:
+    def on_start(self, picked, dataset, upload, steps, base, owner=None, profile: gr.OAuthProfile | None = None):
+        owner = user_owner(profile) or owner
         try:
             folder = compare.start_background(
                 self.runs_dir,
@@ -121,7 +125,8 @@ class CompareTab:
             compare.stop_background(folder)
         return self.outputs(folder or None)
 
-    def on_load(self, owner=None) -> list:
+    def on_load(self, owner=None, profile: gr.OAuthProfile | None = None) -> list:
+        owner = user_owner(profile) or owner
         latest = compare.latest_background(self.runs_dir, owner or None)
         return self.outputs(str(latest) if latest else None)
 
@@ -155,19 +160,9 @@ def build(demo: gr.Blocks, runs_dir: Path, owner) -> CompareTab:
         with gr.Column(scale=6, min_width=360):
             status = gr.Markdown("No comparison yet.", elem_id="compare-status")
             bar = gr.HTML("", elem_id="compare-progress")
-            curves = gr.LinePlot(
-                None, x="step", y="loss", color="method", title="Training loss", height=300, elem_id="compare-curves"
-            )
+            curves = gr.Plot(label="Training loss", elem_id="compare-curves")
     table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, elem_id="compare-table")
-    share = gr.ScatterPlot(
-        None,
-        x="trainable %",
-        y="exact match",
-        color="method",
-        title="Exact match against trainable share",
-        height=300,
-        elem_id="compare-share",
-    )
+    share = gr.Plot(label=SHARE_TITLE, elem_id="compare-share")
     folder = gr.State("")
     timer = gr.Timer(POLL_SECONDS, active=False)
     outs = [folder, status, bar, table, share, curves, timer, start, stop]

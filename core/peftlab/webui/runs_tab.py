@@ -14,6 +14,8 @@ import pandas as pd
 from .. import runs
 from ..errors import PeftlabError
 from .adapters import adapter_choices
+from .plots import series_chart
+from .train_tab import user_owner
 
 HELP = (
     "Every training run of this browser session (the app's runs folder), newest first. Tick runs to overlay their "
@@ -41,8 +43,16 @@ class RunsTab:
     def _infos(self, owner: str | None) -> list[runs.RunInfo]:
         return runs.list_runs(self.runs_dir, owner or "")
 
-    def on_refresh(self, ticked: list[str] | None, chosen: str | None, owner: str | None = None) -> tuple:
-        """Table, the overlay's choices and plot, and the run picker, from what is on disk now."""
+    def on_refresh(
+        self,
+        ticked: list[str] | None,
+        chosen: str | None,
+        owner: str | None = None,
+        profile: gr.OAuthProfile | None = None,
+    ) -> tuple:
+        """Table, the overlay's choices and plot, and the run picker, from what is on disk now. ``owner``: the
+        browser's id; a Hugging Face login (``profile``) owns its runs instead, as in the Train tab."""
+        owner = user_owner(profile) or owner
         infos = self._infos(owner)
         names = [i.name for i in infos]
         ticked = [n for n in (ticked or []) if n in names] or names[:3]
@@ -52,16 +62,18 @@ class RunsTab:
         return (
             table_frame(infos),
             gr.CheckboxGroup(choices=names, value=ticked),
-            curves_frame(shown) if shown else None,
+            series_chart(curves_frame(shown), "step", "loss", "run", "Training loss") if shown else None,
             gr.Dropdown(choices=names, value=chosen),
             empty,
         )
 
-    def on_overlay(self, ticked: list[str] | None, owner: str | None = None):
+    def on_overlay(self, ticked: list[str] | None, owner: str | None = None, profile: gr.OAuthProfile | None = None):
+        owner = user_owner(profile) or owner
         infos = [i for i in self._infos(owner) if i.name in (ticked or [])]
-        return curves_frame(infos) if infos else None
+        return series_chart(curves_frame(infos), "step", "loss", "run", "Training loss") if infos else None
 
-    def on_details(self, chosen: str | None, owner: str | None = None) -> str:
+    def on_details(self, chosen: str | None, owner: str | None = None, profile: gr.OAuthProfile | None = None) -> str:
+        owner = user_owner(profile) or owner
         if not chosen:
             return ""
         try:
@@ -74,21 +86,26 @@ class RunsTab:
             f"Adapter: {where}."
         )
 
-    def on_chat(self, chosen: str | None, owner: str | None = None) -> tuple:
+    def on_chat(self, chosen: str | None, owner: str | None = None, profile: gr.OAuthProfile | None = None) -> tuple:
         """Select the run's adapter in the Chat tab's picker (which loads it) and switch to that tab."""
+        owner = user_owner(profile) or owner
         adapter = self._adapter(chosen, owner)
         if adapter is None:
             return gr.skip(), gr.skip(), gr.skip(), f"**Run {chosen!r} has no saved adapter yet.**"
         return gr.Dropdown(choices=adapter_choices(self.runs_dir), value=str(adapter)), "", gr.Tabs(selected="chat"), ""
 
-    def on_push(self, chosen: str | None, owner: str | None = None) -> tuple:
+    def on_push(self, chosen: str | None, owner: str | None = None, profile: gr.OAuthProfile | None = None) -> tuple:
         """Select the run's adapter in the Hub tab's push form and switch to that tab."""
+        owner = user_owner(profile) or owner
         adapter = self._adapter(chosen, owner)
         if adapter is None:
             return gr.skip(), gr.skip(), f"**Run {chosen!r} has no saved adapter yet.**"
         return gr.Dropdown(choices=adapter_choices(self.runs_dir), value=str(adapter)), gr.Tabs(selected="hub"), ""
 
-    def on_delete(self, chosen: str | None, confirmed: bool, owner: str | None = None) -> tuple[str, bool]:
+    def on_delete(
+        self, chosen: str | None, confirmed: bool, owner: str | None = None, profile: gr.OAuthProfile | None = None
+    ) -> tuple[str, bool]:
+        owner = user_owner(profile) or owner
         if not chosen:
             return "Pick a run first.", confirmed
         if not confirmed:
@@ -118,17 +135,7 @@ def build(runs_dir: Path, owner, chat_adapter, chat_path, tabs: gr.Tabs, tab: gr
     with gr.Row(equal_height=False):
         with gr.Column(scale=6, min_width=360):
             ticked = gr.CheckboxGroup(label="Overlay loss curves", choices=[], elem_id="runs-overlay")
-            plot = gr.LinePlot(
-                None,
-                x="step",
-                y="loss",
-                color="run",
-                title="Training loss",
-                x_title="step",
-                y_title="loss",
-                height=320,
-                elem_id="runs-plot",
-            )
+            plot = gr.Plot(label="Training loss", elem_id="runs-plot")
         with gr.Column(scale=4, min_width=300):
             chosen = gr.Dropdown(label="Run", choices=[], elem_id="runs-chosen")
             details = gr.Markdown("", elem_id="runs-details")

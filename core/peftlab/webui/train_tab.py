@@ -27,7 +27,7 @@ from ..errors import PeftlabError
 from ..plugins import MethodHandle, methods
 from ..schema import FieldSpec
 from . import forms
-from .plots import COLORS, loss_frame
+from .plots import loss_chart
 from .progress import IDLE, STOPPING, job_view
 
 POLL_SECONDS = 1.0
@@ -57,9 +57,7 @@ def outputs_for(job: jobs.Job | None, seen: int) -> list:
         ]
     view = job_view(job)
     events = job.events() if job else []
-    frame = loss_frame(events)
-    # never an empty frame: gradio's plot then fixes an empty colour domain and later lines have no stroke
-    drawn = gr.skip() if len(events) == seen else (frame if len(frame) else None)
+    drawn = gr.skip() if len(events) == seen else loss_chart(events)  # None (an empty plot) before a point
     return [
         str(job.run_dir) if job else "",
         len(events),
@@ -296,18 +294,7 @@ def _progress_outputs() -> list:
         gr.Markdown(IDLE, elem_id="train-status"),
         gr.Markdown("", elem_id="train-progress"),
         gr.Markdown("", elem_id="train-params"),
-        gr.LinePlot(
-            None,
-            x="step",
-            y="loss",
-            color="series",
-            title="Loss",
-            x_title="step",
-            y_title="loss",
-            height=320,
-            elem_id="loss-plot",
-            color_map=COLORS,
-        ),
+        gr.Plot(label="Loss", elem_id="loss-plot"),
     ]
 
 

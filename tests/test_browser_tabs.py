@@ -1,0 +1,137 @@
+"""The Runs, Evaluate and Compare tabs in headless Chromium, on a tiny base model (fast): a run trained beforehand
+is listed with its curve and opens in Chat; the Evaluate tab scores it next to the base and offers the export; the
+Compare tab runs two methods in the background and survives a page reload.
+
+Screenshots go to ``$PEFTLAB_SCREENSHOTS`` when set (the README's come from here), else to the test's tmp folder.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, md, running_app, wait_js
+
+pytestmark = [pytest.mark.browser]
+
+
+def shots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("PEFTLAB_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tabs_app(tmp_path_factory, tiny_dir):
+    """``python app.py`` over a runs folder holding one finished run (LoRA, 3 steps on the tiny base)."""
+    from peftlab.train import TrainArgs, train
+
+    runs = tmp_path_factory.mktemp("tab-runs")
+    train(
+        TrainArgs(
+            method="lora",
+            base_model=str(tiny_dir),
+            dataset="capitals-json",
+            output_dir=str(runs / "tiny-lora"),
+            max_steps=3,
+            batch_size=2,
+            max_length=48,
+            max_eval_samples=4,
+            learning_rate=1e-2,
+            device="cpu",
+        )
+    )
+    env = {
+        **os.environ,
+        "PEFTLAB_PORT": str(free_port()),
+        "PEFTLAB_RUNS": str(runs),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "OMP_NUM_THREADS": "1",
+    }
+    with running_app(env, runs.parent / "tabs-app.log") as url:
+        yield url, runs
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, tabs_app):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    pg.set_default_timeout(60_000)
+    pg.goto(tabs_app[0])
+    pg.wait_for_selector("#tab-runs-button")
+    yield pg
+    ctx.close()
+
+
+def table_text(pg, elem_id: str) -> str:
+    return pg.inner_text(f"#{elem_id}")
+
+
+def test_runs_tab_lists_the_run_draws_its_curve_and_opens_it_in_chat(page, tabs_app, tmp_path):
+    pg = page
+    pg.click("#tab-runs-button")
+    pg.wait_for_function("() => (document.querySelector('#runs-table') || {}).innerText?.includes('tiny-lora')")
+    text = table_text(pg, "runs-table")
+    assert "lora" in text and "capitals-json" in text and "3/3" in text and "done" in text
+    pg.wait_for_selector("#runs-plot .mark-line path")  # the overlay draws the run's curve
+    wait_js(pg, "MD('runs-details').includes('tiny-lora')")
+    pg.wait_for_timeout(800)
+    pg.screenshot(path=str(shots(tmp_path) / "runs.png"), full_page=True)
+    pg.click("#runs-chat")
+    wait_js(pg, "MD('chat-info').includes('Loaded')", timeout=120_000)
+    assert "tiny-lora" in md(pg, "chat-info")
+    assert pg.is_visible("#chat-msg")
+
+
+def test_evaluate_tab_scores_the_run_next_to_the_base(page, tabs_app, tmp_path):
+    pg = page
+    pg.click("#tab-evaluate-button")
+    pg.click("#eval-adapters input")
+    pg.click('li[role="option"]:has-text("tiny-lora")')
+    pg.keyboard.press("Escape")
+    pg.click("#eval-run")
+    wait_js(pg, "MD('eval-status').length > 0", timeout=240_000)
+    assert md(pg, "eval-status").startswith("Evaluated 1 adapter"), md(pg, "eval-status")
+    metrics = table_text(pg, "eval-metrics")
+    assert "base" in metrics and "tiny-lora" in metrics
+    assert pg.locator("#eval-samples-table tbody tr").count() >= 1
+    assert pg.locator("#eval-files a").count() == 2  # evaluation.json and evaluation.csv
+    pg.wait_for_timeout(500)
+    pg.screenshot(path=str(shots(tmp_path) / "evaluate.png"), full_page=True)
+
+
+def test_compare_tab_runs_in_the_background_and_survives_a_reload(page, tabs_app, tmp_path, tiny_dir):
+    pg = page
+    pg.click("#tab-compare-button")
+    for box in pg.locator("#compare-methods input[type=checkbox]").all():
+        label = box.evaluate("e => e.closest('label').innerText.trim()")
+        if (label in ("lora", "bitfit")) != box.is_checked():
+            box.click()
+    pg.fill("#compare-steps input", "2")
+    pg.fill("#compare-base textarea", str(tiny_dir))
+    pg.click("#compare-start")
+    wait_js(pg, "MD('compare-status').startsWith('Comparison')")
+    pg.reload()  # the comparison goes on; the reloaded page reattaches to it
+    pg.click("#tab-compare-button")
+    wait_js(pg, "MD('compare-status').includes('finished')", timeout=300_000)
+    assert "2/2" in md(pg, "compare-status")
+    table = table_text(pg, "compare-table")
+    assert "lora" in table and "bitfit" in table and "error" not in table
+    pg.wait_for_selector("#compare-curves .mark-line path")
+    time.sleep(0.5)
+    pg.screenshot(path=str(shots(tmp_path) / "compare.png"), full_page=True)
