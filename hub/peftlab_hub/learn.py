@@ -186,8 +186,9 @@ def learn_gradient(
                 for w in weights:
                     w.clamp_(lo, hi)
             now = [float(w.detach()) for w in weights]
-            trace.append({"step": step, "weights": now, "batch_loss": float(loss), "objective": float(loss + penalty)})
-            _log(f"learn[gradient]: step {step}/{steps} batch loss {float(loss):.4f} -> w={_fmt(now)}", quiet)
+            value, objective = float(loss.detach()), float((loss + penalty).detach())
+            trace.append({"step": step, "weights": now, "batch_loss": value, "objective": objective})
+            _log(f"learn[gradient]: step {step}/{steps} batch loss {value:.4f} -> w={_fmt(now)}", quiet)
     finally:
         model.train(was_training)
     final = [float(w.detach()) for w in weights]
@@ -334,7 +335,8 @@ def add_learn_arguments(parser) -> None:
         metavar="DATASET",
         default=None,
         help="instead of merging with given weights, learn them on DATASET (5-100 rows; built-in name or data "
-        "file) and write learn.json and one composition per learner to --output",
+        "file) and write learn.json and one composition per learner to --output (merged by --combination; "
+        "--combination stack: a recipe)",
     )
     g.add_argument(
         "--learner",
@@ -348,7 +350,7 @@ def add_learn_arguments(parser) -> None:
     g.add_argument("--lr", type=float, default=0.05, help="gradient: Adam's learning rate (default: 0.05)")
     g.add_argument("--l1", type=float, default=0.05, help="L1 penalty on the weights (default: 0.05)")
     g.add_argument(
-        "--bounds", type=float, nargs=2, default=(-1.5, 1.5), metavar=("LO", "HI"), help="weight range (-1.5 1.5)"
+        "--bounds", type=float, nargs=2, default=(-1.5, 1.5), metavar=("LO", "HI"), help="the range of each weight"
     )
     _add_common(parser)
 

@@ -1,0 +1,176 @@
+"""The learned-composition demo (issue #10): two LoRAs of SmolLM2, one per task, mixed by learned weights.
+
+``python -m bench.compose_learn [--steps 10] [--learn-rows 8] [--test-rows 24] [--budget 20] [--grad-steps 12]``
+
+1. Trains one LoRA (r=8, α=16, q_proj/v_proj) on ``capitals-json`` and one on ``iso-dates`` (``--steps`` of batch 8,
+   each task's training split; kept in ``bench/results/compose_learn/parents/`` and reused when there).
+2. Takes each task's held-out rows (its ``eval`` split, which training never sees) and splits them in two disjoint
+   parts: ``--learn-rows`` per task form the small mixed set the weights are learned on, the next ``--test-rows`` per
+   task the held-out mix the table is measured on.
+3. On one base model (loaded once), measures on the test mix: each parent alone, the uniform average (½, ½), and the
+   two learned mixtures (``peftlab_hub.learn``: nevergrad, LoRAHub-style; gradient descent on the two scalars).
+   Eval loss (token-weighted, core's ``eval_loss``) and exact match (greedy reply == reference, core's
+   ``exact_match``).
+
+Writes ``bench/results/compose_learn/table.json``, the learned compositions and ``learn.json`` under
+``bench/results/compose_learn/learned/``, and prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+WORK = ROOT / "results" / "compose_learn"
+TASKS = {"capitals": "capitals-json", "dates": "iso-dates"}
+
+
+def train_parents(steps: int, threads: int) -> dict[str, Path]:
+    from peftlab.train import TrainArgs, train
+
+    out = {}
+    for name, dataset in TASKS.items():
+        folder = WORK / "parents" / name
+        if not (folder / "adapter" / "adapter_model.safetensors").exists():
+            t = time.time()
+            r = train(
+                TrainArgs(
+                    method="lora",
+                    dataset=dataset,
+                    output_dir=str(folder),
+                    max_steps=steps,
+                    batch_size=8,
+                    max_length=128,
+                    save_every=0,
+                    save_minutes=0,
+                    max_eval_samples=16,
+                    threads=threads,
+                    seed=0,
+                    method_config={"r": 8, "lora_alpha": 16},
+                )
+            )
+            print(
+                f"[compose_learn] trained {name}: eval loss {r.eval_loss_before:.3f} -> {r.eval_loss_after:.3f} "
+                f"({time.time() - t:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        out[name] = folder / "adapter"
+    return out
+
+
+def held_out(learn_rows: int, test_rows: int) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Each task's eval split, cut into a learning part and a disjoint test part: the learning rows of both tasks
+    interleaved, and the test rows by task."""
+    from peftlab.data import load_rows, split_rows
+
+    learn, test = [], {}
+    for name, dataset in TASKS.items():
+        rows = split_rows(load_rows(dataset), 0.1, 0)[1]
+        if len(rows) < learn_rows + test_rows:
+            raise SystemExit(f"{dataset} has {len(rows)} held-out rows, fewer than {learn_rows} + {test_rows}")
+        learn.append(rows[:learn_rows])
+        test[name] = rows[learn_rows : learn_rows + test_rows]
+    return [r for pair in zip(*learn) for r in pair], test
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.compose_learn", description=__doc__)
+    p.add_argument("--steps", type=int, default=10, help="training steps per parent (batch 8)")
+    p.add_argument("--learn-rows", type=int, default=8, help="rows per task the weights are learned on")
+    p.add_argument("--test-rows", type=int, default=24, help="held-out rows per task the table is measured on")
+    p.add_argument("--budget", type=int, default=20, help="nevergrad: evaluations")
+    p.add_argument("--grad-steps", type=int, default=12, help="gradient: steps")
+    p.add_argument("--lr", type=float, default=0.15, help="gradient: Adam's learning rate")
+    p.add_argument("--l1", type=float, default=0.05, help="L1 penalty on the weights (LoRAHub's default)")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+
+    import torch
+
+    from peftlab_hub.learn import learn
+    from peftlab_hub.sweep import Mixture
+
+    torch.set_num_threads(a.threads)
+    t0 = time.time()
+    parents = train_parents(a.steps, a.threads)
+    learn_rows, by_task = held_out(a.learn_rows, a.test_rows)
+    test_rows = [r for pair in zip(*by_task.values()) for r in pair]
+    WORK.mkdir(parents=True, exist_ok=True)
+    learn_file = WORK / "learn_rows.jsonl"
+    learn_file.write_text("".join(json.dumps(r) + "\n" for r in learn_rows))
+    folders = [parents["capitals"], parents["dates"]]
+    mixture = Mixture(folders, dtype="float32", device="cpu")
+    shutil.rmtree(WORK / "learned", ignore_errors=True)
+    learned = learn(
+        folders,
+        str(learn_file),
+        output=WORK / "learned",
+        budget=a.budget,
+        steps=a.grad_steps,
+        lr=a.lr,
+        l1=a.l1,
+        max_length=128,
+        mixture=mixture,
+    )
+    items = mixture.encode(test_rows, 128)
+    candidates = {
+        "capitals parent alone": [1.0, 0.0],
+        "dates parent alone": [0.0, 1.0],
+        "uniform average": [0.5, 0.5],
+        "learned: nevergrad": learned["learned"]["nevergrad"]["weights"],
+        "learned: gradient": learned["learned"]["gradient"]["weights"],
+    }
+    table = {}
+    for label, weights in candidates.items():
+        t = time.time()
+        mixture.apply(weights)
+        row = {"weights": weights, "eval_loss": mixture.loss(items), "exact_match": {}}
+        for task, rows in by_task.items():
+            row["exact_match"][task] = mixture.exact_match(rows, 16, a.max_new_tokens)
+        row["exact_match"]["mix"] = sum(row["exact_match"][t] * len(by_task[t]) for t in by_task) / len(test_rows)
+        table[label] = row
+        print(f"[compose_learn] {label}: {json.dumps(row)} ({time.time() - t:.0f} s)", file=sys.stderr, flush=True)
+    result = {
+        "settings": vars(a),
+        "learn_rows": len(learn_rows),
+        "test_rows": len(test_rows),
+        "learn": {k: v for k, v in learned.items() if k != "learned"}
+        | {"learned": {k: {kk: vv for kk, vv in v.items() if kk != "trace"} for k, v in learned["learned"].items()}},
+        "table": table,
+        "seconds": round(time.time() - t0, 1),
+    }
+    (WORK / "table.json").write_text(json.dumps(result, indent=2))
+    print(markdown(result))
+    return 0
+
+
+def markdown(result: dict) -> str:
+    table = result["table"]
+    best_parent = min(table[k]["eval_loss"] for k in ("capitals parent alone", "dates parent alone", "uniform average"))
+    lines = [
+        f"Held-out mix: {result['test_rows']} rows ({result['test_rows'] // 2} per task); weights learned on "
+        f"{result['learn_rows']} other held-out rows. Uniform-mixture loss on the learning rows: "
+        f"{result['learn']['uniform']['loss']:.4f}.",
+        "",
+        "| mixture | w (capitals, dates) | eval loss | exact match capitals | exact match dates | exact match mix |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for label, r in table.items():
+        em = r["exact_match"]
+        mark = " **↓**" if label.startswith("learned") and r["eval_loss"] < best_parent else ""
+        lines.append(
+            f"| {label} | {r['weights'][0]:.3f}, {r['weights'][1]:.3f} | {r['eval_loss']:.4f}{mark} | "
+            f"{em['capitals']:.3f} | {em['dates']:.3f} | {em['mix']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
