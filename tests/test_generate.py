@@ -178,3 +178,14 @@ def test_exact_match_outcome_is_decided_only_when_no_continuation_can_change_it(
     assert _decided(ref + "<|im_end|>", ref) and _decided("Paris</s> more", ref)  # an end marker ends the answer
     assert not _decided('{"country": "Fr\ufffd', ref)  # half a character
     assert not _decided('{"country": "France", "capital": "Paris"}<|im', ref)  # maybe the start of a marker
+
+
+@pytest.mark.smollm2
+def test_smollm2_batched_generation_equals_one_by_one_and_transformers_generate(smollm2):
+    from peftlab.generate import generate_ids
+
+    model, tok = smollm2
+    prompts = ["What is the capital of France?", "Name three colours.", "Structure: Rome is the capital of Italy."]
+    one_by_one = [generate_ids(model, tok, [p], max_new_tokens=12)[0] for p in prompts]
+    assert generate_ids(model, tok, prompts, max_new_tokens=12) == one_by_one
+    assert one_by_one[0] == _hf_greedy(model, tok, prompts[0], max_new_tokens=12)
