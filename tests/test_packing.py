@@ -213,3 +213,32 @@ def test_classification_trains_on_length_grouped_batches(tiny_dir, tmp_path):
     assert any(m.startswith("packing off: a classification (SEQ_CLS) dataset") for m in notes), notes
     losses = [e["loss"] for e in res.history if e["event"] == "step"]
     assert len(losses) == 2 and all(0 < x < 10 for x in losses) and res.eval_loss_after is not None
+
+
+def test_packed_attention_runs_each_row_on_its_own(tiny_dir, monkeypatch):
+    """The packed fast path: on sdpa, each packed row's attention is computed alone (causal, no [T × T] mask), with
+    the padded batch's loss (1e-5); padded calls under it still get sdpa's mask; training switches back after."""
+    from peftlab.train import PACKED_ATTENTION, _restore_attention, _use_packed_attention
+
+    model, tok = load_model(tiny_dir)
+    items = pdata.encode_rows(_mixed_rows(6), tok, max_length=64)
+    padded = pdata.collate(items, tok.pad_token_id)
+    with torch.no_grad():
+        want = float(model(**padded).loss)
+    assert _use_packed_attention(model) and model.config._attn_implementation == PACKED_ATTENTION
+    masks = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional,
+        "scaled_dot_product_attention",
+        lambda *a, **kw: masks.append(kw.get("attn_mask")) or sdpa(*a, **kw),
+    )
+    with torch.no_grad():
+        packed, _ = _labelled(model).loss(model, pdata.pack(items))
+        assert len(masks) == model.config.num_hidden_layers * len(items) and all(m is None for m in masks)
+        masks.clear()
+        again, _ = _labelled(model).loss(model, padded)
+        assert len(masks) == model.config.num_hidden_layers and masks[0] is not None
+    assert abs(float(packed) - want) < 1e-5 and abs(float(again) - want) < 1e-5
+    _restore_attention(model)
+    assert model.config._attn_implementation == "sdpa"

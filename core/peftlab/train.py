@@ -217,6 +217,53 @@ def _loss_tokens(item: dict) -> int:
     return sum(1 for t in item["labels"][1:] if t != -100)
 
 
+PACKED_ATTENTION = "peftlab_packed_sdpa"  # sdpa, run per packed row (registered with transformers when first used)
+_packed = threading.local()  # .bounds: the row boundaries of the packed sequence in the forward under way
+
+
+def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers' sdpa attention, but for a packed sequence (one row, boundaries set by ``_LabelledLogits.loss``)
+    each row's causal attention is computed on its own (``is_causal``, the fast kernels) instead of one masked
+    ``[T × T]`` attention over the whole sequence, most of whose scores are masked out. Anything else: plain sdpa."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = getattr(_packed, "bounds", None)
+    T = query.shape[2]
+    if bounds is None or query.shape[0] != 1 or key.shape[2] != T or bounds[-1] != T:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    kwargs.pop("is_causal", None)
+    outs = [
+        sdpa_attention_forward(
+            module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, dropout, scaling, is_causal=True, **kwargs
+        )[0]
+        for a, b in zip(bounds, bounds[1:], strict=False)
+    ]
+    return torch.cat(outs, dim=1), None
+
+
+def _use_packed_attention(model) -> bool:
+    """Switch a model on sdpa to ``PACKED_ATTENTION`` for packed training (``_restore_attention`` switches back);
+    other implementations are left as they are (flash attention handles packed rows natively, eager masks)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_ATTENTION, _packed_sdpa)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)  # padded calls (eval) get sdpa's mask
+    config._attn_implementation = PACKED_ATTENTION
+    return True
+
+
+def _restore_attention(model) -> None:
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) == PACKED_ATTENTION:
+        config._attn_implementation = "sdpa"
+
+
 class _LabelledLogits:
     """Logits only where a label is: a forward pre-hook on the output layer (``get_output_embeddings()``, whatever
     wraps it: a LoRA on ``lm_head`` included) keeps the hidden states at ``index`` (flat positions of the input
@@ -254,13 +301,19 @@ class _LabelledLogits:
             return (out.loss if reduction == "mean" else out.loss * n), n
         index, targets = pdata.loss_positions(labels)
         inputs = {k: v for k, v in batch.items() if k != "labels"}
+        bounds = None
         if "position_ids" in inputs and "attention_mask" not in inputs:
             inputs["use_cache"] = False  # packed: transformers masks per row only without a cache
+            if labels.shape[0] == 1:
+                starts = (inputs["position_ids"][0] == 0).nonzero().flatten().tolist()
+                bounds = [*starts, labels.shape[1]] if starts and starts[0] == 0 else None
         self.index, self.length, self.used = index, labels.shape[1], False
+        _packed.bounds = bounds
         try:
             out = model(**inputs)
         finally:
             self.index = None
+            _packed.bounds = None
         logits = out.logits
         if self.used:
             logits = logits.reshape(-1, logits.shape[-1])
@@ -650,6 +703,8 @@ def _train(
     trainable = ad.prepare_for_training(model, args.adapter_name)
     counts = ad.count_parameters(model, trainable)
     packed = _use_packing(args, handle, task, model, emit)
+    if packed:
+        _use_packed_attention(model)
     labelled = _labelled(model)
     lr = args.learning_rate or handle.train_defaults.get("learning_rate", 2e-3)
 
@@ -838,6 +893,7 @@ def _train(
             "adapter": str(out / "adapter"),
         }
     )
+    _restore_attention(raw_model)
     return TrainResult(out / "adapter", step, stopped, before, after, counts, history)
 
 
