@@ -1,6 +1,7 @@
 """The Runs, Evaluate and Compare tabs in headless Chromium, on a tiny base model (fast): a run trained beforehand
 is listed with its curve and opens in Chat; the Evaluate tab scores it next to the base and offers the export; the
-Compare tab runs two methods in the background and survives a page reload.
+Compare tab runs two methods in the background and survives a page reload; the Compose tab merges the two runs,
+sweeps their weights and chats with parents and composition side by side.
 
 Screenshots go to ``$PEFTLAB_SCREENSHOTS`` when set (the README's come from here), else to the test's tmp folder.
 """
@@ -26,24 +27,26 @@ def shots(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tabs_app(tmp_path_factory, tiny_dir):
-    """``python app.py`` over a runs folder holding one finished run (LoRA, 3 steps on the tiny base)."""
+    """``python app.py`` over a runs folder holding two finished LoRA runs on the tiny base: ``dates`` (2 steps),
+    then ``tiny-lora`` (3 steps, the newest)."""
     from peftlab.train import TrainArgs, train
 
     runs = tmp_path_factory.mktemp("tab-runs")
-    train(
-        TrainArgs(
-            method="lora",
-            base_model=str(tiny_dir),
-            dataset="capitals-json",
-            output_dir=str(runs / "tiny-lora"),
-            max_steps=3,
-            batch_size=2,
-            max_length=48,
-            max_eval_samples=4,
-            learning_rate=1e-2,
-            device="cpu",
+    for name, dataset, steps in (("dates", "iso-dates", 2), ("tiny-lora", "capitals-json", 3)):
+        train(
+            TrainArgs(
+                method="lora",
+                base_model=str(tiny_dir),
+                dataset=dataset,
+                output_dir=str(runs / name),
+                max_steps=steps,
+                batch_size=2,
+                max_length=48,
+                max_eval_samples=4,
+                learning_rate=1e-2,
+                device="cpu",
+            )
         )
-    )
     env = {
         **os.environ,
         "PEFTLAB_PORT": str(free_port()),
@@ -135,3 +138,33 @@ def test_compare_tab_runs_in_the_background_and_survives_a_reload(page, tabs_app
     pg.wait_for_selector("#compare-curves .mark-line path")
     time.sleep(0.5)
     pg.screenshot(path=str(shots(tmp_path) / "compare.png"), full_page=True)
+
+
+def test_compose_tab_saves_sweeps_and_chats_side_by_side(page, tabs_app, tmp_path):
+    pg, runs = page, tabs_app[1]
+    pg.click("#tab-compose-button")
+    for run in ("tiny-lora", "dates"):
+        pg.click("#compose-parents input")
+        pg.click(f'li[role="option"][aria-label^="{run} ("]')
+    pg.keyboard.press("Escape")
+    pg.fill("#compose-weights textarea", "0.5, 0.5")
+    pg.fill("#compose-name textarea", "half-half")
+    pg.click("#compose-save")
+    wait_js(pg, "MD('compose-status').length > 0", timeout=120_000)
+    assert md(pg, "compose-status").startswith("Saved half-half"), md(pg, "compose-status")
+    assert (runs / "half-half" / "adapter" / "adapter_model.safetensors").exists()
+
+    pg.click("#compose-sweep")
+    wait_js(pg, "MD('compose-sweep-status').length > 0", timeout=240_000)
+    assert md(pg, "compose-sweep-status").startswith("Best weight w = "), md(pg, "compose-sweep-status")
+    pg.wait_for_selector("#compose-sweep-plot img")
+    assert "0.25" in table_text(pg, "compose-sweep-table")  # 5 weights: 0, 0.25, 0.5, 0.75, 1
+
+    pg.fill("#compose-msg textarea", "What is the capital of France?")
+    pg.press("#compose-msg textarea", "Enter")
+    wait_js(pg, "MD('compose-chat-status').length > 0", timeout=120_000)
+    assert md(pg, "compose-chat-status") == "Replies in one batched pass."
+    replies = table_text(pg, "compose-replies")
+    assert "tiny-lora" in replies and "dates" in replies and "composition: half-half" in replies and "base" in replies
+    pg.wait_for_timeout(500)
+    pg.screenshot(path=str(shots(tmp_path) / "compose.png"), full_page=True)
