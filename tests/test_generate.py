@@ -189,3 +189,18 @@ def test_smollm2_batched_generation_equals_one_by_one_and_transformers_generate(
     one_by_one = [generate_ids(model, tok, [p], max_new_tokens=12)[0] for p in prompts]
     assert generate_ids(model, tok, prompts, max_new_tokens=12) == one_by_one
     assert one_by_one[0] == _hf_greedy(model, tok, prompts[0], max_new_tokens=12)
+
+
+def test_greedy_decode_equals_generate_on_gpt2_left_padded():
+    import torch
+
+    from peftlab.generate import greedy_decode
+    from peftlab.models import tiny_model
+
+    model = tiny_model("gpt2", vocab_size=256).eval()
+    seqs = [[5, 17, 99, 3, 42], [7, 8]]
+    got = greedy_decode(model, seqs, pad_id=0, stops=[], max_new_tokens=6)
+    for seq, row in zip(seqs, got):
+        x = torch.tensor([seq])
+        ref = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=6, do_sample=False)
+        assert row == ref[0, len(seq) :].tolist()

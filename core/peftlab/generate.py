@@ -6,12 +6,52 @@ import inspect
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from .state import active_adapters, mixed_batch
 
 Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is picked: ``temperature`` 0 is greedy (argmax); above 0 tokens are drawn from the
+    softmax of logits / temperature, restricted to the smallest set whose probability reaches ``top_p`` (nucleus
+    sampling). ``seed`` makes a draw repeatable (None: torch's global generator)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:  # NaN too
+            raise ValueError(f"temperature must be 0 (greedy) or more, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def generator(self, device) -> torch.Generator | None:
+        return None if self.seed is None else torch.Generator(device=device).manual_seed(self.seed)
+
+    def pick(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One token per row of ``logits`` ``[rows, vocab]``."""
+        if self.greedy:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        if self.top_p < 1:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < self.top_p  # the top token always stays
+            sorted_p = sorted_p * keep
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+GREEDY = Sampling()
 
 
 def prompt_ids(tokenizer, prompt: str | Messages, raw: bool = False) -> list[int]:
@@ -71,6 +111,7 @@ def greedy_decode(
     on_step: Callable[[list[list[int]]], None] | None = None,
     cancel: threading.Event | None = None,
     row_done: Callable[[int, list[int]], bool] | None = None,
+    sampling: Sampling = GREEDY,
 ) -> list[list[int]]:
     """Greedy continuations of several prompts (token ids) in one left-padded batch, by a plain decode loop:
     one forward per token with the KV cache, the logits of the last position only, ``argmax``; no sampling
@@ -79,6 +120,8 @@ def greedy_decode(
     after each step; ``row_done(i, tokens)`` may end row ``i`` early (the caller needs no more of it). Rows
     route to adapters as the model's ``AdapterState`` says (``mixed_batch``); a method's hooks see the same
     ``attention_mask``, ``position_ids`` and cache a ``generate`` call would pass."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be 0 or more, not {max_new_tokens}")
     device = next(model.parameters()).device
     ids, mask = _left_pad(seqs, pad_id, device)
     params = inspect.signature(model.forward).parameters
@@ -88,13 +131,16 @@ def greedy_decode(
     tokens: list[list[int]] = [[] for _ in range(n)]
     live = [True] * n
     kwargs: dict = {"input_ids": ids, "attention_mask": mask, "use_cache": True}
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs["position_ids"] = positions
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its first real token
+    with_positions = "position_ids" in params
+    if with_positions:
+        kwargs["position_ids"] = positions
     if "logits_to_keep" in params:
         kwargs["logits_to_keep"] = 1  # the LM head on the last position only (49,152 logits, not L × that)
+    generator = None if sampling.greedy else sampling.generator(device)
     for _ in range(max_new_tokens):
         out = model(**kwargs)
-        nxt = out.logits[:, -1].argmax(-1)
+        nxt = out.logits[:, -1].argmax(-1) if sampling.greedy else sampling.pick(out.logits[:, -1], generator)
         for i, t in enumerate(nxt.tolist()):
             if not live[i]:
                 continue
@@ -111,8 +157,9 @@ def greedy_decode(
         cache = _output_cache(out)
         mask = torch.cat([mask, mask.new_ones((n, 1))], dim=1)
         positions = positions[:, -1:] + 1
-        kwargs = {"input_ids": nxt[:, None], "attention_mask": mask, "position_ids": positions, "use_cache": True}
-        kwargs[cache_name] = cache
+        kwargs = {"input_ids": nxt[:, None], "attention_mask": mask, "use_cache": True, cache_name: cache}
+        if with_positions:
+            kwargs["position_ids"] = positions
     return tokens
 
 
@@ -183,11 +230,17 @@ def generate_rows(
     max_new_tokens: int = 128,
     raw: bool = False,
     cancel: threading.Event | None = None,
+    row_prompts: Sequence[str | Messages] | None = None,
+    sampling: Sampling = GREEDY,
 ) -> None:
-    """Greedy replies to one prompt from several adapters (``None`` = base) in ONE batched pass, on this thread:
-    ``emit`` gets the list of texts so far, one per row, after every generated token. Setting ``cancel`` stops
-    every row at the next token."""
-    ids = prompt_ids(tokenizer, prompt, raw)
+    """Replies to one prompt from several adapters (``None`` = base) in ONE batched pass, on this thread: ``emit``
+    gets the list of texts so far, one per row, after every generated token. Setting ``cancel`` stops every row at
+    the next token. ``row_prompts`` gives each row a prompt of its own instead (e.g. each side of a conversation
+    its own history); ``sampling`` picks tokens (greedy by default)."""
+    if row_prompts is not None and len(row_prompts) != len(rows):
+        raise ValueError(f"{len(row_prompts)} row prompts for {len(rows)} rows")
+    seqs = [prompt_ids(tokenizer, p, raw) for p in (row_prompts if row_prompts is not None else [prompt])]
+    seqs = seqs if row_prompts is not None else seqs * len(rows)
 
     def on_step(tokens: list[list[int]]) -> None:
         emit([tokenizer.decode(t, skip_special_tokens=True) for t in tokens])
@@ -195,12 +248,13 @@ def generate_rows(
     with mixed_batch(model, rows):
         greedy_decode(
             model,
-            [ids] * len(rows),
+            seqs,
             pad_id=_pad_id(tokenizer),
             stops=_stop_ids(tokenizer),
             max_new_tokens=max_new_tokens,
             on_step=on_step,
             cancel=cancel,
+            sampling=sampling,
         )
 
 
