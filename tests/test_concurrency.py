@@ -172,14 +172,14 @@ def test_over_http_a_cancelled_reply_does_not_block_the_next_session(served, ada
 
     demo, url = served
     first, second = Client(url, verbose=False), Client(url, verbose=False)
-    args = (None, str(adapters[0]), "", 512, [], [])
+    args = (None, str(adapters[0]), "", 512, [], [], "", 0, 1)  # no system prompt, greedy
     job = first.submit("A long story, please.", *args, api_name="/on_send")
     deadline = time.time() + TIMEOUT
     while time.time() < deadline and not any(o[1] and o[1][-1]["content"] for o in job.outputs()):
         time.sleep(0.05)  # until the adapted reply has begun
     job.cancel()
     started = time.time()
-    out = second.submit("Capital of France?", None, str(adapters[1]), "", 8, [], [], api_name="/on_send")
+    out = second.submit("Capital of France?", None, str(adapters[1]), "", 8, [], [], "", 0, 1, api_name="/on_send")
     base_hist, adapted_hist, _, info = out.result(timeout=TIMEOUT)
     assert time.time() - started < TIMEOUT
     assert "Generation failed" not in info

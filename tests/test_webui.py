@@ -239,6 +239,47 @@ def test_chat_engine_streams_base_and_adapted_in_their_columns(tiny_folder, tmp_
     assert set(peftlab.adapter_state(model).adapters) >= {loaded.name, other.name}
 
 
+def test_chat_engine_keeps_each_side_s_conversation_and_samples_when_asked(tiny_folder, tmp_path):
+    from peftlab.generate import Sampling
+    from peftlab.webui.chat_tab import conversation
+
+    engine = ChatEngine()
+    loaded = engine.load(make_adapter(tiny_folder, tmp_path / "a3", seed=3))
+    model, tok = engine.model, engine.tokenizer
+    first_base, first_adapted = list(engine.stream(loaded, "Capital of France?", max_new_tokens=5))[-1]
+    # the second turn: each side sends its own earlier reply, after a system prompt
+    base_hist = [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": first_base}]
+    adapted_hist = [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": first_adapted}]
+    base_msgs = conversation("Be brief.", base_hist, "And of Spain?")
+    adapted_msgs = conversation("Be brief.", adapted_hist, "And of Spain?")
+    assert [m["role"] for m in base_msgs] == ["system", "user", "assistant", "user"]
+    assert base_msgs[2]["content"] == first_base and adapted_msgs[2]["content"] == first_adapted
+    base, adapted = list(engine.stream(loaded, adapted_msgs, 5, base_message=base_msgs))[-1]
+    assert base.strip() == generate_text(model, tok, base_msgs, max_new_tokens=5, adapter=None)
+    assert adapted.strip() == generate_text(model, tok, adapted_msgs, max_new_tokens=5, adapter=loaded.name)
+
+    hot = Sampling(temperature=1.5, top_p=1.0)
+    draws = {list(engine.stream(loaded, "Capital of France?", 6, sampling=hot))[-1] for _ in range(4)}
+    assert len(draws) > 1  # sampled: the replies vary
+    greedy = {list(engine.stream(loaded, "Capital of France?", 6))[-1] for _ in range(2)}
+    assert len(greedy) == 1
+
+
+def test_sampling_top_p_keeps_the_nucleus_and_is_checked():
+    from peftlab.generate import Sampling
+
+    logits = torch.tensor([[5.0, 4.0, -10.0, -10.0]])
+    picks = {int(Sampling(1.0, 0.5, seed=s).pick(logits, torch.Generator().manual_seed(s))) for s in range(20)}
+    assert picks == {0}  # token 0 alone holds over half the mass: the nucleus is {0}
+    picks = {int(Sampling(1.0, 0.99).pick(logits, torch.Generator().manual_seed(s))) for s in range(40)}
+    assert picks == {0, 1}  # tokens 2 and 3 are outside the 99% nucleus
+    assert int(Sampling().pick(logits)) == 0
+    with pytest.raises(ValueError, match="top_p"):
+        Sampling(1.0, 0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        Sampling(-1.0)
+
+
 def test_chat_engine_errors_are_clear(tiny_folder, tmp_path):
     from peftlab.models import load_tokenizer, tiny_model
 

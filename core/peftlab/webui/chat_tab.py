@@ -9,14 +9,15 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import PeftlabError
+from ..generate import Sampling
 from .adapters import HAS_HUB, adapter_choices, locate
 from .engine import ChatEngine, LoadedAdapter
 
 HELP = (
     "Pick an adapter trained in the **Train** tab or kept in the local store (or type any adapter folder), then "
-    "send a message. "
-    "Both replies are greedy and stream token by token; each message is answered on its own (no "
-    "conversation memory), so base and adapted see exactly the same prompt."
+    "send a message: the adapted model and the base model answer side by side, token by token. It is a "
+    "conversation: each side remembers its own earlier replies (**Clear** starts over; switching adapters does "
+    "too). Temperature 0 is greedy (the same reply every time); above 0 replies are sampled (top-p)."
 )
 
 
@@ -34,7 +35,7 @@ def describe(a: LoadedAdapter) -> str:
     mode = "one batched pass (mixed-adapter batch)" if c.mixed_batch else "two passes (the method cannot mix batches)"
     merge = "yes" if c.mergeable else f"no — {c.merge_note or 'the method says so'}"
     return (
-        f"Loaded `{a.path}` as **{a.name}**: method **{a.method.name}**, base `{a.base}` "
+        f"Loaded `{a.path}`: method **{a.method.name}**, base `{a.base}` "
         f"(peftlab {card.get('peftlab_version', '?')}). Replies: {mode}. Mergeable: {merge}."
     )
 
@@ -53,6 +54,16 @@ def nearest_markdown(rows: list[list[tuple[str, float]]] | None) -> str:
         cells = ", ".join(f"`{tok.strip() or repr(tok)}` {score:.2f}".replace("|", "\\|") for tok, score in row)
         lines.append(f"| {i} | {cells} |")
     return "\n".join(lines)
+
+
+def conversation(system: str | None, history: list | None, message: str) -> list[dict[str, str]]:
+    """The chat messages one side sends: the system prompt (if any), that side's earlier turns, the new message."""
+    out = [{"role": "system", "content": system.strip()}] if (system or "").strip() else []
+    for m in history or []:
+        role, content = (m.get("role"), m.get("content")) if isinstance(m, dict) else (None, None)
+        if role in ("user", "assistant") and isinstance(content, str):
+            out.append({"role": role, "content": content})
+    return [*out, {"role": "user", "content": message}]
 
 
 def _error(e: BaseException) -> str:
@@ -84,6 +95,17 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> ChatPicker:
             label="Base model", placeholder="empty = the base the adapter was trained on", scale=4, elem_id="chat-base"
         )
         max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens", scale=2, elem_id="chat-max-new-tokens")
+    with gr.Row():
+        system = gr.Textbox(
+            label="System prompt",
+            placeholder="optional: sent first to both models",
+            scale=4,
+            lines=1,
+            elem_id="chat-system",
+        )
+        temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature (0 = greedy)", scale=2,
+                                elem_id="chat-temperature")  # fmt: skip
+        top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p", scale=2, elem_id="chat-top-p")
     info = gr.Markdown("No adapter loaded.", elem_id="chat-info")
     with gr.Accordion("What the soft prompt says", open=False, visible=False, elem_id="chat-nearest-box") as box:
         nearest = gr.Markdown("", elem_id="chat-nearest")
@@ -98,6 +120,8 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> ChatPicker:
     def on_refresh(current: str | None):
         fresh = adapter_choices(runs_dir)
         values = [v for _, v in fresh]
+        # the newest adapter when none (or a deleted one) is picked; choosing it loads it (``on_pick``), so the
+        # selection and the status agree
         return gr.Dropdown(choices=fresh, value=current if current in values else (values[0] if values else None))
 
     def load(choice: str | None, typed: str, base_id: str) -> tuple[LoadedAdapter | None, str]:
@@ -111,13 +135,16 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> ChatPicker:
         return loaded, describe(loaded)
 
     def on_pick(choice, typed, base_id):
+        """Load the picked adapter; the conversation starts over (the replies were another adapter's)."""
         loaded, text = load(choice, typed, base_id)
         if loaded is None and (choice or typed):
             gr.Warning(text.replace("**", ""))
+        if loaded is None and not (choice or typed):
+            text = "No adapter loaded."
         table = nearest_markdown(engine.nearest_tokens(loaded)) if loaded is not None else ""
-        return text, gr.Accordion(visible=bool(table)), table
+        return text, gr.Accordion(visible=bool(table)), table, [], []
 
-    def on_send(message: str, choice, typed, base_id, limit, base_hist, adapted_hist):
+    def on_send(message: str, choice, typed, base_id, limit, base_hist, adapted_hist, system_text, temp, top):
         message = (message or "").strip()
         if not message:
             yield base_hist, adapted_hist, gr.skip(), gr.skip()
@@ -128,11 +155,15 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> ChatPicker:
             yield base_hist, adapted_hist, message, text
             return
         user = {"role": "user", "content": message}
+        sampling = Sampling(float(temp or 0), float(top or 1))
+        adapted_prompt = conversation(system_text, adapted_hist, message)  # each side: its own earlier replies
+        base_prompt = conversation(system_text, base_hist, message)
         base_hist = [*(base_hist or []), user, {"role": "assistant", "content": ""}]
         adapted_hist = [*(adapted_hist or []), user, {"role": "assistant", "content": ""}]
         yield base_hist, adapted_hist, "", text
         try:  # closing: when Gradio closes this handler (the browser went away), the reply stops at once
-            with closing(engine.stream(loaded, message, int(limit))) as replies:
+            stream = engine.stream(loaded, adapted_prompt, int(limit), base_message=base_prompt, sampling=sampling)
+            with closing(stream) as replies:
                 for b, a in replies:
                     base_hist[-1] = {"role": "assistant", "content": b}
                     adapted_hist[-1] = {"role": "assistant", "content": a}
@@ -142,7 +173,7 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> ChatPicker:
 
     send_args = dict(
         fn=on_send,
-        inputs=[msg, adapter, path, base, max_new, base_bot, adapted_bot],
+        inputs=[msg, adapter, path, base, max_new, base_bot, adapted_bot, system, temperature, top_p],
         outputs=[base_bot, adapted_bot, msg, info],
         concurrency_limit=1,
         concurrency_id="chat-model",
@@ -155,7 +186,7 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> ChatPicker:
     pick_args = dict(
         fn=on_pick,
         inputs=[adapter, path, base],
-        outputs=[info, box, nearest],
+        outputs=[info, box, nearest, base_bot, adapted_bot],
         concurrency_limit=1,
         concurrency_id="chat-model",
     )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import AdapterError, MethodError
-from ..generate import generate_rows
+from ..generate import GREEDY, Messages, Sampling, generate_rows
 from ..inspect import nearest_tokens
 from ..io import WEIGHTS_FILE, AdapterFiles, load_adapter, read_adapter
 from ..method import Capabilities
@@ -154,8 +154,18 @@ class ChatEngine:
             return adapter
         return self.load(adapter.path, adapter.requested_base)
 
-    def stream(self, adapter: LoadedAdapter, message: str, max_new_tokens: int = 128) -> Iterator[tuple[str, str]]:
-        """Yield (base reply, adapted reply) so far, token by token.
+    def stream(
+        self,
+        adapter: LoadedAdapter,
+        message: str | Messages,
+        max_new_tokens: int = 128,
+        *,
+        base_message: str | Messages | None = None,
+        sampling: Sampling = GREEDY,
+    ) -> Iterator[tuple[str, str]]:
+        """Yield (base reply, adapted reply) so far, token by token. ``message`` is a text or a conversation (chat
+        messages, a system prompt first if any); ``base_message`` gives the base model a conversation of its own
+        (its own earlier replies), else it answers ``message`` too. ``sampling``: greedy unless told otherwise.
 
         The reply is generated on a thread of its own (it waits for the lock while another reply is generated);
         this generator holds no lock, so any thread may advance it or close it. Closing it early (Gradio does when
@@ -165,7 +175,8 @@ class ChatEngine:
         cancel = threading.Event()
         worker = threading.Thread(
             target=self._generate,
-            args=(adapter, message, max_new_tokens, out, cancel),
+            args=(adapter, (message, message if base_message is None else base_message), max_new_tokens, out, cancel),
+            kwargs={"sampling": sampling},
             daemon=True,
             name="peftlab-chat-reply",
         )
@@ -182,9 +193,17 @@ class ChatEngine:
             cancel.set()  # the consumer is gone (or done): the worker stops at its next token
 
     def _generate(
-        self, adapter: LoadedAdapter, message: str, max_new_tokens: int, out: queue.Queue, cancel: threading.Event
+        self,
+        adapter: LoadedAdapter,
+        messages: tuple[str | Messages, str | Messages],
+        max_new_tokens: int,
+        out: queue.Queue,
+        cancel: threading.Event,
+        sampling: Sampling = GREEDY,
     ) -> None:
-        """The worker thread of one reply: takes the lock, generates, puts (base, adapted) pairs on ``out``."""
+        """The worker thread of one reply: takes the lock, generates, puts (base, adapted) pairs on ``out``.
+        ``messages``: (the adapted side's prompt, the base side's)."""
+        adapted_msg, base_msg = messages
         try:
             with self.lock:
                 if cancel.is_set():
@@ -192,11 +211,12 @@ class ChatEngine:
                 adapter = self._current(adapter)
                 if adapter.method.capabilities.mixed_batch:  # one batched pass: row 0 adapted, row 1 base
                     self._rows(
-                        message,
+                        [adapted_msg, base_msg],
                         [adapter.name, None],
                         max_new_tokens,
                         cancel,
                         lambda texts: out.put((texts[1], texts[0])),
+                        sampling,
                     )
                     return
                 adapted = [""]
@@ -205,8 +225,10 @@ class ChatEngine:
                     adapted[0] = texts[0]
                     out.put(("", texts[0]))
 
-                self._rows(message, [adapter.name], max_new_tokens, cancel, first_pass)
-                self._rows(message, [None], max_new_tokens, cancel, lambda texts: out.put((texts[0], adapted[0])))
+                self._rows([adapted_msg], [adapter.name], max_new_tokens, cancel, first_pass, sampling)
+                self._rows(
+                    [base_msg], [None], max_new_tokens, cancel, lambda texts: out.put((texts[0], adapted[0])), sampling
+                )
         except BaseException as e:  # handed to the consumer, which raises it
             out.put(_Failed(e))
         finally:
@@ -214,15 +236,26 @@ class ChatEngine:
 
     def _rows(
         self,
-        message: str,
+        prompts: list[str | Messages],
         rows: list[str | None],
         max_new_tokens: int,
         cancel: threading.Event,
         emit: Callable[[list[str]], None],
+        sampling: Sampling = GREEDY,
     ) -> None:
-        """Greedy replies to ``message`` from several adapters (``None`` = base) in one batched pass, on this
+        """Replies to ``prompts`` (one per row) from several adapters (``None`` = base) in one batched pass, on this
         thread; ``emit`` gets the texts so far after each token. Stops once ``cancel`` is set. Hold ``lock``."""
-        generate_rows(self.model, self.tokenizer, message, rows, emit, max_new_tokens=max_new_tokens, cancel=cancel)
+        generate_rows(
+            self.model,
+            self.tokenizer,
+            prompts[0],
+            rows,
+            emit,
+            max_new_tokens=max_new_tokens,
+            cancel=cancel,
+            row_prompts=prompts,
+            sampling=sampling,
+        )
 
 
 class _Failed:
