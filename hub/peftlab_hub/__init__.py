@@ -31,6 +31,8 @@ _WHERE = {
     "search": "search",
     "StackError": "stack",
     "stack": "stack",
+    "learn": "learn",
+    "sweep": "sweep",
     "AdapterInfo": "store",
     "AdapterStore": "store",
     "default_store_dir": "store",
@@ -94,4 +96,6 @@ __all__ = [
     "search",
     "stack",
     "StackError",
+    "learn",
+    "sweep",
 ]
