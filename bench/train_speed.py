@@ -305,7 +305,7 @@ def compile_probe(a) -> dict[str, Any]:
     from peftlab import adapters as ad
     from peftlab import data as pdata
     from peftlab.models import load_model
-    from peftlab.train import _labelled
+    from peftlab.train import _labelled, _use_packed_attention
 
     torch.set_num_threads(a.threads)
     result: dict[str, Any] = {}
@@ -319,6 +319,7 @@ def compile_probe(a) -> dict[str, Any]:
         opt = torch.optim.AdamW(params, lr=a.lr)
         model.train()
         labelled = _labelled(model)
+        _use_packed_attention(model)
         forward = torch.compile(model, dynamic=True) if mode == "compiled" else model
         times = []
         for b in batches:
@@ -342,7 +343,7 @@ def profile_step(a) -> str:
     from peftlab import adapters as ad
     from peftlab import data as pdata
     from peftlab.models import load_model
-    from peftlab.train import _labelled
+    from peftlab.train import _labelled, _use_packed_attention
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -354,6 +355,7 @@ def profile_step(a) -> str:
     opt = torch.optim.AdamW(params, lr=a.lr)
     model.train()
     labelled = _labelled(model)
+    _use_packed_attention(model)  # as peftlab.train does for a packed run on sdpa
 
     def step(b) -> None:
         loss, _ = labelled.loss(model, pdata.pack([items[j] for j in b]))
