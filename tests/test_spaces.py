@@ -158,21 +158,24 @@ def test_a_hugging_face_login_owns_the_jobs_and_adapters_it_sees(tmp_path, monke
     """TrainTab and HubTab with a login (``gr.OAuthProfile``): the owner is ``hf:<user>`` in any browser; another
     user neither reattaches to it, nor stops it, nor is offered its adapter to push."""
     from peftlab.webui.hub_tab import HubTab, default_repo
-    from peftlab.webui.train_tab import TrainTab, user_owner
+    from peftlab.webui.train_tab import user_owner
 
     monkeypatch.delenv("PEFTLAB_SHARE_JOBS", raising=False)
     runs = tmp_path / "runs"
     mine, theirs, cli = runs / "20250101-000001-lora", runs / "20250101-000002-lora", runs / "20250101-000003-lora"
-    for run in (mine, theirs, cli):
+    anonymous = runs / "20250101-000004-lora"  # trained in browser-1 before its user signed in
+    for run in (mine, theirs, cli, anonymous):
         (run / "adapter").mkdir(parents=True)
         (run / "adapter" / "adapter_config.json").write_text("{}")
     Job(mine, 0, [], "lora", "queued", owner="hf:alice", queued=1.0).save()
     Job(theirs, 0, [], "lora", "queued", owner="hf:bob", queued=2.0).save()  # (cli: no job.json, no owner)
+    Job(anonymous, 0, [], "lora", "done", owner="browser-1").save()
 
     assert user_owner(profile("alice")) == "hf:alice" and user_owner(None) is None
-    tab = TrainTab(gr.Dropdown(), runs_dir=runs)
+    tab = webapp.build_app(tmp_path / "app-runs").peftlab_train  # the real tab (its page-load outputs and all)
+    monkeypatch.setattr(tab, "runs_dir", runs)
     out = tab.on_load("browser-1", profile("alice"))
-    assert out[0] == str(mine) and out[-1] == "browser-1"  # the login's job, whatever the browser
+    assert out[0] == str(mine) and "browser-1" in out  # the login's job, whatever the browser (which it keeps)
     assert tab.on_load("browser-1", profile("bob"))[0] == str(theirs)
     assert tab.on_poll(str(theirs), -1, "browser-1", profile("alice"))[2].startswith("No job running")
     assert tab.on_stop(str(theirs), "browser-1", profile("alice"))[2] == "Nothing to stop."
@@ -180,10 +183,13 @@ def test_a_hugging_face_login_owns_the_jobs_and_adapters_it_sees(tmp_path, monke
 
     hub = HubTab(runs, store_dir=tmp_path / "store")
     offered = [Path(v).parent for _, v in hub.on_refresh(None, "browser-1", profile("alice")).choices]
-    assert offered == [cli, mine]  # alice's run and the CLI's (no owner), newest first; not bob's
-    assert [Path(v).parent for _, v in hub.choices(None)] == [cli, theirs, mine]  # the API sees every run
+    assert offered == [anonymous, cli, mine]  # alice's, this browser's and the CLI's (no owner), newest first
+    offered = [Path(v).parent for _, v in hub.on_refresh(None, "browser-2", profile("alice")).choices]
+    assert offered == [cli, mine]  # alice in another browser: not browser-1's, never bob's
+    assert [Path(v).parent for _, v in hub.on_refresh(None, "browser-1", None).choices] == [anonymous, cli]
+    assert [Path(v).parent for _, v in hub.choices(None)] == [anonymous, cli, theirs, mine]  # the API sees all
     monkeypatch.setenv("PEFTLAB_SHARE_JOBS", "1")
-    assert len(hub.on_refresh(None, "browser-1", profile("alice")).choices) == 3  # a server that shares
+    assert len(hub.on_refresh(None, "browser-2", profile("alice")).choices) == 4  # a server that shares
 
     adapter = str(mine / "adapter")
     assert default_repo("", adapter, "alice") == f"alice/{mine.name}"

@@ -88,15 +88,18 @@ class HubTab:
             out += "\n\n" + (LOGIN_SPACE if self.space else LOGIN_LOCAL)
         return out
 
-    def choices(self, owner: str | None = None) -> list[tuple[str, str]]:
-        """The adapters ``owner`` may push (None: every run's; see ``jobs.saved_adapters``), then the store's."""
-        found = [*jobs.saved_adapters(self.runs_dir, owner), *store_adapters(self.store_dir)]
+    def choices(self, owner: str | None = None, *others: str) -> list[tuple[str, str]]:
+        """The adapters ``owner`` (and ``others``) may push, newest first (None: every run's; see
+        ``jobs.saved_adapters``), then the store's."""
+        runs = {path: label for o in (owner, *others) for label, path in jobs.saved_adapters(self.runs_dir, o)}
+        found = [*((runs[p], p) for p in sorted(runs, reverse=True)), *store_adapters(self.store_dir)]
         return [(label, str(path)) for label, path in found]
 
     def on_refresh(
         self, current: str | None, browser: str | None = "", profile: gr.OAuthProfile | None = None
     ) -> gr.Dropdown:
-        fresh = self.choices(user_owner(profile) or browser or "")
+        """The push picker afresh: the logged-in user's adapters and this browser's (trained before signing in)."""
+        fresh = self.choices(user_owner(profile) or browser or "", *([browser] if browser and profile else []))
         values = [v for _, v in fresh]
         return gr.Dropdown(choices=fresh, value=current if current in values else (values[0] if values else None))
 
