@@ -222,6 +222,7 @@ def test_train_watch_plot_then_chat(page, app, tmp_path):
 def test_reload_reattaches_and_stop_stops(page, app, tmp_path):
     pg, runs = page, app[1]
     before = {p.name for p in runs.iterdir()}
+    pg.wait_for_function("() => document.querySelector('#train-preview').innerText.includes('capital')")  # 1st rows
     fill_training(pg, 500)
     pg.click("#train-start")
     wait_js(pg, "MD('train-status').startsWith('Running')")
@@ -255,6 +256,15 @@ def test_reload_reattaches_and_stop_stops(page, app, tmp_path):
     assert pg.is_enabled("#train-start")
     assert "ETA" not in md(pg, "train-progress")
 
+    # Resume continues the stopped run in its folder, from its checkpoint
+    assert pg.is_enabled("#train-resume")
+    pg.click("#train-resume")
+    wait_js(pg, f"MD('train-status').startsWith('Running') && MD('train-status').includes({run.name!r})")
+    wait_js(pg, f"(/step (\\d+) \\//.exec(MD('train-progress')) || [0, -1])[1] > {last['step']}", timeout=TRAIN_S)
+    pg.click("#train-stop")
+    wait_js(pg, "MD('train-status').startsWith('Stopped')", timeout=120_000)
+    assert "--resume" in json.loads((run / "job.json").read_text())["argv"]
+
     # an uploaded file is checked with the trainer's reader: a clear error, and Start refuses it
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{not json\n')
@@ -262,6 +272,6 @@ def test_reload_reattaches_and_stop_stops(page, app, tmp_path):
     wait_js(pg, "MD('train-dataset-info').includes('cannot be used')")
     assert "bad.jsonl" in md(pg, "train-dataset-info")
     runs_before = sorted(p.name for p in runs.iterdir())
-    pg.click("#train-start")
-    pg.get_by_text(re.compile(r"bad\.jsonl line 2: invalid JSON")).first.wait_for()
+    assert "line 2: invalid JSON" in md(pg, "train-dataset-info")
+    pg.wait_for_function("() => document.querySelector('#train-start').disabled")  # Start waits for a usable file
     assert sorted(p.name for p in runs.iterdir()) == runs_before  # no job was started

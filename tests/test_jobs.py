@@ -240,3 +240,38 @@ def test_sessions_see_and_stop_only_their_own_jobs(tiny_base, tmp_path, monkeypa
         assert jobs.stop(alice, owner="alice", timeout=60).status == "stopped"
     finally:
         _kill_all(alice, bob)
+
+
+def test_a_named_run_is_refused_when_taken_or_malformed(tiny_base, tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "taken").mkdir(parents=True)
+    with pytest.raises(jobs.JobError, match="exists already"):
+        jobs.start_job(runs, "lora", {**FAST, "base_model": str(tiny_base)}, name="taken")
+    with pytest.raises(jobs.JobError, match="run name '../x'"):
+        jobs.start_job(runs, "lora", {**FAST, "base_model": str(tiny_base)}, name="../x")
+    assert sorted(p.name for p in runs.iterdir()) == ["taken"]  # nothing started, nothing made
+
+
+def test_a_stopped_job_resumes_in_its_folder_to_the_end(tiny_base, tmp_path):
+    runs = tmp_path / "runs"
+    settings = {**FAST, "base_model": str(tiny_base), "max_steps": 40, "save_every": 2}
+    job = jobs.start_job(runs, "lora", settings, {"r": "4"}, name="my-run")
+    assert job.run_dir == runs / "my-run"
+    assert job.form == {"method": "lora", "settings": {k: v for k, v in settings.items()}, "flags": {"r": "4"}}
+    assert jobs.Job.load(job.run_dir).form == job.form  # kept in job.json: a reloaded page shows these settings
+    try:
+        wait_for(lambda: len(steps(job)) >= 3, what="three training steps")
+        stopped = jobs.stop(job, timeout=60)
+    finally:
+        if job.alive():
+            jobs._signal(job.pid, 9)
+    assert stopped.status == "stopped"
+    at = max(steps(job))
+    again = jobs.resume_job(jobs.Job.load(job.run_dir))
+    assert again.status == "running" and "--resume" in again.argv and again.run_dir == job.run_dir
+    wait_for(lambda: again.refresh().status != "running", what="the resumed job to finish")
+    assert again.status == "done", again.log_tail()
+    done = steps(again)
+    assert done[-1] == 40 and at < 40 and done[0] == 1  # the history goes on from before the stop
+    with pytest.raises(jobs.JobError, match="nothing to resume|no checkpoint"):
+        jobs.resume_job(jobs.Job(tmp_path, 0, [], "lora", status="running"))

@@ -19,7 +19,7 @@ from peftlab.webui import build_app, forms
 from peftlab.webui.engine import ChatEngine
 from peftlab.webui.plots import loss_frame
 from peftlab.webui.progress import job_view, progress_line
-from peftlab.webui.train_tab import capability_text, upload_text
+from peftlab.webui.train_tab import N_OUTPUTS, capability_text, upload_text
 
 
 @pytest.fixture(scope="module")
@@ -337,13 +337,14 @@ def test_train_tab_shows_and_stops_only_its_browsers_jobs(demo, tmp_path, monkey
         Job(busy, sleeper.pid, [], "lora", owner="bob").save()
         Job(waiting, 0, [], "lora", "queued", owner="alice", queued=1.0).save()
 
+        n = N_OUTPUTS  # then the owner id, then the form's widgets
         out = tab.on_load("alice")
         assert out[0] == str(waiting) and out[2].startswith("**Queued**") and "place **1**" in out[2]
-        assert out[-1] == "alice" and out[8].interactive  # Stop takes it off the queue
+        assert out[n] == "alice" and out[8].interactive  # Stop takes it off the queue
         out = tab.on_load("bob")
-        assert out[0] == str(busy) and out[2].startswith("**Running**") and out[-1] == "bob"
+        assert out[0] == str(busy) and out[2].startswith("**Running**") and out[n] == "bob"
         out = tab.on_load("")  # a new browser: a new owner id, and nothing to reattach to
-        assert len(out[-1]) == 32 and all(isinstance(o, type(gr.skip())) for o in out[:-1])
+        assert len(out[n]) == 32 and all(isinstance(o, type(gr.skip())) for o in out[:n] + out[n + 1 :])
 
         assert tab.on_poll(str(waiting), -1, "bob")[2].startswith("No job running")  # not bob's: not shown
         assert tab.on_stop(str(busy), "alice")[2] == "Nothing to stop."
@@ -383,3 +384,65 @@ def test_loss_chart_draws_train_as_a_line_and_eval_as_points_on_whole_steps():
     ]
     one = loss_chart(events[:1]).to_dict()  # a single eval point still spans a step, so it is drawn
     assert one["layer"][0]["encoding"]["x"]["scale"]["domain"] == [0, 1]
+
+
+def test_train_form_round_trips_through_saved_settings_and_a_running_job(demo, tmp_path, monkeypatch):
+    """What the form sends comes back into it: from a saved settings file, and from a job's job.json when a
+    page reloads while it runs (the form shows the running job's settings, not the defaults)."""
+    import subprocess
+    import sys
+
+    from peftlab.webui.train_tab import command_line, preview_frame, progress_bar
+
+    tab = demo.peftlab_train
+    monkeypatch.setattr(tab, "runs_dir", tmp_path / "runs")
+    values = {w: getattr(w, "value", None) for w in tab.form_widgets}
+    values[tab.inputs["upload"]] = None
+    values[tab.owner] = "alice"
+    ids = {w.elem_id: w for w in tab.form_widgets}
+    values[tab.method] = "lora"
+    values[ids["train-max_steps"]] = 10
+    values[ids["train-learning_rate"]] = "0.005"
+    values[ids["cfg-lora-r"]] = 4
+    values[tab.run_name] = "ten-steps"
+    name, settings, flags = tab.read_form(values)
+    assert (name, settings["max_steps"], settings["learning_rate"], flags) == ("lora", "10", "0.005", {"r": "4"})
+
+    saved = json.loads(Path(tab.on_save_settings(values)).read_text())
+    assert saved["name"] == "ten-steps" and saved["flags"] == {"r": "4"}
+    filled = dict(zip(tab.form_widgets, tab.on_load_settings(tab.on_save_settings(values)), strict=True))
+    assert filled[ids["train-max_steps"]] == 10 and filled[ids["train-learning_rate"]] == "0.005"
+    assert filled[ids["cfg-lora-r"]] == 4 and filled[tab.run_name] == "ten-steps" and filled[tab.method] == "lora"
+    assert filled[ids["train-batch_size"]] == forms.widget_value(
+        next(s for s in tab.train_specs if s.name == "batch_size"), None
+    )  # not in the file: the default
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(gr.Error, match="not a peftlab settings file"):
+        tab.on_load_settings(str(bad))
+
+    cmd = tab.on_command(values)
+    assert cmd.startswith("peftlab train --method lora") and "--max-steps 10" in cmd and "--r 4" in cmd
+    assert "ten-steps" in cmd and cmd == command_line(name, settings, flags, tab.runs_dir / "ten-steps")
+
+    run = tmp_path / "runs" / "ten-steps"
+    run.mkdir(parents=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(run)])
+    try:
+        Job(
+            run, sleeper.pid, [], "lora", owner="alice", form={"method": name, "settings": settings, "flags": flags}
+        ).save()
+        out = tab.on_load("alice")
+        shown = dict(zip(tab.form_widgets, out[N_OUTPUTS + 1 :], strict=True))
+        assert (
+            shown[ids["train-max_steps"]] == 10 and shown[ids["cfg-lora-r"]] == 4 and shown[tab.run_name] == "ten-steps"
+        )
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+    frame = preview_frame("capitals-json", None)
+    assert len(frame) == 5 and "messages" in frame.columns or "prompt" in frame.columns
+    assert progress_bar([]) == ""
+    events = [{"event": "start", "steps": 8}, {"event": "step", "step": 2, "loss": 1.0}]
+    assert 'value="25"' in progress_bar(events)

@@ -104,6 +104,7 @@ class Job:
     owner: str | None = None  # the session that started it (None: the API or CLI; every session sees it)
     queued: float | None = None  # when it was asked for (the queue's order)
     env: dict[str, str] = field(default_factory=dict)  # extra environment for the process (a queued job's)
+    form: dict[str, Any] = field(default_factory=dict)  # what it was started with: method, settings, flags (text)
 
     @property
     def name(self) -> str:
@@ -176,6 +177,7 @@ class Job:
             "owner": self.owner,
             "queued": self.queued,
             "env": self.env,
+            "form": self.form,
         }
         tmp = self.run_dir / f".{JOB_FILE}.{uuid.uuid4().hex[:8]}.tmp"  # concurrent writers never share one
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -202,6 +204,7 @@ class Job:
             data.get("owner"),
             data.get("queued"),
             dict(data.get("env") or {}),
+            dict(data.get("form") or {}),
         )
 
 
@@ -286,8 +289,10 @@ def start_job(
     env: dict[str, str] | None = None,
     queue: bool = False,
     owner: str | None = None,
+    name: str | None = None,
 ) -> Job:
-    """Start training in a child process (its own process group) under ``runs_dir/<timestamp>-<method>``.
+    """Start training in a child process (its own process group) under ``runs_dir/<name>`` (default
+    ``<timestamp>-<method>``; a name already taken is refused).
 
     ``settings`` are ``TrainArgs`` fields (``max_steps``, ``base_model``, ...), as text (a form's) or typed;
     ``method_flags`` are config fields as text (``{"r": "4"}``). Both are checked first, the way ``peftlab train``
@@ -299,6 +304,7 @@ def start_job(
     """
     runs_dir = Path(runs_dir)
     TrainArgs.from_strings({**(settings or {}), "method": method}, method_flags)  # refuses bad settings now
+    named = _named_run(runs_dir, name) if name and name.strip() else None
     limit = max_jobs()
     with _scheduling(runs_dir):
         _start_queued(runs_dir)  # the jobs already waiting go first
@@ -311,10 +317,14 @@ def start_job(
                 if running
                 else "other jobs are waiting for a free slot"
             )
-        run_dir = _run_name(runs_dir, method)
-        run_dir.mkdir(parents=True)
+        run_dir = named or _run_name(runs_dir, method)
+        try:
+            run_dir.mkdir(parents=True)
+        except FileExistsError:
+            raise JobError(f"a run named {run_dir.name!r} exists already: pick another name") from None
         argv = train_command(method, dict(settings or {}), dict(method_flags or {}), run_dir.resolve())
-        job = Job(run_dir, 0, argv, method, QUEUED, owner=owner, queued=time.time(), env=dict(env or {}))
+        form = {"method": method, "settings": _texts(settings), "flags": _texts(method_flags)}
+        job = Job(run_dir, 0, argv, method, QUEUED, owner=owner, queued=time.time(), env=dict(env or {}), form=form)
         if len(running) < limit and not waiting:
             _launch(job)
             return job
@@ -323,10 +333,61 @@ def start_job(
     return job
 
 
-def _launch(job: Job) -> None:
+def _texts(values: dict[str, Any] | None) -> dict[str, Any]:
+    """Settings as JSON can keep them (text as given; other values as text)."""
+    return {k: v if v is None or isinstance(v, (str, bool, int, float)) else str(v) for k, v in (values or {}).items()}
+
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$")
+
+
+def _named_run(runs_dir: Path, name: str) -> Path:
+    """``runs_dir/name`` for a run name a user typed: letters, digits, ``_ . -``; refused if taken."""
+    name = name.strip()
+    if not RUN_NAME.match(name):
+        raise JobError(
+            f"run name {name!r}: use letters, digits, '_', '.' and '-' (up to 81 characters, not starting with a dot)"
+        )
+    path = runs_dir / name
+    if path.exists():
+        raise JobError(f"a run named {name!r} exists already: pick another name")
+    return path
+
+
+def resume_job(job: Job, owner: str | None = None, queue: bool = True) -> Job:
+    """Continue a stopped, failed or interrupted job from its last checkpoint: the same command with ``--resume``,
+    in the same run folder (the progress history continues). Queued like a new job when the slots are full."""
+    from .train import last_checkpoint
+
+    if not visible(job, owner):
+        raise JobError(f"job {job.name} belongs to another session")
+    if job.refresh().status in (RUNNING, QUEUED):
+        raise JobError(f"job {job.name} is {job.status}: nothing to resume")
+    if last_checkpoint(job.run_dir) is None:
+        raise JobError(f"job {job.name} has no checkpoint to resume from: start it again instead")
+    runs_dir = job.run_dir.parent
+    with _scheduling(runs_dir):
+        every = list_jobs(runs_dir)
+        running = sum(j.status == RUNNING for j in every)
+        waiting = any(j.status == QUEUED for j in every)
+        if (running >= max_jobs() or waiting) and not queue:
+            raise JobError("every slot is busy: wait for a running job to end")
+        job.argv = [*job.argv, "--resume"] if "--resume" not in job.argv else job.argv
+        job.status, job.queued, job.finished, job.returncode = QUEUED, time.time(), None, None
+        job.message, job.stop_requested, job.pid = "", None, 0
+        if running < max_jobs() and not waiting:
+            _launch(job, append_log=True)
+            return job
+        job.save()
+    _ensure_scheduler(runs_dir)
+    return job
+
+
+def _launch(job: Job, append_log: bool = False) -> None:
     """Start a queued job's process now (the caller holds ``_scheduling``)."""
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **job.env}
-    with open(job.run_dir / LOG_FILE, "wb") as log:
+    resumed = append_log or "--resume" in job.argv
+    with open(job.run_dir / LOG_FILE, "ab" if resumed else "wb") as log:
         child = subprocess.Popen(
             job.argv,
             stdin=subprocess.DEVNULL,
@@ -510,6 +571,7 @@ __all__ = [
     "Job",
     "JobError",
     "start_job",
+    "resume_job",
     "current_job",
     "list_jobs",
     "stop",

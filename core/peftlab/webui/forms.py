@@ -127,3 +127,20 @@ def train_component(spec: FieldSpec) -> gr.components.Component:
         placeholder="empty = default" if spec.optional else None,
         min_width=120,
     )
+
+
+def widget_value(spec: FieldSpec, text: Any) -> Any:
+    """What ``field_component`` / ``train_component``'s widget shows for a field whose flag text is ``text``
+    (``None``: the default) — the inverse of ``value_text``: saved or running settings fill a form with it."""
+    if text is None:
+        text = default_text(spec)
+    text = "" if str(text).strip().lower() == "none" and spec.optional else str(text)
+    if spec.kind in ("int", "float") and not spec.optional:
+        try:
+            number = float(text)
+        except ValueError:
+            return spec.default
+        return int(number) if spec.kind == "int" else number
+    if spec.kind == "bool":
+        return text.strip().lower() in ("true", "1", "yes", "on")
+    return text

@@ -12,13 +12,17 @@ with the owner, and the tab reattaches to, shows and stops only that owner's job
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import pandas as pd
 
 from .. import jobs
 from ..data.rows import DatasetError, dataset_task
@@ -26,17 +30,18 @@ from ..data.sources import builtin_datasets, load_rows
 from ..errors import PeftlabError
 from ..plugins import MethodHandle, methods
 from ..schema import FieldSpec
+from ..train import last_checkpoint
 from . import forms
 from .plots import loss_chart
 from .progress import IDLE, STOPPING, job_view
 
 POLL_SECONDS = 1.0
 STOP_TIMEOUT = 120.0  # seconds the trainer gets to finish its step and save before it is killed
-N_OUTPUTS = 9  # what ``outputs_for`` returns: run, seen, status, progress, params, plot, timer, start, stop
+N_OUTPUTS = 11  # ``outputs_for``: run, seen, status, progress, params, plot, timer, start, stop, resume, bar
 
 
 def outputs_for(job: jobs.Job | None, seen: int) -> list:
-    """Values for [run_state, seen_state, status, progress, params, plot, timer, start, stop]."""
+    """Values for [run_state, seen_state, status, progress, params, plot, timer, start, stop, resume, bar]."""
     place = jobs.queue_place(job) if job is not None and job.status == jobs.QUEUED else None
     if place is not None:
         running = "a running job ends" if jobs.max_jobs() == 1 else f"one of the {jobs.max_jobs()} running jobs ends"
@@ -54,6 +59,8 @@ def outputs_for(job: jobs.Job | None, seen: int) -> list:
             gr.Timer(active=True),
             gr.Button(interactive=False),
             gr.Button(interactive=True),
+            gr.Button(interactive=False),
+            "",
         ]
     view = job_view(job)
     events = job.events() if job else []
@@ -68,7 +75,26 @@ def outputs_for(job: jobs.Job | None, seen: int) -> list:
         gr.Timer(active=view.running),
         gr.Button(interactive=not view.running),
         gr.Button(interactive=view.running and not job.stop_requested),
+        gr.Button(interactive=resumable(job)),
+        progress_bar(events) if job is not None else "",
     ]
+
+
+def resumable(job: jobs.Job | None) -> bool:
+    """A stopped, failed or interrupted job with a checkpoint to continue from."""
+    return job is not None and job.status in jobs.FINISHED[1:] and last_checkpoint(job.run_dir) is not None
+
+
+def progress_bar(events: list[dict]) -> str:
+    """An HTML progress bar: steps done of the run's steps (empty before the trainer starts)."""
+    start = next((e for e in reversed(events) if e.get("event") == "start"), None)
+    if not start or not start.get("steps"):
+        return ""
+    done = max((e["step"] for e in events if e.get("event") == "step"), default=0)
+    if any(e.get("event") == "done" for e in events[-3:]):
+        done = start["steps"]
+    pct = min(100, round(100 * done / start["steps"]))
+    return f'<progress id="train-bar" max="100" value="{pct}" aria-label="training progress"></progress> {pct}%'
 
 
 @dataclass
@@ -85,6 +111,35 @@ class TrainTab:
     inputs: dict[str, Any] = field(default_factory=dict)  # "base", "dataset", "upload" widgets
     runs_dir: Path = Path("runs")
     owner: Any = None  # the gr.BrowserState holding this browser's owner id
+    run_name: Any = None  # the "Run name" textbox
+
+    @property
+    def form_widgets(self) -> list:
+        """The widgets a saved or running job's settings fill: method, base, dataset, run name, trainer settings,
+        every method's config form."""
+        return [
+            self.method,
+            self.inputs["base"],
+            self.inputs["dataset"],
+            self.run_name,
+            *self.train_widgets,
+            *(w for name in self.handles for w in self.forms[name]),
+        ]
+
+    def form_values(self, form: dict) -> list:
+        """Values for ``form_widgets`` from ``{"method", "settings", "flags"}`` (text, as ``read_form`` gives and
+        ``job.json`` keeps); what is not there gets its default."""
+        settings, flags = dict(form.get("settings") or {}), dict(form.get("flags") or {})
+        method = form.get("method") if form.get("method") in self.handles else self.method.value
+        dataset = settings.get("dataset")
+        builtin = dataset if dataset in builtin_datasets() else gr.skip()  # an uploaded file cannot come back
+        out = [method, settings.get("base_model") or "", builtin, form.get("name") or ""]
+        out += [forms.widget_value(spec, settings.get(spec.name)) for spec in self.train_specs]
+        for name in self.handles:
+            out += [
+                forms.widget_value(spec, flags.get(spec.name) if name == method else None) for spec in self.specs[name]
+            ]
+        return out
 
     def owner_of(self, v: dict | str | None) -> str:
         """The browser's owner id (from the form values or the state's value), a new one if it has none yet."""
@@ -115,6 +170,33 @@ class TrainTab:
         settings["base_model"] = (v[self.inputs["base"]] or "").strip() or None
         return name, settings, flags
 
+    def on_command(self, v: dict) -> str:
+        """The ``peftlab train`` command line the form amounts to (to copy into a terminal)."""
+        name, settings, flags = self.read_form(v)
+        run = (v.get(self.run_name) or "").strip() or f"<time>-{name}"
+        return command_line(name, settings, flags, self.runs_dir / run)
+
+    def on_save_settings(self, v: dict) -> str:
+        """The form as a JSON file to download (``Load settings`` reads it back)."""
+        name, settings, flags = self.read_form(v)
+        data = {"peftlab_settings": 1, "method": name, "settings": settings, "flags": flags}
+        data["name"] = (v.get(self.run_name) or "").strip()
+        folder = Path(tempfile.mkdtemp(prefix="peftlab-settings-"))
+        file = folder / f"{data['name'] or name}-settings.json"
+        file.write_text(json.dumps(data, indent=2) + "\n")
+        return str(file)
+
+    def on_load_settings(self, file: str | None) -> list:
+        if not file:
+            return [gr.skip()] * len(self.form_widgets)
+        try:
+            data = json.loads(Path(file).read_text())
+            if not isinstance(data, dict) or "method" not in data:
+                raise ValueError("not a peftlab settings file (no method)")
+        except (OSError, ValueError) as e:
+            raise gr.Error(f"Cannot load these settings: {e}") from None
+        return self.form_values(data)
+
     def on_start(self, v: dict, profile: gr.OAuthProfile | None = None) -> list:
         """Start (or queue, when ``jobs.max_jobs()`` run already) a job owned by this page's user (``who``); the
         outputs, then the browser's owner id (for the browser state)."""
@@ -123,7 +205,15 @@ class TrainTab:
             raise gr.Error("Pick a built-in dataset or upload a file.")
         browser = self.owner_of(v)
         try:  # checks every setting as `peftlab train` does, and reads the dataset, before a process starts
-            job = jobs.start_job(self.runs_dir, name, settings, flags, queue=True, owner=self.who(browser, profile))
+            job = jobs.start_job(
+                self.runs_dir,
+                name,
+                settings,
+                flags,
+                queue=True,
+                owner=self.who(browser, profile),
+                name=(v.get(self.run_name) or "").strip() or None,
+            )
         except PeftlabError as e:
             raise gr.Error(str(e)) from None
         return [*outputs_for(job, -1), browser]
@@ -157,7 +247,21 @@ class TrainTab:
         a browser that has none)."""
         owner = self.owner_of(owner)
         job = jobs.current_job(self.runs_dir, self.who(owner, profile))
-        return [*(outputs_for(job, -1) if job is not None else [gr.skip()] * N_OUTPUTS), owner]
+        if job is None:
+            return [*[gr.skip()] * N_OUTPUTS, owner, *[gr.skip()] * len(self.form_widgets)]
+        form = self.form_values({**job.form, "name": job.name}) if job.form else [gr.skip()] * len(self.form_widgets)
+        return [*outputs_for(job, -1), owner, *form]  # the running job's settings, not the defaults
+
+    def on_resume(self, run_dir: str, owner: str | None = None, profile: gr.OAuthProfile | None = None) -> list:
+        """Continue this page's stopped or interrupted job from its last checkpoint."""
+        owner = self.who(owner, profile)
+        job = self._job(run_dir, owner)
+        if job is None:
+            raise gr.Error("No stopped run to resume on this page.")
+        try:
+            return outputs_for(jobs.resume_job(job, owner=owner or ""), -1)
+        except jobs.JobError as e:
+            raise gr.Error(str(e)) from None
 
 
 def user_owner(profile: gr.OAuthProfile | None) -> str | None:
@@ -204,6 +308,45 @@ def dataset_text(name: str | None, upload: str | None) -> str:
     return f"{info.description} ({info.task}, metric: {info.metric})" if info else "Pick a dataset."
 
 
+def preview_frame(name: str | None, upload: str | None, n: int = 5) -> pd.DataFrame:
+    """The first ``n`` rows of the chosen dataset (the upload wins), as the trainer reads them; empty if unreadable."""
+    try:
+        rows = load_rows(upload or name) if (upload or name) else []
+    except (DatasetError, PeftlabError, OSError):
+        rows = []
+    out = []
+    for row in rows[:n]:
+        cells = {}
+        for key, value in row.items():
+            if isinstance(value, list):  # chat messages: one line per turn
+                value = "\n".join(
+                    f"{m.get('role')}: {m.get('content')}" if isinstance(m, dict) else str(m) for m in value
+                )
+            cells[key] = str(value)
+        out.append(cells)
+    return pd.DataFrame(out)
+
+
+def on_dataset(name: str | None, upload: str | None) -> tuple:
+    """Dataset info, its first rows, and whether Start may be pressed (not with an unusable upload)."""
+    text = dataset_text(name, upload)
+    usable = not text.startswith("**This file cannot be used")
+    return (
+        text,
+        preview_frame(name, upload if usable else None) if usable else pd.DataFrame(),
+        gr.Button(interactive=usable),
+    )
+
+
+def command_line(method: str, settings: dict[str, Any], flags: dict[str, str], out: Path) -> str:
+    """``peftlab train ...`` for these settings (the job's own argv, with ``peftlab`` for ``python -m peftlab``)."""
+    argv = jobs.train_command(method, settings, flags, out)
+    argv = ["peftlab", *argv[3:]]
+    if "--json" in argv:
+        argv.remove("--json")
+    return shlex.join(argv)
+
+
 def upload_text(path: str | None) -> str:
     """Validate an uploaded file with the trainer's own reader; say what is wrong, with file and line."""
     if not path:
@@ -239,6 +382,14 @@ def _model_and_data_inputs() -> dict[str, Any]:
             file_types=[".jsonl", ".json", ".csv", ".parquet"],
         ),
         "dataset_info": gr.Markdown(dataset_text(default_ds, None), elem_id="train-dataset-info"),
+        "preview": gr.Dataframe(
+            preview_frame(default_ds, None),
+            label="First rows",
+            interactive=False,
+            wrap=True,
+            max_height=220,
+            elem_id="train-preview",
+        ),
     }
 
 
@@ -293,6 +444,7 @@ def _progress_outputs() -> list:
     return [
         gr.Markdown(IDLE, elem_id="train-status"),
         gr.Markdown("", elem_id="train-progress"),
+        gr.HTML("", elem_id="train-progress-bar"),
         gr.Markdown("", elem_id="train-params"),
         gr.Plot(label="Loss", elem_id="loss-plot"),
     ]
@@ -306,11 +458,23 @@ def build(demo: gr.Blocks, runs_dir: Path) -> TrainTab:
             inputs = _model_and_data_inputs()
             tab, method_info = _method_inputs(handles, first)
             lr = _training_inputs(tab, first)
+            tab.run_name = gr.Textbox(
+                label="Run name", placeholder="empty = <time>-<method>", elem_id="train-run-name", max_lines=1
+            )
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="train-stop")
+                resume = gr.Button("Resume", interactive=False, elem_id="train-resume")
+            with gr.Accordion("Command line · save and load settings", open=False, elem_id="train-tools"):
+                with gr.Row():
+                    show_cmd = gr.Button("Show the command line", elem_id="train-show-command")
+                    save_settings = gr.DownloadButton("Save settings", elem_id="train-save-settings")
+                    load_settings = gr.UploadButton(
+                        "Load settings", file_types=[".json"], type="filepath", elem_id="train-load-settings"
+                    )
+                command = gr.Code(label="peftlab train …", language="shell", elem_id="train-command", interactive=False)
         with gr.Column(scale=6, min_width=380):
-            status, progress, params, plot = _progress_outputs()
+            status, progress, bar, params, plot = _progress_outputs()
     tab.inputs, tab.runs_dir = inputs, Path(runs_dir)
     # this browser's owner id, in its local storage (a reload keeps it); the secret only makes it opaque there
     tab.owner = gr.BrowserState(
@@ -319,27 +483,43 @@ def build(demo: gr.Blocks, runs_dir: Path) -> TrainTab:
     run_state = gr.State("")  # the run folder this page follows
     seen_state = gr.State(-1)  # events already drawn (skip redrawing an unchanged plot)
     timer = gr.Timer(POLL_SECONDS, active=False)
-    outs = [run_state, seen_state, status, progress, params, plot, timer, start, stop]
+    outs = [run_state, seen_state, status, progress, params, plot, timer, start, stop, resume, bar]
     form = {
         tab.method,
         inputs["base"],
         inputs["dataset"],
         inputs["upload"],
         tab.owner,
+        tab.run_name,
         *tab.train_widgets,
         *(w for ws in tab.forms.values() for w in ws),
     }
 
     tab.method.change(tab.on_method, tab.method, [method_info, lr, *tab.groups.values()])
     for source in (inputs["dataset"], inputs["upload"]):
-        source.change(dataset_text, [inputs["dataset"], inputs["upload"]], inputs["dataset_info"])
+        source.change(
+            on_dataset, [inputs["dataset"], inputs["upload"]], [inputs["dataset_info"], inputs["preview"], start]
+        )
     start.click(tab.on_start, form, [*outs, tab.owner], concurrency_limit=1, show_progress="hidden")
     timer.tick(tab.on_poll, [run_state, seen_state, tab.owner], outs, show_progress="hidden")
     stop.click(tab.on_stopping, None, [status, stop], show_progress="hidden").then(
         tab.on_stop, [run_state, tab.owner], outs
     )
-    demo.load(tab.on_load, tab.owner, [*outs, tab.owner], show_progress="hidden")
+    resume.click(tab.on_resume, [run_state, tab.owner], outs, concurrency_limit=1)
+    show_cmd.click(tab.on_command, form, command)
+    save_settings.click(tab.on_save_settings, form, save_settings)
+    load_settings.upload(tab.on_load_settings, load_settings, tab.form_widgets)
+    demo.load(tab.on_load, tab.owner, [*outs, tab.owner, *tab.form_widgets], show_progress="hidden")
     return tab
 
 
-__all__ = ["TrainTab", "build", "capability_text", "upload_text", "user_owner"]
+__all__ = [
+    "TrainTab",
+    "build",
+    "capability_text",
+    "command_line",
+    "preview_frame",
+    "progress_bar",
+    "upload_text",
+    "user_owner",
+]
