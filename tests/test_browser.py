@@ -36,6 +36,13 @@ CHROMIUM_ARGS = [
 TRAIN_S = 240_000  # ms a short SmolLM2 job may take on a busy 2-core machine
 
 
+def shots(tmp_path: Path) -> Path:
+    """Where screenshots go: ``$PEFTLAB_SCREENSHOTS`` (the README's come from there), else the test's tmp folder."""
+    folder = Path(os.environ.get("PEFTLAB_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -195,10 +202,10 @@ def test_train_watch_plot_then_chat(page, app, tmp_path):
     while drawn_series(pg) != {"train", "eval"} and time.time() < deadline:
         pg.wait_for_timeout(250)
     assert drawn_series(pg) == {"train", "eval"}  # train loss per step, eval loss before and after
-    pg.screenshot(path=str(tmp_path / "train-done.png"), full_page=True)
+    pg.screenshot(path=str(shots(tmp_path) / "train.png"), full_page=True)
     (run,) = [p for p in runs.iterdir() if p.is_dir()]
     assert (run / "adapter" / "adapter_config.json").exists()
-    print(f"\ntrained in {time.time() - t0:.0f} s; steps seen {seen}; screenshot {tmp_path / 'train-done.png'}")
+    print(f"\ntrained in {time.time() - t0:.0f} s; steps seen {seen}; screenshot {shots(tmp_path) / 'train.png'}")
 
     t1 = time.time()
     pg.click("#tab-chat-button")
@@ -214,7 +221,7 @@ def test_train_watch_plot_then_chat(page, app, tmp_path):
     pg.wait_for_function(f"({replies})().every(t => t.length > 0)", timeout=120_000)
     pg.wait_for_timeout(1500)  # let the stream finish a few more tokens for the screenshot
     base, adapted = pg.evaluate(replies)
-    pg.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+    pg.screenshot(path=str(shots(tmp_path) / "chat.png"), full_page=True)
     print(f"chat in {time.time() - t1:.0f} s\n  base:    {base!r}\n  adapted: {adapted!r}")
     assert base and adapted
 

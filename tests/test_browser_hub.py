@@ -20,7 +20,7 @@ pytestmark = pytest.mark.browser
 pytest_plugins = ["tests.hub_fixture"]
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOT = Path("/tmp/hub_tab.png")
+SCREENSHOT = Path(os.environ.get("PEFTLAB_SCREENSHOTS") or "/tmp") / "hub.png"  # the README shows it
 RUN = "20250101-000000-lora"
 
 

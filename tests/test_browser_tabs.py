@@ -14,15 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, md, running_app, wait_js
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, md, running_app, shots, wait_js
 
 pytestmark = [pytest.mark.browser]
-
-
-def shots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("PEFTLAB_SCREENSHOTS") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ def loss_chart(events: list[dict], title: str = "Loss", width: int = WIDTH):
     x = alt.X(
         "step:Q",
         title="step",
-        scale=alt.Scale(domain=[int(steps.min()), max(int(steps.max()), int(steps.min()) + 1)], nice=False),
+        scale=alt.Scale(domain=[int(steps.min()), max(int(steps.max()), int(steps.min()) + 1)], nice=False, padding=12),
         axis=step_axis(steps),
     )
     y = alt.Y("loss:Q", title="loss", scale=alt.Scale(zero=False))
