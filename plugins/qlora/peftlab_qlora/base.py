@@ -67,6 +67,7 @@ def load_4bit(source: str, config: QLoraConfig, task: str, dtype: torch.dtype, d
         bnb_4bit_quant_type=config.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=config.bnb_4bit_use_double_quant,
         bnb_4bit_compute_dtype=config.compute_dtype(dtype),
+        bnb_4bit_quant_storage=config.storage_dtype(),
     )
     try:
         model = AutoModelForCausalLM.from_pretrained(

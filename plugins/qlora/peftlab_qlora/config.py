@@ -16,6 +16,7 @@ from peftlab import ConfigError, option
 from peftlab_lora import LoraConfig
 
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STORAGE_DTYPES = {"uint8": torch.uint8, **COMPUTE_DTYPES}
 
 
 @dataclass
@@ -38,8 +39,22 @@ class QLoraConfig(LoraConfig):
         choices=list(COMPUTE_DTYPES),
     )
 
+    bnb_4bit_quant_storage: str | None = option(
+        None,
+        help="dtype the packed 4-bit weights are stored in. Empty = uint8 (bitsandbytes' default). Under FSDP set it "
+        "to the compute dtype (e.g. bfloat16): FSDP flattens and shards parameters of one dtype together",
+        choices=list(STORAGE_DTYPES),
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.bnb_4bit_quant_storage in ("", "auto"):
+            self.bnb_4bit_quant_storage = None
+        if self.bnb_4bit_quant_storage is not None and self.bnb_4bit_quant_storage not in STORAGE_DTYPES:
+            raise ConfigError(
+                f"bnb_4bit_quant_storage must be one of {sorted(STORAGE_DTYPES)} or empty, "
+                f"got {self.bnb_4bit_quant_storage!r}"
+            )
         if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
             raise ConfigError(f"bnb_4bit_quant_type must be nf4 or fp4, got {self.bnb_4bit_quant_type!r}")
         if not isinstance(self.bnb_4bit_use_double_quant, bool):
@@ -53,6 +68,9 @@ class QLoraConfig(LoraConfig):
                 f"bnb_4bit_compute_dtype must be one of {sorted(COMPUTE_DTYPES)} or empty, "
                 f"got {self.bnb_4bit_compute_dtype!r}"
             )
+
+    def storage_dtype(self) -> torch.dtype:
+        return STORAGE_DTYPES[self.bnb_4bit_quant_storage or "uint8"]
 
     def compute_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
         return COMPUTE_DTYPES[self.bnb_4bit_compute_dtype] if self.bnb_4bit_compute_dtype else model_dtype

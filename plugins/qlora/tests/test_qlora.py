@@ -72,6 +72,10 @@ def test_base_is_4bit_nf4_with_double_quant_and_smaller(tiny_folder):
     )
     packed_bytes = sum(layer.weight.numel() * layer.weight.element_size() for layer in layers)
     assert packed_bytes * 8 == float_bytes  # 4 bits instead of 32 per weight
+    # FSDP's setting: the packed bytes stored as the compute dtype, the same 4 bits per weight
+    stored = linear4bit_layers(load_4bit(tiny_folder, bnb_4bit_quant_storage="float32"))
+    assert stored[0].weight.dtype == torch.float32 and stored[0].weight.quant_storage == torch.float32
+    assert sum(layer.weight.numel() * layer.weight.element_size() for layer in stored) == packed_bytes
 
 
 def test_trains_after_generate(tiny_folder):
@@ -227,6 +231,7 @@ def test_hardware_without_kernels_is_a_clear_error(tiny_folder):
         ({"bnb_4bit_quant_type": "int8"}, "bnb_4bit_quant_type must be nf4 or fp4"),
         ({"bnb_4bit_compute_dtype": "float64"}, "bnb_4bit_compute_dtype must be one of"),
         ({"bnb_4bit_use_double_quant": "maybe"}, "bnb_4bit_use_double_quant must be true or false"),
+        ({"bnb_4bit_quant_storage": "int4"}, "bnb_4bit_quant_storage must be one of"),
         ({"r": 0}, "r must be a positive integer"),
     ],
 )
