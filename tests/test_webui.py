@@ -446,3 +446,30 @@ def test_train_form_round_trips_through_saved_settings_and_a_running_job(demo, t
     assert progress_bar([]) == ""
     events = [{"event": "start", "steps": 8}, {"event": "step", "step": 2, "loss": 1.0}]
     assert 'value="25"' in progress_bar(events)
+
+
+def test_pickers_offer_this_sessions_runs_and_a_logins(tmp_path, monkeypatch):
+    """Kept apart (PEFTLAB_SHARE_JOBS=0), the Chat/Evaluate/Compose pickers list the runs of this browser and of its
+    Hugging Face login, plus CLI runs (no owner); shared, every run."""
+    from types import SimpleNamespace
+
+    from peftlab.webui.adapters import adapter_choices, viewer
+
+    monkeypatch.setenv("PEFTLAB_SHARE_JOBS", "0")
+    runs = tmp_path / "runs"
+    for name, owner in (("mine", "browser-1"), ("theirs", "browser-2"), ("login", "hf:alice"), ("cli", None)):
+        (runs / name / "adapter").mkdir(parents=True)
+        (runs / name / "adapter" / "adapter_config.json").write_text("{}")
+        if owner is not None:
+            Job(runs / name, 0, [], "lora", status="done", owner=owner).save()
+
+    def names(owners):
+        return {Path(v).parent.name for _, v in adapter_choices(runs, tmp_path / "store", owners)}
+
+    assert viewer("browser-1") == ["browser-1"]
+    assert viewer("browser-1", SimpleNamespace(username="alice")) == ["hf:alice", "browser-1"]
+    assert names(viewer("browser-1")) == {"mine", "cli"}
+    assert names(viewer("browser-1", SimpleNamespace(username="alice"))) == {"mine", "login", "cli"}
+    assert names([None]) == {"mine", "theirs", "login", "cli"}  # the API: everything
+    monkeypatch.setenv("PEFTLAB_SHARE_JOBS", "1")
+    assert names(viewer("browser-2")) == {"mine", "theirs", "login", "cli"}

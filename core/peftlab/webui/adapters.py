@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -23,10 +24,22 @@ def store_adapters(store_dir: str | os.PathLike | None = None) -> list[tuple[str
     return [(f"{info.name} ({info.method}, store)", info.path) for info in AdapterStore(store_dir).list()]
 
 
-def adapter_choices(runs_dir: str | os.PathLike, store_dir: str | os.PathLike | None = None) -> list[tuple[str, str]]:
-    """Dropdown choices: the runs' adapters, newest first, then the store's; each value is the adapter folder."""
-    found = [*jobs.saved_adapters(runs_dir), *store_adapters(store_dir)]
-    return [(label, str(path)) for label, path in found]
+def adapter_choices(
+    runs_dir: str | os.PathLike, store_dir: str | os.PathLike | None = None, owners: Sequence[str | None] = (None,)
+) -> list[tuple[str, str]]:
+    """Dropdown choices: the runs' adapters ``owners`` may see (``jobs.saved_adapters``; ``None``: every run's),
+    newest first, then the store's; each value is the adapter folder."""
+    runs = {path: label for o in owners for label, path in jobs.saved_adapters(runs_dir, o)}
+    found = [*((runs[p], p) for p in sorted(runs, key=lambda p: (p.stat().st_mtime, p.name), reverse=True))]
+    return [(label, str(path)) for label, path in [*found, *store_adapters(store_dir)]]
+
+
+def viewer(browser: str | None, profile=None) -> list[str]:
+    """Whose runs a page shows: the Hugging Face login's (``hf:<user>``) and this browser's (trained before signing
+    in), or the browser's alone."""
+    user = getattr(profile, "username", None) if profile is not None else None
+    owners = [f"hf:{user}"] if user else []
+    return [*owners, browser or ""] if browser or not owners else owners
 
 
 def locate(text: str, store_dir: str | os.PathLike | None = None) -> str:
@@ -54,4 +67,4 @@ def _resolve_hub(text: str, store_root: str) -> str:  # a failure is not cached:
     return _resolve(text, store_root)
 
 
-__all__ = ["HAS_HUB", "adapter_choices", "locate", "store_adapters"]
+__all__ = ["HAS_HUB", "adapter_choices", "locate", "store_adapters", "viewer"]

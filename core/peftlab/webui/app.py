@@ -67,9 +67,9 @@ def build_app(runs_dir: str | os.PathLike = "runs") -> gr.Blocks:
             with gr.Tab("Train", id="train", elem_id="tab-train"):
                 demo.peftlab_train = train = train_tab.build(demo, runs)
             with gr.Tab("Chat", id="chat", elem_id="tab-chat") as chat:
-                picker = chat_tab.build(runs, engine, chat)
+                picker = chat_tab.build(runs, engine, chat, owner=train.owner)
             with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate") as evaluate:
-                demo.peftlab_eval = eval_tab.build(runs, evaluate)
+                demo.peftlab_eval = eval_tab.build(runs, evaluate, owner=train.owner)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
                 demo.peftlab_compare = compare_tab.build(demo, runs, train.owner)
             with gr.Tab("Runs", id="runs", elem_id="tab-runs") as runs_page:
@@ -80,7 +80,7 @@ def build_app(runs_dir: str | os.PathLike = "runs") -> gr.Blocks:
                 with gr.Tab("Hub", id="hub", elem_id="tab-hub") as hub:
                     demo.peftlab_hub = hub_tab.build(runs, picker, tabs, hub, owner=train.owner)
                 with gr.Tab("Compose", id="compose", elem_id="tab-compose") as compose:
-                    demo.peftlab_compose = compose_tab.build(runs, compose)
+                    demo.peftlab_compose = compose_tab.build(runs, compose, owner=train.owner)
     demo.peftlab_engine = engine
     return demo
 

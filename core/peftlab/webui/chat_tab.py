@@ -10,7 +10,7 @@ import gradio as gr
 
 from ..errors import PeftlabError
 from ..generate import Sampling
-from .adapters import HAS_HUB, adapter_choices, locate
+from .adapters import HAS_HUB, adapter_choices, locate, viewer
 from .engine import ChatEngine, LoadedAdapter
 
 HELP = (
@@ -70,10 +70,12 @@ def _error(e: BaseException) -> str:
     return f"**Cannot use this adapter:** {e}"
 
 
-def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> ChatPicker:
+def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab, owner=None) -> ChatPicker:
+    """The tab; ``owner``: the Train tab's browser state, so the picker offers this session's runs (and a Hugging
+    Face login's) when sessions are kept apart."""
     gr.Markdown(HELP)
     with gr.Row(equal_height=True):
-        choices = adapter_choices(runs_dir)
+        choices = adapter_choices(runs_dir, owners=[""]) if owner is not None else adapter_choices(runs_dir)
         adapter = gr.Dropdown(
             choices=choices,
             value=None,
@@ -117,8 +119,8 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> ChatPicker:
         send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
         clear = gr.Button("Clear", scale=1, elem_id="chat-clear")
 
-    def on_refresh(current: str | None):
-        fresh = adapter_choices(runs_dir)
+    def on_refresh(current: str | None, browser: str | None = "", profile: gr.OAuthProfile | None = None):
+        fresh = adapter_choices(runs_dir, owners=viewer(browser, profile))
         values = [v for _, v in fresh]
         # the newest adapter when none (or a deleted one) is picked; choosing it loads it (``on_pick``), so the
         # selection and the status agree
@@ -181,8 +183,9 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab) -> ChatPicker:
     send.click(**send_args)
     msg.submit(**send_args)
     clear.click(lambda: ([], []), None, [base_bot, adapted_bot])
-    refresh.click(on_refresh, adapter, adapter)
-    tab.select(on_refresh, adapter, adapter)
+    listing = [adapter, owner] if owner is not None else [adapter]
+    refresh.click(on_refresh, listing, adapter)
+    tab.select(on_refresh, listing, adapter)
     pick_args = dict(
         fn=on_pick,
         inputs=[adapter, path, base],

@@ -22,7 +22,7 @@ from ..data.sources import builtin_datasets
 from ..errors import PeftlabError
 from ..generate import generate_batch
 from ..plugins import methods
-from .adapters import adapter_choices, locate
+from .adapters import adapter_choices, locate, viewer
 from .engine import ChatEngine
 
 HELP = (
@@ -73,8 +73,8 @@ class ComposeTab:
     engine: ChatEngine = field(default_factory=ChatEngine)
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="peftlab-compose-")))
 
-    def choices(self) -> list[tuple[str, str]]:
-        return adapter_choices(self.runs_dir)
+    def choices(self, owners: list[str | None] | None = None) -> list[tuple[str, str]]:
+        return adapter_choices(self.runs_dir, owners=owners or [None])
 
     def parents(self, picked: list[str] | None, typed: str) -> list[str]:
         chosen = list(picked or []) + [t.strip() for t in (typed or "").split(",") if t.strip()]
@@ -82,8 +82,9 @@ class ComposeTab:
             raise PeftlabError("pick at least one parent adapter (two for a sweep)")
         return [locate(p) for p in chosen]
 
-    def on_refresh(self, current: list[str] | None):
-        fresh = self.choices()
+    def on_refresh(self, current: list[str] | None, browser: str | None = "", profile: gr.OAuthProfile | None = None):
+        """The picker afresh: this session's runs (and a Hugging Face login's), then the store's."""
+        fresh = self.choices(viewer(browser, profile))
         values = {v for _, v in fresh}
         return gr.Dropdown(choices=fresh, value=[c for c in (current or []) if c in values])
 
@@ -195,7 +196,7 @@ class ComposeTab:
         return pd.DataFrame({"model": labels, "reply": replies}), f"Replies in {how}."
 
 
-def build(runs_dir: Path, tab: gr.Tab) -> ComposeTab:
+def build(runs_dir: Path, tab: gr.Tab, owner=None) -> ComposeTab:
     ct = ComposeTab(Path(runs_dir))
     gr.Markdown(HELP)
     kinds = combination_types()
@@ -203,7 +204,7 @@ def build(runs_dir: Path, tab: gr.Tab) -> ComposeTab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=360):
             picked = gr.Dropdown(
-                choices=ct.choices(),
+                choices=ct.choices([""] if owner is not None else None),
                 multiselect=True,
                 label="Parents",
                 info="Trained runs, newest first, then the local store",
@@ -254,11 +255,12 @@ def build(runs_dir: Path, tab: gr.Tab) -> ComposeTab:
     chat_status = gr.Markdown("", elem_id="compose-chat-status")
     replies = gr.Dataframe(headers=["model", "reply"], interactive=False, wrap=True, elem_id="compose-replies")
 
-    tab.select(ct.on_refresh, picked, picked)
-    refresh.click(ct.on_refresh, picked, picked)
+    listing = [picked, owner] if owner is not None else [picked]
+    tab.select(ct.on_refresh, listing, picked)
+    refresh.click(ct.on_refresh, listing, picked)
     save.click(
         ct.on_save, [picked, typed, weights, combination, density, svd_rank, name], [saved_status, composed]
-    ).then(ct.on_refresh, picked, picked)
+    ).then(ct.on_refresh, listing, picked)
     sweep.click(ct.on_sweep, [picked, typed, sweep_data, points], [sweep_status, sweep_plot, sweep_table],
                 concurrency_limit=1, concurrency_id="compose-sweep")  # fmt: skip
     chat_args = dict(fn=ct.on_chat, inputs=[picked, typed, composed, message], outputs=[replies, chat_status])

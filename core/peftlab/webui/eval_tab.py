@@ -23,7 +23,7 @@ import pandas as pd
 from ..data.sources import builtin_datasets
 from ..errors import PeftlabError
 from ..evaluate import evaluate, exact_match
-from .adapters import HAS_HUB, adapter_choices, locate
+from .adapters import HAS_HUB, adapter_choices, locate, viewer
 from .engine import ChatEngine
 
 HELP = (
@@ -172,11 +172,12 @@ class EvalTab:
     out_root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="peftlab-eval-")))
     _count: int = 0
 
-    def choices(self) -> list[tuple[str, str]]:
-        return adapter_choices(self.runs_dir)
+    def choices(self, owners: list[str | None] | None = None) -> list[tuple[str, str]]:
+        return adapter_choices(self.runs_dir, owners=owners or [None])
 
-    def on_refresh(self, current: list[str] | None):
-        fresh = self.choices()
+    def on_refresh(self, current: list[str] | None, browser: str | None = "", profile: gr.OAuthProfile | None = None):
+        """The picker afresh: this session's runs (and a Hugging Face login's), then the store's."""
+        fresh = self.choices(viewer(browser, profile))
         values = {v for _, v in fresh}
         return gr.Dropdown(choices=fresh, value=[c for c in (current or []) if c in values])
 
@@ -215,14 +216,14 @@ class EvalTab:
         return result.frame(), samples_html(result.examples, list(result.metrics)), status, [str(f) for f in files]
 
 
-def build(runs_dir: Path, tab: gr.Tab) -> EvalTab:
+def build(runs_dir: Path, tab: gr.Tab, owner=None) -> EvalTab:
     et = EvalTab(Path(runs_dir))
     gr.Markdown(HELP)
     datasets = builtin_datasets()
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=360):
             picked = gr.Dropdown(
-                choices=et.choices(),
+                choices=et.choices([""] if owner is not None else None),
                 multiselect=True,
                 label="Adapters",
                 info="Trained runs, newest first" + (", then the local store" if HAS_HUB else ""),
@@ -256,8 +257,9 @@ def build(runs_dir: Path, tab: gr.Tab) -> EvalTab:
     samples = gr.HTML("", elem_id="eval-samples")
     files = gr.File(label="Download (JSON, CSV)", file_count="multiple", interactive=False, elem_id="eval-files")
 
-    tab.select(et.on_refresh, picked, picked)
-    refresh.click(et.on_refresh, picked, picked)
+    listing = [picked, owner] if owner is not None else [picked]
+    tab.select(et.on_refresh, listing, picked)
+    refresh.click(et.on_refresh, listing, picked)
     run.click(
         et.on_evaluate,
         [picked, typed, dataset, upload, max_samples, max_new],
