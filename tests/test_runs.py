@@ -126,3 +126,16 @@ def test_runs_tab_overlays_curves_and_deletes_after_confirmation(trained, tmp_pa
     assert [i.name for i in runs.list_runs(root)] == ["second"]
     table, *_, empty = tab.on_refresh(["first"], "first", "alice")
     assert list(table["run"]) == ["second"]
+
+
+def test_runs_tab_push_opens_the_hub_tab_with_the_run(trained, tmp_path):
+    pytest.importorskip("gradio")
+    pytest.importorskip("peftlab_hub")
+    from peftlab.webui import build_app
+
+    demo = build_app(tmp_path / "app-runs")
+    assert demo.peftlab_runs.widgets["push"].visible  # the Hub tab is there: the button too
+    adapter, tabs, msg = demo.peftlab_runs.__class__(trained).on_push("first", "alice")
+    assert adapter.value == str(trained / "first" / "adapter") and tabs.selected == "hub" and msg == ""
+    _, _, msg = demo.peftlab_runs.__class__(trained).on_push("nope", "alice")
+    assert "no saved adapter" in msg

@@ -79,6 +79,7 @@ def build_app(runs_dir: str | os.PathLike = "runs") -> gr.Blocks:
 
                 with gr.Tab("Hub", id="hub", elem_id="tab-hub") as hub:
                     demo.peftlab_hub = hub_tab.build(runs, picker, tabs, hub, owner=train.owner)
+                    demo.peftlab_runs.connect_push(demo.peftlab_hub.push_adapter)
                 with gr.Tab("Compose", id="compose", elem_id="tab-compose") as compose:
                     demo.peftlab_compose = compose_tab.build(runs, compose, owner=train.owner)
     demo.peftlab_engine = engine

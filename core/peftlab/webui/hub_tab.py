@@ -406,6 +406,7 @@ def build(runs_dir: Path, chat: ChatPicker, tabs: gr.Tabs, tab: gr.Tab, owner: g
     pl["pull"].click(**pull_args)
     pl["ref"].submit(**pull_args)
     pl["open"].click(hub.on_open, pulled, [chat.adapter, chat.path, tabs])
+    hub.push_adapter = p["adapter"]  # the Runs tab's "Push to the Hub" selects a run here
     return hub
 
 

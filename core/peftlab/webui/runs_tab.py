@@ -5,7 +5,7 @@ The handlers only call ``peftlab.runs`` (what a script would call) and return wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -39,6 +39,14 @@ def table_frame(infos: list[runs.RunInfo]) -> pd.DataFrame:
 class RunsTab:
     runs_dir: Path
     has_hub: bool = False
+    widgets: dict = field(default_factory=dict)
+
+    def connect_push(self, push_adapter) -> None:
+        """Show **Push to the Hub** and make it select the run's adapter in the Hub tab's ``push_adapter``."""
+        w = self.widgets
+        self.has_hub = True
+        w["push"].visible = True
+        w["push"].click(self.on_push, [w["chosen"], w["owner"]], [push_adapter, w["tabs"], w["status"]])
 
     def _infos(self, owner: str | None) -> list[runs.RunInfo]:
         return runs.list_runs(self.runs_dir, owner or "")
@@ -125,10 +133,10 @@ class RunsTab:
             return None
 
 
-def build(runs_dir: Path, owner, chat_adapter, chat_path, tabs: gr.Tabs, tab: gr.Tab, push_adapter=None) -> RunsTab:
+def build(runs_dir: Path, owner, chat_adapter, chat_path, tabs: gr.Tabs, tab: gr.Tab) -> RunsTab:
     """The tab's widgets and events. ``owner``: the Train tab's browser state; ``chat_*``: the Chat tab's picker;
-    ``push_adapter``: the Hub tab's push dropdown (``None`` without ``peftlab-hub``)."""
-    rt = RunsTab(Path(runs_dir), has_hub=push_adapter is not None)
+    the Hub tab, built after this one, is joined by ``connect_push``."""
+    rt = RunsTab(Path(runs_dir))
     gr.Markdown(HELP)
     empty = gr.Markdown("", elem_id="runs-empty")
     table = gr.Dataframe(headers=runs.COLUMNS, interactive=False, wrap=True, elem_id="runs-table", show_search="search")
@@ -141,7 +149,7 @@ def build(runs_dir: Path, owner, chat_adapter, chat_path, tabs: gr.Tabs, tab: gr
             details = gr.Markdown("", elem_id="runs-details")
             with gr.Row():
                 chat = gr.Button("Chat with it", elem_id="runs-chat")
-                push = gr.Button("Push to the Hub", elem_id="runs-push", visible=rt.has_hub)
+                push = gr.Button("Push to the Hub", elem_id="runs-push", visible=False)
                 refresh = gr.Button("Refresh", elem_id="runs-refresh")
             with gr.Row():
                 sure = gr.Checkbox(label="I am sure", value=False, elem_id="runs-sure")
@@ -154,9 +162,8 @@ def build(runs_dir: Path, owner, chat_adapter, chat_path, tabs: gr.Tabs, tab: gr
     ticked.input(rt.on_overlay, [ticked, owner], plot)
     chosen.change(rt.on_details, [chosen, owner], details)
     chat.click(rt.on_chat, [chosen, owner], [chat_adapter, chat_path, tabs, status])
-    if push_adapter is not None:
-        push.click(rt.on_push, [chosen, owner], [push_adapter, tabs, status])
     delete.click(rt.on_delete, [chosen, sure, owner], [status, sure]).then(**listing)
+    rt.widgets = {"push": push, "chosen": chosen, "owner": owner, "tabs": tabs, "status": status}
     return rt
 
 
