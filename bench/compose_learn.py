@@ -1,6 +1,7 @@
 """The learned-composition demo (issue #10): two LoRAs of SmolLM2, one per task, mixed by learned weights.
 
-``python -m bench.compose_learn [--steps 10] [--learn-rows 8] [--test-rows 24] [--budget 20] [--grad-steps 12]``
+``python -m bench.compose_learn [--steps 10] [--learn-rows 8] [--test-rows 24] [--budget 20] [--grad-steps 12]
+[--objective row|token]``
 
 1. Trains one LoRA (r=8, α=16, q_proj/v_proj) on ``capitals-json`` and one on ``iso-dates`` (``--steps`` of batch 8,
    each task's training split; kept in ``bench/results/compose_learn/parents/`` and reused when there).
@@ -8,9 +9,10 @@
    parts: ``--learn-rows`` per task form the small mixed set the weights are learned on, the next ``--test-rows`` per
    task the held-out mix the table is measured on.
 3. On one base model (loaded once), measures on the test mix: each parent alone, the uniform average (½, ½), and the
-   two learned mixtures (``peftlab_hub.learn``: nevergrad, LoRAHub-style; gradient descent on the two scalars).
-   Eval loss (token-weighted, core's ``eval_loss``) and exact match (greedy reply == reference, core's
-   ``exact_match``).
+   two learned mixtures (``peftlab_hub.learn``: nevergrad, LoRAHub-style; gradient descent on the two scalars), both
+   minimising ``--objective`` (default ``row``: task-balanced, each row's mean token loss averaged over rows;
+   ``token``: token-weighted). Eval loss both ways (token-weighted, as core's ``eval_loss``; row: task-balanced,
+   from the same forward passes) and exact match (greedy reply == reference, core's ``exact_match``).
 
 Writes ``bench/results/compose_learn/table.json``, the learned compositions and ``learn.json`` under
 ``bench/results/compose_learn/learned/``, and prints the Markdown table.
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grad-steps", type=int, default=12, help="gradient: steps")
     p.add_argument("--lr", type=float, default=0.15, help="gradient: Adam's learning rate")
     p.add_argument("--l1", type=float, default=0.05, help="L1 penalty on the weights (LoRAHub's default)")
+    p.add_argument("--objective", choices=("row", "token"), default="row", help="what the learners minimise")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=a.grad_steps,
         lr=a.lr,
         l1=a.l1,
+        objective=a.objective,
         max_length=128,
         mixture=mixture,
     )
@@ -131,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, weights in candidates.items():
         t = time.time()
         mixture.apply(weights)
-        row = {"weights": weights, "eval_loss": mixture.loss(items), "exact_match": {}}
+        token_loss, row_loss = both_losses(mixture, items)
+        row = {"weights": weights, "eval_loss": token_loss, "row_loss": row_loss, "exact_match": {}}
         for task, rows in by_task.items():
             row["exact_match"][task] = mixture.exact_match(rows, 16, a.max_new_tokens)
         row["exact_match"]["mix"] = sum(row["exact_match"][t] * len(by_task[t]) for t in by_task) / len(test_rows)
@@ -151,23 +156,54 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def both_losses(mixture, items: list[dict], batch_size: int = 8) -> tuple[float, float]:
+    """The token-weighted eval loss (core's ``eval_loss``) and the row (task-balanced) loss, from one forward pass
+    per batch: each row's mean token loss and its count of loss tokens."""
+    import torch
+
+    from peftlab.data import collate
+
+    total = count = row_sum = 0.0
+    mixture.model.eval()
+    with torch.no_grad():
+        for i in range(0, len(items), batch_size):
+            batch = collate(items[i : i + batch_size], mixture.pad_id)
+            per_row = mixture.row_losses(batch)
+            n = (batch["labels"][:, 1:] != -100).sum(1)
+            total += float((per_row * n).sum())
+            count += float(n.sum())
+            row_sum += float(per_row.sum())
+    return total / max(count, 1), row_sum / max(len(items), 1)
+
+
 def markdown(result: dict) -> str:
     table = result["table"]
-    best_parent = min(table[k]["eval_loss"] for k in ("capitals parent alone", "dates parent alone", "uniform average"))
+    others = ("capitals parent alone", "dates parent alone", "uniform average")
+    best = {k: min(table[o].get(k, float("inf")) for o in others) for k in ("eval_loss", "row_loss")}
+    best_em = max(table[o]["exact_match"]["mix"] for o in others)
     lines = [
         f"Held-out mix: {result['test_rows']} rows ({result['test_rows'] // 2} per task); weights learned on "
-        f"{result['learn_rows']} other held-out rows. Uniform-mixture loss on the learning rows: "
-        f"{result['learn']['uniform']['loss']:.4f}.",
+        f"{result['learn_rows']} other held-out rows, objective "
+        f"{result['learn'].get('settings', {}).get('objective', 'token')}. Uniform-mixture objective on the learning "
+        f"rows: {result['learn']['uniform']['loss']:.4f}. **↓** / **↑**: better than every parent and the uniform "
+        "average.",
         "",
-        "| mixture | w (capitals, dates) | eval loss | exact match capitals | exact match dates | exact match mix |",
-        "|---|---|---:|---:|---:|---:|",
+        "| mixture | w (capitals, dates) | eval loss (token) | eval loss (row) | exact match capitals "
+        "| exact match dates | exact match mix |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for label, r in table.items():
         em = r["exact_match"]
-        mark = " **↓**" if label.startswith("learned") and r["eval_loss"] < best_parent else ""
+        learned = label.startswith("learned")
+
+        def cell(k: str, r=r, learned=learned) -> str:
+            mark = " **↓**" if learned and r[k] < best[k] else ""
+            return f"{r[k]:.4f}{mark}"
+
+        em_mark = " **↑**" if learned and em["mix"] > best_em else ""
         lines.append(
-            f"| {label} | {r['weights'][0]:.3f}, {r['weights'][1]:.3f} | {r['eval_loss']:.4f}{mark} | "
-            f"{em['capitals']:.3f} | {em['dates']:.3f} | {em['mix']:.3f} |"
+            f"| {label} | {r['weights'][0]:.3f}, {r['weights'][1]:.3f} | {cell('eval_loss')} | {cell('row_loss')} | "
+            f"{em['capitals']:.3f} | {em['dates']:.3f} | {em['mix']:.3f}{em_mark} |"
         )
     return "\n".join(lines)
 

@@ -1,13 +1,21 @@
 """Learned mixtures (``peftlab compose PARENT... --learn DATASET``): the weights of N adapters, found on a few rows.
 
-Two learners, both on causal LMs, both on one base model loaded once (``sweep.Mixture``):
+Two learners, both on causal LMs, both on one base model loaded once (``sweep.Mixture``), both minimising the same
+loss plus ``l1 · Σ|wᵢ|``. The loss is chosen by ``objective``:
+
+* ``"row"`` (the default) — task-balanced: the mean over rows of each row's own mean token loss, so every row counts
+  the same whatever its length (a task with long replies does not outweigh one with short replies);
+* ``"token"`` — core's token-weighted eval loss (every loss token counts the same, so long rows count more).
+
+The learners:
 
 * ``nevergrad`` — gradient-free, in the LoRAHub manner: weights bounded to ``bounds`` (default [-1.5, 1.5]), the
-  objective core's eval loss on the rows plus ``l1 · Σ|wᵢ|``, a ``budget`` of evaluations (each one pass over the
+  objective the loss on the rows plus ``l1 · Σ|wᵢ|``, a ``budget`` of evaluations (each one pass over the
   rows) by nevergrad's ``NGOpt``; the best point evaluated is kept (the objective is deterministic).
 * ``gradient`` — gradient descent on the N mixing scalars only: each parent's weight is a 0-dim tensor handed to
   ``peftlab.adapters.set_weight`` (parents of scalable methods), every model parameter frozen; core's micro-batches
-  (``train._batches``), loss (the model's own token-mean loss) and LR schedule (``train.lr_lambda``), Adam, the same
+  (``train._batches``), the batch's loss by ``objective`` (the mean of its rows' own losses, or the model's own
+  token-mean loss) and core's LR schedule (``train.lr_lambda``), Adam, the same
   L1 penalty, weights projected back into ``bounds`` after each step.
 
 Both start at the uniform mixture (1/N each). The result: the weights, one composition per learner written with
@@ -35,6 +43,7 @@ if TYPE_CHECKING:  # the CLI builds its parser from this module: torch and the m
 
 LEARN_JSON = "learn.json"
 LEARNERS = ("nevergrad", "gradient")
+OBJECTIVES = ("row", "token")  # row: each row's mean token loss, averaged over rows; token: token-weighted
 STACK = "stack"  # combination: a composition recipe (peftlab_hub.stack) instead of a merge
 
 
@@ -82,10 +91,12 @@ def learn_nevergrad(
     init: Sequence[float] | None = None,
     batch_size: int = 8,
     seed: int = 0,
+    objective: str = "row",
     quiet: bool = False,
 ) -> Learned:
     """LoRAHub's search: minimise ``loss(w) + l1 · Σ|wᵢ|`` over ``w`` in ``bounds`` with nevergrad's ``NGOpt`` in
-    ``budget`` evaluations, from ``init`` (default: uniform); returns the best point evaluated."""
+    ``budget`` evaluations, from ``init`` (default: uniform); ``loss`` is ``mixture.loss(..., objective)`` (``row``:
+    task-balanced, ``token``: token-weighted). Returns the best point evaluated."""
     from .compose import CompositionError
 
     try:
@@ -106,10 +117,10 @@ def learn_nevergrad(
     trace: list[dict] = []
     t0 = time.time()
 
-    def objective(w: np.ndarray) -> float:
+    def evaluate(w: np.ndarray) -> float:
         weights = [float(x) for x in w]
         mixture.apply(weights)
-        loss = mixture.loss(items, batch_size)
+        loss = mixture.loss(items, batch_size, objective)
         value = loss + l1 * sum(abs(x) for x in weights)
         trace.append({"eval": len(trace) + 1, "weights": weights, "loss": loss, "objective": value})
         _log(
@@ -121,7 +132,7 @@ def learn_nevergrad(
         warnings.filterwarnings("ignore", message=".*RHOEND.*")
         for _ in range(budget):
             cand = opt.ask()
-            opt.tell(cand, objective(cand.value))
+            opt.tell(cand, evaluate(cand.value))
     best = min(trace, key=lambda t: t["objective"])
     return Learned("nevergrad", best["weights"], best["loss"], best["objective"], trace, time.time() - t0)
 
@@ -139,10 +150,13 @@ def learn_gradient(
     warmup_ratio: float = 0.0,
     lr_scheduler: str = "constant",
     seed: int = 0,
+    objective: str = "row",
     quiet: bool = False,
 ) -> Learned:
     """Gradient descent on the mixing scalars only (Adam, ``steps`` micro-batches of core's shuffled batching), the
-    parents' weights as 0-dim tensors through ``set_weight``; returns the last weights and their loss on all rows."""
+    parents' weights as 0-dim tensors through ``set_weight``; each batch's loss by ``objective`` (``row``: the mean of
+    its rows' own mean token losses, ``token``: the model's token-mean loss). Returns the last weights and their
+    loss on all rows (same objective)."""
     import torch
 
     from peftlab.train import _batches, lr_lambda
@@ -156,6 +170,8 @@ def learn_gradient(
         )
     if steps < 1:
         raise CompositionError(f"steps must be at least 1, got {steps}")
+    if objective not in OBJECTIVES:
+        raise CompositionError(f"objective {objective!r}: choose from {', '.join(OBJECTIVES)}")
     if not 0 < lr < math.inf:
         raise CompositionError(f"lr must be a positive number, got {lr}")
     n = len(mixture.parents)
@@ -176,7 +192,7 @@ def learn_gradient(
         mixture.apply(weights)
         for step in range(1, steps + 1):
             batch = {k: v.to(device) for k, v in next(batches).items()}
-            loss = model(**batch).loss
+            loss = mixture.row_losses(batch).mean() if objective == "row" else model(**batch).loss
             penalty = l1 * sum(w.abs() for w in weights)
             (loss + penalty).backward()
             optimizer.step()
@@ -186,16 +202,15 @@ def learn_gradient(
                 for w in weights:
                     w.clamp_(lo, hi)
             now = [float(w.detach()) for w in weights]
-            value, objective = float(loss.detach()), float((loss + penalty).detach())
-            trace.append({"step": step, "weights": now, "batch_loss": value, "objective": objective})
+            value, total = float(loss.detach()), float((loss + penalty).detach())
+            trace.append({"step": step, "weights": now, "batch_loss": value, "objective": total})
             _log(f"learn[gradient]: step {step}/{steps} batch loss {value:.4f} -> w={_fmt(now)}", quiet)
     finally:
         model.train(was_training)
     final = [float(w.detach()) for w in weights]
     mixture.apply(final)  # plain floats again: no graph is kept
-    loss = mixture.loss(items, batch_size)
-    objective = loss + l1 * sum(abs(x) for x in final)
-    return Learned("gradient", final, loss, objective, trace, time.time() - t0)
+    loss = mixture.loss(items, batch_size, objective)
+    return Learned("gradient", final, loss, loss + l1 * sum(abs(x) for x in final), trace, time.time() - t0)
 
 
 def _fmt(weights: Sequence[float]) -> str:
@@ -215,6 +230,7 @@ def learn(
     steps: int = 30,
     lr: float = 0.05,
     init: Sequence[float] | None = None,
+    objective: str = "row",
     split: str = "all",
     max_samples: int = 100,
     batch_size: int = 8,
@@ -230,6 +246,10 @@ def learn(
 ) -> dict[str, Any]:
     """Learn the weights of ``parents`` on ``dataset``'s rows (``split``: all rows by default, at most
     ``max_samples``; 5–100 rows is the intended size) with each of ``learners`` (``nevergrad``, ``gradient``).
+    ``objective``: what both learners minimise (plus the L1 penalty), and the loss reported for the uniform mixture
+    and each learner: ``"row"`` (default, task-balanced: the mean over rows of each row's own mean token loss, every
+    row counting the same whatever its length) or ``"token"`` (core's token-weighted eval loss, where long replies
+    weigh more).
     With ``output``, writes atomically: ``learn.json`` (settings, the uniform mixture's loss, each learner's weights
     and trace) and one composition per learner, ``<learner>/``: ``compose(parents, weights, combination)``, or with
     ``combination="stack"`` a recipe (``stack(parents, weights)``) that loads the parents together.
@@ -245,6 +265,8 @@ def learn(
     if not learners or unknown:
         raise CompositionError(f"learners: {', '.join(unknown) or 'none given'}; choose from {', '.join(LEARNERS)}")
     lo_hi = _check_bounds(bounds)
+    if objective not in OBJECTIVES:
+        raise CompositionError(f"objective {objective!r}: choose from {', '.join(OBJECTIVES)}")
     if not l1 >= 0 or not math.isfinite(l1):
         raise CompositionError(f"l1 must be a finite number >= 0, got {l1}")
     if init is not None:
@@ -266,9 +288,9 @@ def learn(
     n = len(parents)
     uniform = [1.0 / n] * n
     mixture.apply(uniform)
-    uniform_loss = mixture.loss(items, batch_size)
-    _log(f"learn: {len(rows)} rows; uniform mixture {_fmt(uniform)}: loss {uniform_loss:.4f}", quiet)
-    common = dict(bounds=lo_hi, l1=l1, init=init, batch_size=batch_size, seed=seed, quiet=quiet)
+    uniform_loss = mixture.loss(items, batch_size, objective)
+    _log(f"learn: {len(rows)} rows; uniform mixture {_fmt(uniform)}: {objective} loss {uniform_loss:.4f}", quiet)
+    common = dict(bounds=lo_hi, l1=l1, init=init, batch_size=batch_size, seed=seed, objective=objective, quiet=quiet)
     results: dict[str, Learned] = {}
     for name in learners:
         if name == "nevergrad":
@@ -287,6 +309,7 @@ def learn(
         "rows": len(rows),
         "mode": mixture.mode,
         "settings": {
+            "objective": objective,
             "bounds": list(lo_hi),
             "l1": l1,
             "budget": budget,
@@ -336,7 +359,7 @@ def add_learn_arguments(parser) -> None:
         default=None,
         help="instead of merging with given weights, learn them on DATASET (5-100 rows; built-in name or data "
         "file) and write learn.json and one composition per learner to --output (merged by --combination; "
-        "--combination stack: a recipe)",
+        "--combination stack: a recipe) (default: no learning, the given weights)",
     )
     g.add_argument(
         "--learner",
@@ -349,6 +372,13 @@ def add_learn_arguments(parser) -> None:
     g.add_argument("--steps", type=int, default=30, help="gradient: optimizer steps (default: 30)")
     g.add_argument("--lr", type=float, default=0.05, help="gradient: Adam's learning rate (default: 0.05)")
     g.add_argument("--l1", type=float, default=0.05, help="L1 penalty on the weights (default: 0.05)")
+    g.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="row",
+        help="the loss both learners minimise: row (default; task-balanced: each row's mean token loss, averaged "
+        "over rows, whatever their lengths) or token (token-weighted: long replies weigh more)",
+    )
     g.add_argument(
         "--bounds", type=float, nargs=2, default=(-1.5, 1.5), metavar=("LO", "HI"), help="the range of each weight"
     )
@@ -369,6 +399,7 @@ def run_learn(args) -> int:
         steps=args.steps,
         lr=args.lr,
         init=args.weights,
+        objective=args.objective,
         split=args.split or "all",
         max_samples=args.max_samples or 100,
         batch_size=args.batch_size,

@@ -186,11 +186,46 @@ class Mixture:
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
-    def loss(self, items: list[dict], batch_size: int = 8) -> float:
-        """Core's token-weighted eval loss of the current mixture on encoded ``items``."""
+    def loss(self, items: list[dict], batch_size: int = 8, objective: str = "token") -> float:
+        """The eval loss of the current mixture on encoded ``items``: ``objective="token"`` is core's token-weighted
+        eval loss (long replies count more); ``"row"`` is the mean over rows of each row's own mean token loss
+        (every row counts the same, whatever its length: task-balanced)."""
         from peftlab.train import eval_loss
 
-        return eval_loss(self.model, items, self.pad_id, batch_size)
+        if objective == "token":
+            return eval_loss(self.model, items, self.pad_id, batch_size)
+        if objective != "row":
+            from .compose import CompositionError
+
+            raise CompositionError(f"objective {objective!r}: use row or token")
+        import torch
+
+        from peftlab.data import collate
+
+        was_training = self.model.training
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        total = 0.0
+        try:
+            with torch.no_grad():
+                for i in range(0, len(items), batch_size):
+                    batch = {k: v.to(device) for k, v in collate(items[i : i + batch_size], self.pad_id).items()}
+                    total += float(self.row_losses(batch).sum())
+        finally:
+            self.model.train(was_training)
+        return total / max(len(items), 1)
+
+    def row_losses(self, batch: dict):
+        """Each row's own mean token loss (``[B]``, differentiable) of a collated causal-LM ``batch``: labels shifted by
+        one as the model shifts them, ``-100`` ignored; a row without loss tokens scores 0."""
+        import torch.nn.functional as F
+
+        labels = batch["labels"]
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        target = labels[:, 1:]
+        tok = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")  # [B, T-1]
+        count = (target != -100).sum(1)
+        return tok.sum(1) / count.clamp(min=1)
 
     def exact_match(self, rows: list[dict], batch_size: int = 8, max_new_tokens: int = 32) -> float | None:
         """Share of chat rows whose greedy reply equals the reference (core's ``exact_match``); ``None`` when no
@@ -358,7 +393,7 @@ def add_sweep_arguments(parser) -> None:
         metavar="DATASET",
         default=None,
         help="instead of merging, evaluate the two parents mixed at w and 1-w for each w of --grid on DATASET "
-        "(built-in name or data file) and write sweep.json and sweep.png to --output",
+        "(built-in name or data file) and write sweep.json and sweep.png to --output (default: no sweep, a merge)",
     )
     g.add_argument(
         "--grid", type=float, nargs="+", default=None, help="weights w of the first parent (default: 0 0.1 ... 1)"

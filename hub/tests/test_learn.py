@@ -132,6 +132,60 @@ def test_the_gradient_learner_moves_only_the_mixing_scalars(parents, tiny_dir):
     assert not any(p.requires_grad for p in mixture.model.parameters())
 
 
+def _uneven_rows() -> list[dict]:
+    """Rows whose replies differ a lot in length: the row and token objectives then weigh them differently."""
+    return [{"prompt": f"say {i}", "response": " ".join(["ok"] * (1 + 6 * (i % 3))) + " done"} for i in range(6)]
+
+
+def _per_row_mean(mixture: Mixture, items: list[dict]) -> float:
+    """The row objective computed independently: each row alone through core's token-weighted ``eval_loss`` (one
+    row: its own mean token loss), then the plain mean over rows."""
+    from peftlab.train import eval_loss
+
+    return sum(eval_loss(mixture.model, [it], mixture.pad_id, 1) for it in items) / len(items)
+
+
+def test_the_row_objective_is_the_mean_of_per_row_losses_and_the_learners_use_it(parents, tmp_path):
+    from peftlab.train import eval_loss
+
+    mixture = Mixture([parents["good"], parents["noise"]])
+    items = mixture.encode(_uneven_rows())
+    assert len({len(it["input_ids"]) for it in items}) == 3
+    mixture.apply([0.5, 0.5])
+    row = _per_row_mean(mixture, items)
+    token = eval_loss(mixture.model, items, mixture.pad_id, 8)
+    assert mixture.loss(items, 4, "row") == pytest.approx(row, abs=1e-5)
+    assert mixture.loss(items, 4, "token") == pytest.approx(token, abs=1e-5)
+    assert mixture.loss(items, 4) == pytest.approx(token, abs=1e-5)  # Mixture.loss's default stays core's
+    assert abs(row - token) > 1e-3  # uneven lengths: the two objectives differ
+    with pytest.raises(CompositionError, match="objective"):
+        mixture.loss(items, 4, "rows")
+
+    # the gradient learner: one batch holds every row, so step 1's loss (at the uniform start) is the objective
+    for objective, expected in (("row", row), ("token", token)):
+        r = learn_gradient(mixture, items, steps=1, lr=0.1, batch_size=8, objective=objective, quiet=True)
+        assert r.trace[0]["batch_loss"] == pytest.approx(expected, abs=1e-5), objective
+        mixture.apply(r.weights)
+        assert r.loss == pytest.approx(mixture.loss(items, 8, objective), abs=1e-6)
+    mixture.apply([0.5, 0.5])
+    r = learn_gradient(mixture, items, steps=1, lr=0.1, batch_size=8, quiet=True)
+    assert r.trace[0]["batch_loss"] == pytest.approx(row, abs=1e-5)  # the learner's default is row
+
+    # nevergrad and learn() itself: row by default, the uniform mixture's loss is the independent per-row mean
+    data = _write_rows(tmp_path / "uneven.jsonl", _uneven_rows())
+    result = learn([parents["good"], parents["noise"]], data, learners=["nevergrad"], budget=2, quiet=True)
+    assert result["settings"]["objective"] == "row"
+    assert result["uniform"]["loss"] == pytest.approx(row, abs=1e-5)
+    first = result["learned"]["nevergrad"]["trace"][0]
+    assert first["weights"] == pytest.approx([0.5, 0.5]) and first["loss"] == pytest.approx(row, abs=1e-5)
+    result = learn(
+        [parents["good"], parents["noise"]], data, learners=["nevergrad"], budget=1, objective="token", quiet=True
+    )
+    assert result["uniform"]["loss"] == pytest.approx(token, abs=1e-5)
+    with pytest.raises(CompositionError, match="objective"):
+        learn([parents["good"], parents["noise"]], data, objective="mean", quiet=True)
+
+
 def test_the_gradient_learner_needs_scalable_parents(parents):
     mixture = Mixture([parents["good"], parents["noise"]], prefer="merge")
     with pytest.raises(CompositionError, match="scalable"):
@@ -165,10 +219,12 @@ def test_compose_learn_cli(parents, tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["compose", str(parents["good"]), str(parents["noise"]), "--learn", parents["data"]]
     argv += ["--output", str(out), "--learner", "nevergrad", "--budget", "6", "--weights", "1", "0", "--json"]
+    argv += ["--objective", "token"]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert list(printed["learned"]) == ["nevergrad"]
     assert printed["settings"]["init"] == [1.0, 0.0]  # --weights is the starting point
+    assert printed["settings"]["objective"] == "token"
     assert printed["learned"]["nevergrad"]["trace"][0]["weights"] == [1.0, 0.0]
     assert (out / "learn.json").is_file() and (out / "nevergrad" / "adapter_model.safetensors").is_file()
     assert not (out / "gradient").exists()
