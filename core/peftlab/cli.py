@@ -107,7 +107,7 @@ def _progress(command: str, stream: Any) -> Callable[[str, int, int], None]:
     def show(stage: str, done: int, total: int) -> None:
         now = time.perf_counter()
         start = started.setdefault(stage, now)
-        rate = f" ({done / (now - start):.1f} rows/s)" if done and now > start and stage == "exact match" else ""
+        rate = f" ({done / (now - start):.3g} rows/s)" if done and now > start and stage == "exact match" else ""
         unit = " rows" if stage == "exact match" else ""
         text = f"{command}: {stage} {done}/{total}{unit}{rate}"
         if tty:
