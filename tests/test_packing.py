@@ -122,14 +122,20 @@ def test_pack_restarts_positions_and_masks_row_starts():
         pdata.pack([{"input_ids": [1], "label": 0}])
 
 
-def test_length_grouped_batches_hold_similar_lengths():
-    lengths = [random.Random(1).randint(1, 100) for _ in range(64)]
+def test_length_grouped_batches_hold_similar_lengths_in_a_shuffled_order():
+    rng = random.Random(1)
+    lengths = [rng.randint(1, 100) for _ in range(64)]
     order = list(range(64))
-    grouped = pdata.length_grouped(order, lengths, batch_size=4, group=4)
-    assert sorted(grouped) == order
-    for i in range(0, 64, 16):
-        chunk = [lengths[j] for j in grouped[i : i + 16]]
-        assert chunk == sorted(chunk, reverse=True)
+    grouped = pdata.length_grouped(order, lengths, batch_size=4, group=4, seed=3)
+    assert sorted(grouped) == order and grouped == pdata.length_grouped(order, lengths, 4, 4, seed=3)
+    firsts = []
+    for i in range(0, 64, 16):  # each run of 4 batches: the sorted rows cut into batches, the batches shuffled
+        ranked = sorted(order[i : i + 16], key=lambda j: -lengths[j])
+        want = {tuple(ranked[k : k + 4]) for k in range(0, 16, 4)}
+        got = [tuple(grouped[k : k + 4]) for k in range(i, i + 16, 4)]
+        assert set(got) == want
+        firsts.append([max(lengths[j] for j in b) for b in got])
+    assert any(f != sorted(f, reverse=True) for f in firsts)  # not longest first: the batch order is shuffled
 
 
 def test_packing_on_refuses_a_method_that_cannot_pack(tmp_path):

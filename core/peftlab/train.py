@@ -198,7 +198,7 @@ def _batch_indices(n: int, batch_size: int, seed: int, skip: int = 0, lengths: l
         g = torch.Generator().manual_seed(seed * 1000 + epoch)
         order = torch.randperm(n, generator=g).tolist()
         if lengths is not None:
-            order = pdata.length_grouped(order[: per_epoch * batch_size], lengths, batch_size)
+            order = pdata.length_grouped(order[: per_epoch * batch_size], lengths, batch_size, seed=seed * 1000 + epoch)
         for i in range(first * batch_size, n - batch_size + 1 if n >= batch_size else 1, batch_size):
             yield order[i : i + batch_size]
         epoch, first = epoch + 1, 0

@@ -82,12 +82,20 @@ def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return index, nxt[nxt != IGNORE_INDEX]
 
 
-def length_grouped(order: Sequence[int], lengths: Sequence[int], batch_size: int, group: int = 16) -> list[int]:
+def length_grouped(
+    order: Sequence[int], lengths: Sequence[int], batch_size: int, group: int = 16, seed: int = 0
+) -> list[int]:
     """``order`` rearranged so that consecutive ``batch_size`` rows have similar lengths (less padding): each run
-    of ``group`` × ``batch_size`` rows of ``order`` is sorted by length, longest first (stable, so deterministic).
-    For batches that cannot be packed (classification; methods declaring ``packable=False``)."""
+    of ``group`` × ``batch_size`` rows of ``order`` is sorted by length and cut into batches, and those batches are
+    then shuffled (seeded by ``seed``: deterministic), so that a run does not see its longest rows first and its
+    shortest last. For batches that cannot be packed (classification; methods declaring ``packable=False``)."""
+    import random
+
     size = max(1, batch_size * group)
     out: list[int] = []
-    for i in range(0, len(order), size):
-        out.extend(sorted(order[i : i + size], key=lambda j: -lengths[j]))
+    for n, i in enumerate(range(0, len(order), size)):
+        chunk = sorted(order[i : i + size], key=lambda j: -lengths[j])
+        batches = [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+        random.Random(seed * 100_003 + n).shuffle(batches)
+        out.extend(j for b in batches for j in b)
     return out
