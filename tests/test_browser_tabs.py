@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, free_port, md, running_app, shots, wait_js
+from tests.test_browser import browser, free_port, md, running_app, shots, wait_js  # noqa: F401, F811 (browser: a fixture)
 
 pytestmark = [pytest.mark.browser]
 
@@ -52,20 +51,8 @@ def tabs_app(tmp_path_factory, tiny_dir):
         yield url, runs
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture
-def page(browser, tabs_app):
+def page(browser, tabs_app):  # noqa: F811 (the fixture imported from test_browser)
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = ctx.new_page()
     pg.set_default_timeout(60_000)

@@ -34,6 +34,12 @@ def adapter_choices(
     return [(label, str(path)) for label, path in [*found, *store_adapters(store_dir)]]
 
 
+def adapter_label(path: str | os.PathLike) -> str:
+    """A short name for an adapter folder: its run's name for ``RUN/adapter``, else the folder's own name."""
+    p = Path(path)
+    return p.parent.name if p.name == "adapter" else p.name
+
+
 def viewer(browser: str | None, profile=None) -> list[str]:
     """Whose runs a page shows: the Hugging Face login's (``hf:<user>``) and this browser's (trained before signing
     in), or the browser's alone."""
@@ -67,4 +73,4 @@ def _resolve_hub(text: str, store_root: str) -> str:  # a failure is not cached:
     return _resolve(text, store_root)
 
 
-__all__ = ["HAS_HUB", "adapter_choices", "locate", "store_adapters", "viewer"]
+__all__ = ["HAS_HUB", "adapter_choices", "adapter_label", "locate", "store_adapters", "viewer"]

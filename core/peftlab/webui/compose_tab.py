@@ -22,7 +22,7 @@ from ..data.sources import builtin_datasets
 from ..errors import PeftlabError
 from ..generate import generate_batch
 from ..plugins import methods
-from .adapters import adapter_choices, locate, viewer
+from .adapters import adapter_choices, adapter_label, locate, viewer
 from .engine import ChatEngine
 
 HELP = (
@@ -167,7 +167,7 @@ class ComposeTab:
             return None, "Type a message first."
         try:
             parents = self.parents(picked, typed)
-            targets = [(Path(p).parent.name if Path(p).name == "adapter" else Path(p).name, p) for p in parents]
+            targets = [(adapter_label(p), p) for p in parents]
             if composed:
                 targets.append((f"composition: {Path(composed).parent.name}", composed))
             loaded = [self.engine.load(path) for _, path in targets]

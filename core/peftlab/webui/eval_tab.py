@@ -23,7 +23,7 @@ import pandas as pd
 from ..data.sources import builtin_datasets
 from ..errors import PeftlabError
 from ..evaluate import evaluate, exact_match
-from .adapters import HAS_HUB, adapter_choices, locate, viewer
+from .adapters import HAS_HUB, adapter_choices, adapter_label, locate, viewer
 from .engine import ChatEngine
 
 HELP = (
@@ -31,11 +31,6 @@ HELP = (
     "(eval loss, perplexity, exact match of greedy replies), and sample rows show every reply side by side."
 )
 METRIC_COLUMNS = ["model", "eval loss", "perplexity", "exact match"]
-
-
-def _label(path: str) -> str:
-    p = Path(path)
-    return p.parent.name if p.name == "adapter" else p.name
 
 
 def marked_reply(reply: str, reference: str) -> str:
@@ -126,7 +121,7 @@ def run_evaluation(
     labels = []
     bases: set[tuple] = set()
     for i, path in enumerate(adapters):
-        label = _label(path)
+        label = adapter_label(path)
         while label in result.metrics or label == "base":
             label += "'"
         if progress is not None:

@@ -32,7 +32,7 @@ from .. import jobs
 from ..errors import PeftlabError
 from ..models import DEFAULT_MODEL_ID
 from ..plugins import methods
-from .adapters import store_adapters
+from .adapters import adapter_label, store_adapters
 from .chat_tab import ChatPicker
 from .train_tab import user_owner
 
@@ -243,8 +243,7 @@ def default_repo(repo_id: str, adapter: str, username: str | None) -> str:
     run (or store) name: ``alice/20250101-120000-lora``."""
     if not username or "/" in repo_id:
         return repo_id
-    folder = Path(adapter)
-    return f"{username}/{repo_id or (folder.parent.name if folder.name == 'adapter' else folder.name)}"
+    return f"{username}/{repo_id or adapter_label(adapter)}"
 
 
 def card_markdown(text: str) -> str:
