@@ -4,11 +4,14 @@ tokenizer, and ``one_thread`` for tests of tiny models."""
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the CLI's catalog of installed methods (peftlab/catalog.py) goes to a folder of this run, not the home cache
+os.environ.setdefault("PEFTLAB_CATALOG", tempfile.mkdtemp(prefix="peftlab-catalog-"))
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -118,16 +118,18 @@ def eval_part(a: argparse.Namespace) -> dict:
     from peftlab.models import load_model
 
     work = Path(tempfile.mkdtemp(prefix="genspeed-"))
-    model, tok = load_model(a.base)
-    peftlab.add_adapter(model, "lora", {"r": 8})
-    from peftlab.testing import randomize_adapter
+    adapter = Path(a.eval_adapter) if a.eval_adapter else work / "adapter"
+    if not a.eval_adapter:  # a randomised LoRA: its replies diverge at once, the case where stopping early pays most
+        model, tok = load_model(a.base)
+        peftlab.add_adapter(model, "lora", {"r": 8})
+        from peftlab.testing import randomize_adapter
 
-    randomize_adapter(model, std=0.02, seed=1)
-    peftlab.save_adapter(model, work / "adapter")
-    del model
+        randomize_adapter(model, std=0.02, seed=1)
+        peftlab.save_adapter(model, adapter)
+        del model
     old = work / "old"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), a.eval_old], check=True)
-    argv = ["eval", "--adapter", str(work / "adapter"), "--dataset", a.eval_dataset, "--max-samples"]
+    argv = ["eval", "--adapter", str(adapter), "--dataset", a.eval_dataset, "--max-samples"]
     argv += [str(a.eval_rows), "--base", a.base, "--json"]
     runs = {"before": [], "after": []}
     cpu = {"before": [], "after": []}
@@ -174,6 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds of the decode part (best is kept)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-old", default=None, help="commit to time `peftlab eval` against (default: skip)")
+    p.add_argument(
+        "--eval-adapter",
+        default=None,
+        help="a trained adapter folder to evaluate (default: a randomised LoRA r=8, saved to a temporary folder)",
+    )
     p.add_argument("--eval-rows", type=int, default=50)
     p.add_argument("--eval-rounds", type=int, default=1)
     p.add_argument("--eval-dataset", default="capitals-json")

@@ -132,6 +132,8 @@ def _lively_lora(tiny_dir):
 
 
 def test_evaluate_batched_equals_row_by_row_and_reports_progress(tiny_dir, tmp_path):
+    """Batched exact match, with the rows a teacher-forced pass decides not generated, gives what generating every
+    row one at a time gives."""
     import json
 
     from peftlab.evaluate import evaluate
@@ -157,13 +159,14 @@ def test_evaluate_batched_equals_row_by_row_and_reports_progress(tiny_dir, tmp_p
         generate_batch_size=16,
         progress=lambda *e: events.append(e),
     )
-    slow = evaluate(model, tok, str(data), max_new_tokens=8, n_examples=8, generate_batch_size=1)
+    slow = evaluate(model, tok, str(data), max_new_tokens=8, n_examples=8, generate_batch_size=1, teacher_forcing=False)
     assert fast["adapted"]["exact_match"] == slow["adapted"]["exact_match"] == 0.5  # the odd rows match
     assert fast["base"]["exact_match"] == slow["base"]["exact_match"]
     assert fast["examples"] == slow["examples"][:3]  # shown rows are generated in full
     assert [e["adapted"] for e in slow["examples"]] == own
     assert events[0] == ("eval loss", 0, 2) and events[-1] == ("exact match", 16, 16)
-    assert ("exact match", 0, 16) in events
+    first = next(e for e in events if e[0] == "exact match")
+    assert 0 < first[1] < 16  # rows the eval-loss pass decided count at once; the others are generated
     with pytest.raises(ValueError, match="generate_batch_size"):
         evaluate(model, tok, str(data), generate_batch_size=0)
 
@@ -178,6 +181,66 @@ def test_exact_match_outcome_is_decided_only_when_no_continuation_can_change_it(
     assert _decided(ref + "<|im_end|>", ref) and _decided("Paris</s> more", ref)  # an end marker ends the answer
     assert not _decided('{"country": "Fr\ufffd', ref)  # half a character
     assert not _decided('{"country": "France", "capital": "Paris"}<|im', ref)  # maybe the start of a marker
+
+
+def test_a_teacher_forced_pass_stands_for_greedy_decoding_only_where_it_is_sure():
+    from peftlab.evaluate import _Greedy
+
+    g = _Greedy(margin=1e-3)
+    stop, ref = 9, [5, 6, 7, 9]  # the reference reply, its stop token last; the prompt is 3 tokens
+    g.seen = {0: {2: (5, True), 3: (6, True), 4: (7, True), 5: (9, True)}}  # position p predicts token p + 1
+    kw = dict(stops=[stop], max_new_tokens=8, decided=lambda t: True, full=False)
+    assert g.reply(0, 3, ref, **kw) == [5, 6, 7]  # follows the reference to its stop: the stop is not returned
+    assert g.reply(0, 3, ref, **{**kw, "max_new_tokens": 2}) == [5, 6]  # cut where generation would be
+    g.seen[0][4] = (7, False)  # a near tie: rounding could pick the other token
+    assert g.reply(0, 3, ref, **kw) is None
+    g.seen[0][4] = (8, True)  # greedy leaves the reference at the third token
+    assert g.reply(0, 3, ref, **kw) == [5, 6, 8]
+    assert g.reply(0, 3, ref, **{**kw, "decided": lambda t: False}) is None  # the outcome could still change
+    assert g.reply(0, 3, ref, **{**kw, "full": True}) is None  # a reply shown in full is generated
+    g.seen[0][4] = (stop, True)  # greedy stops early
+    assert g.reply(0, 3, ref, **kw) == [5, 6]
+    assert g.reply(1, 3, ref, **kw) is None  # a row the pass did not see
+
+
+def test_only_float32_models_read_exact_match_off_the_eval_loss_pass():
+    """In bfloat16 two logits one rounding step apart (0.125 near 20) differ between the padded pass and the
+    cached decode, so no lead is sure: every row is generated."""
+    import torch
+
+    from peftlab.evaluate import _margin
+    from peftlab.models import tiny_model
+
+    model = tiny_model()
+    assert _margin(model) == 1e-3
+    assert _margin(model.to(torch.bfloat16)) is None and _margin(model.to(torch.float16)) is None
+
+
+@pytest.mark.smollm2
+def test_smollm2_exact_match_from_the_eval_loss_pass_equals_generating(smollm2, tmp_path, monkeypatch):
+    """SmolLM2's own greedy replies as references: the eval-loss pass decides those rows (exact match, nothing
+    generated); a wrong reference is generated; the result equals generating every row."""
+    import json
+
+    import peftlab.evaluate as ev
+    from peftlab.generate import generate_batch
+
+    model, tok = smollm2
+    prompts = ["What is the capital of France?", "Say hello in one word.", "What is 2 + 2?", "Name a colour."]
+    own = generate_batch(model, tok, prompts, max_new_tokens=40)
+    rows = [
+        {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r if i else "Lyon."}]}
+        for i, (p, r) in enumerate(zip(prompts, own))
+    ]
+    data = tmp_path / "own.jsonl"
+    data.write_text("".join(json.dumps({**r, "split": "eval"}) + "\n" for r in rows) + json.dumps(rows[0]) + "\n")
+    generated = []
+    decode = ev.greedy_decode
+    monkeypatch.setattr(ev, "greedy_decode", lambda m, seqs, **kw: generated.extend(seqs) or decode(m, seqs, **kw))
+    fast = ev.evaluate(model, tok, str(data), adapter=None, max_new_tokens=40, n_examples=0)
+    assert fast["base"]["exact_match"] == 0.75 and len(generated) < len(prompts)
+    slow = ev.evaluate(model, tok, str(data), adapter=None, max_new_tokens=40, n_examples=0, teacher_forcing=False)
+    assert fast == slow
 
 
 @pytest.mark.smollm2

@@ -150,14 +150,45 @@ def test_packing_on_refuses_a_method_that_cannot_pack(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_auto_falls_back_to_length_grouped_batches_with_a_note(tiny_dir, tmp_path, mixed):
-    res, losses = _train(
-        tiny_dir, tmp_path, mixed, method="prompt_tuning", method_config={"num_virtual_tokens": 2}, max_steps=1
-    )
-    notes = [e["message"] for e in read_progress(tmp_path) if e["event"] == "status"]
+def test_auto_falls_back_to_length_grouped_batches_with_a_note(tiny_dir, tmp_path, mixed, monkeypatch):
+    """A method that cannot pack trains on padded batches grouped by length within windows of ``GROUP_WINDOW``
+    batches of the shuffled order: each window holds the same rows as the plain order (``--packing off``), sorted by
+    length and cut into batches, so a short run sees the same rows either way, with less padding."""
+    from peftlab.train import DEBUG_ROWS_ENV, GROUP_WINDOW
+
+    monkeypatch.setenv(DEBUG_ROWS_ENV, "1")
+    kw = dict(method="prompt_tuning", method_config={"num_virtual_tokens": 2}, batch_size=2, max_steps=GROUP_WINDOW)
+    res, losses = _train(tiny_dir, tmp_path / "auto", mixed, **kw)
+    notes = [e["message"] for e in read_progress(tmp_path / "auto") if e["event"] == "status"]
     assert any(m.startswith("packing off: prompt_tuning cannot train on packed rows") for m in notes), notes
+    assert any(m.endswith("training on length-grouped padded batches") for m in notes), notes
     assert next(e for e in res.history if e["event"] == "start")["packing"] is False
-    assert len(losses) == 1 and losses[0] > 0
+    assert len(losses) == GROUP_WINDOW and all(x > 0 for x in losses)
+    _train(tiny_dir, tmp_path / "off", mixed, packing="off", **kw)
+
+    def batches(run) -> list[list[int]]:
+        lines = (tmp_path / run / "rows-rank0.jsonl").read_text().splitlines()
+        return [json.loads(line)["rows"] for line in lines]
+
+    grouped, plain = batches("auto"), batches("off")
+    assert len(grouped) == len(plain) == GROUP_WINDOW
+    assert sorted(j for b in grouped for j in b) == sorted(j for b in plain for j in b)  # the same rows
+    _, tok = load_model(tiny_dir)
+    train_rows, _ = pdata.split_rows(_mixed_rows(), 0.2, TrainArgs().seed)  # row ids index the training rows
+    train_items = pdata.encode_rows(train_rows, tok, max_length=64)
+    length = {j: len(train_items[j]["input_ids"]) for b in plain for j in b}
+    ranked = sorted((j for b in plain for j in b), key=lambda j: -length[j])
+    want = {tuple(sorted(ranked[k : k + 2])) for k in range(0, len(ranked), 2)}
+    assert {tuple(sorted(b)) for b in grouped} == want  # batches of similar length
+    assert grouped != plain
+
+    def padding(bs) -> int:
+        return sum(len(b) * max(length[j] for j in b) - sum(length[j] for j in b) for b in bs)
+
+    assert padding(grouped) <= padding(plain)
+    # with gradient accumulation a step's micro-batches count equally: grouping would reweigh rows, so it is off
+    _train(tiny_dir, tmp_path / "accum", mixed, grad_accum=2, **{**kw, "max_steps": GROUP_WINDOW // 2})
+    assert batches("accum") == plain
 
 
 def test_rows_longer_than_max_length_are_truncated_with_a_count(tiny_dir, caplog):

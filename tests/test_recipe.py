@@ -213,11 +213,21 @@ def test_cli_compose_stack_then_generate_and_eval_with_the_recipe(tiny_dir, tmp_
 
     ev = run(
         "eval", "--base", str(tiny_dir), "--adapter", str(tmp_path / "r"), "--dataset", "capitals-json",
-        "--max-samples", "2", "--max-new-tokens", "4", "--json",
+        "--max-samples", "2", "--max-new-tokens", "4", "--json", "--record",
     )  # fmt: skip
     assert ev.returncode == 0, ev.stderr[-2000:]
     result = json.loads(ev.stdout)
     assert result["adapted"]["eval_loss"] != result["base"]["eval_loss"]  # the stack acts, the base is compared
+    # --record keeps it in composition.json; the recipe still loads, and its card shows the metrics
+    recipe = read_recipe(tmp_path / "r")
+    assert recipe.data["evaluation"] == result and recipe.weights == [0.5, 1.0]
+    from peftlab_hub.card import recipe_card
+
+    card = recipe_card(recipe.data)
+    assert (
+        "## Metrics" in card
+        and f"| eval loss | {result['base']['eval_loss']:.4g} | {result['adapted']['eval_loss']:.4g} |" in card
+    )
 
 
 def test_cli_compose_stack_refuses_nan_weights(tiny_dir, tmp_path):
@@ -315,3 +325,38 @@ def test_cli_chat_with_a_recipe_answers_adapted_and_base(tiny_dir, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "[adapted]" in out.stdout and "[base]" in out.stdout
+
+
+def test_the_doctor_checks_a_recipe_and_each_parent(parents, tmp_path):
+    """``peftlab doctor RECIPE``: the recipe reads, each parent is there unchanged, the methods stack, then every
+    parent's own checks; a changed parent fails its check, names both hashes, and the stack check is skipped."""
+    from peftlab.cli import main as cli
+    from peftlab_hub.doctor import CHECKS, diagnose
+
+    out = stack([str(p) for p, _ in parents], [w for _, w in parents], output=tmp_path / "recipe")
+    report = diagnose(out)
+    names = [c.name for c in report.checks]
+    assert report.ok, report.format()
+    assert names[:6] == ["recipe", "parent 1", "parent 2", "parent 3", "parent 4", "stack"]
+    assert [n for n in names if n.startswith("parent 4: ")] == [f"parent 4: {c}" for c in CHECKS]  # its own checks
+    assert report["parent 4: files"].ok is True and report["parent 4: method"].ok is True
+    assert "4 parents, weights 0.5, 1, 0.7, 0.3" in report["recipe"].detail
+    assert cli(["doctor", str(out), "--json"]) == 0
+
+    weights = parents[2][0] / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b" ")  # the bitfit parent changes after the recipe was made
+    report = diagnose(out)
+    assert not report.ok and report["parent 3"].ok is False and report["stack"].ok is None
+    assert (
+        "changed" in report["parent 3"].detail
+        and read_recipe(out).parents[2].weights_sha256 in report["parent 3"].detail
+    )
+    assert report["parent 1"].ok is True
+    assert cli(["doctor", str(out)]) == 1
+    (parents[1][0] / "adapter_model.safetensors").unlink()  # a parent's weights gone: reported, not raised
+    assert report["parent 1"].ok is True
+    report = diagnose(out)
+    assert report["parent 2"].ok is False and "adapter_model.safetensors is missing" in report["parent 2"].detail
+    shutil.rmtree(parents[0][0])  # a parent gone
+    report = diagnose(out)
+    assert report["parent 1"].ok is False and "missing" in report["parent 1"].detail

@@ -2,6 +2,8 @@
 
 The trainer's flags and the method config flags are generated from their dataclasses (``peftlab.schema``):
 ``peftlab train --method lora --help``. Every flag arrives as text and is parsed by its field's type.
+``methods``, ``--help`` and argument errors read those fields from the catalog (``peftlab.catalog``), so they load
+neither the plugins nor torch; a command that runs parses its arguments again with the plugins' own classes.
 """
 
 from __future__ import annotations
@@ -88,6 +90,43 @@ def _trainer_specs() -> dict[str, FieldSpec]:
     return {s.name: s for s in fields_of(TrainArgs)}
 
 
+class _Fields:
+    """Where the parsers read the trainer's and a method's fields: ``TrainArgs`` and the plugins themselves, or with
+    ``catalog=True`` the catalog, which imports neither (``read`` then says whether a parser used it)."""
+
+    def __init__(self, catalog: bool = False) -> None:
+        self.catalog = catalog
+        self.read = False
+        self._loaded: Any = None
+
+    def _catalog(self) -> Any:
+        if self.catalog and self._loaded is None:
+            from .catalog import load
+
+            try:
+                self._loaded = load()
+            except PeftlabError:  # two plugins claim a method: the plugins themselves report it
+                self.catalog = False
+        self.read = self.read or self.catalog
+        return self._loaded if self.catalog else None
+
+    def trainer(self) -> dict[str, FieldSpec]:
+        catalog = self._catalog()
+        return {s.name: s for s in catalog.trainer_specs()} if catalog else _trainer_specs()
+
+    def method(self, name: str) -> list[FieldSpec] | None:
+        """The config fields of method ``name``; ``None`` when it is not installed (reported when the command runs)."""
+        catalog = self._catalog()
+        if catalog:
+            return catalog.method_specs(name)
+        from .plugins import get_method
+
+        try:
+            return get_method(name).config_class.fields()
+        except PeftlabError:
+            return None
+
+
 def _print(obj: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(obj, indent=2, default=str))
@@ -119,33 +158,35 @@ def _progress(command: str, stream: Any) -> Callable[[str, int, int], None]:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from .plugins import methods, registry
+    from .catalog import load
 
-    items = [m.to_json() for m in methods()]
+    catalog = load()  # the cached declarations, or the plugins loaded (and cached) when they changed
     if args.json:
-        _print(items, True)
+        _print(catalog.methods, True)
         return 0
-    for m in items:
+    for m in catalog.methods:
         caps = [k for k, v in m["capabilities"].items() if v is True]
         print(f"{m['name']:<16} {m['description']}  [{', '.join(caps)}]  ({m['plugin']})")
-    for dist, why in registry().broken.items():
+    for dist, why in catalog.broken.items():
         print(f"(plugin {dist} failed to load: {why})", file=sys.stderr)
     return 0
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    for spec in _trainer_specs().values():
+def _add_train_flags(p: argparse.ArgumentParser, fields: _Fields) -> None:
+    for spec in fields.trainer().values():
         if spec.name != "method_config":  # the method's own flags stand for it
             _add_field(p, spec, TRAINER + spec.name)
 
 
-def _add_method_flags(p: argparse.ArgumentParser, method: str) -> list[str]:
-    """One flag per config field (``--lora-alpha``); a clash with a trainer flag gets the method prefix."""
-    from .plugins import get_method
-
+def _add_method_flags(p: argparse.ArgumentParser, method: str, fields: _Fields) -> list[str]:
+    """One flag per config field (``--lora-alpha``); a clash with a trainer flag gets the method prefix.
+    No flags for a method that is not installed (the command reports it when it runs)."""
     names = []
+    specs = fields.method(method)
+    if specs is None:
+        return names
     group = p.add_argument_group(f"{method} options")
-    for spec in get_method(method).config_class.fields():
+    for spec in specs:
         clash = any(f in p._option_string_actions for f in [spec.option_string, *spec.aliases])
         _add_field(group, spec, METHOD + spec.name, flag=_flag(f"{method}_{spec.name}") if clash else None)
         names.append(spec.name)
@@ -221,26 +262,14 @@ def _load(args: argparse.Namespace):
     from .io import load_adapter, read_adapter
     from .models import load_model
 
-    method = None
-    task = "CAUSAL_LM"
+    kw = {}
     if getattr(args, "adapter", None):
         args.adapter = _adapter_folder(args)
         from .recipe import is_recipe, representative  # a recipe: the parent whose base model it needs
 
         files = representative(args.adapter) if is_recipe(args.adapter) else read_adapter(args.adapter)
-        method, task = files.method, files.peft_config.get("task_type") or "CAUSAL_LM"
-    kw = {}
-    if task == "SEQ_CLS":
-        heads = files.meta.get("base_fingerprint", {})
-        kw["num_labels"] = heads.get("num_labels") or 2
-    model, tok = load_model(
-        args.base,
-        task=task,
-        dtype=args.dtype,
-        device=args.device,
-        method=method if method and method.capabilities.needs_quantized_base else None,
-        **kw,
-    )
+        kw = files.base_options()
+    model, tok = load_model(args.base, dtype=args.dtype, device=args.device, **kw)
     name = load_adapter(model, args.adapter) if getattr(args, "adapter", None) else None
     return model, tok, name
 
@@ -341,7 +370,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return run_from_args(args, as_json=args.json)
 
 
-def _common(p: argparse.ArgumentParser, adapter: bool = True, required: bool = False) -> None:
+def _common(p: argparse.ArgumentParser, fields: _Fields, adapter: bool = True, required: bool = False) -> None:
     if adapter:
         p.add_argument(
             "--adapter",
@@ -355,7 +384,7 @@ def _common(p: argparse.ArgumentParser, adapter: bool = True, required: bool = F
             help="Hugging Face token for a private Hub adapter (default: "
             "HF_TOKEN, then the token `hf auth login` saved)",
         )
-    specs = _trainer_specs()  # the same names, help and defaults as on `peftlab train`
+    specs = fields.trainer()  # the same names, help and defaults as on `peftlab train`
     for name, dest in (("base_model", "base"), ("dtype", "dtype"), ("device", "device")):
         _add_field(p, specs[name], dest, default=specs[name].default)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -405,9 +434,11 @@ class _SubcommandsAction(argparse._SubParsersAction):
         return parser
 
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None, fields: _Fields | None = None) -> argparse.ArgumentParser:
     """The ``peftlab`` parser. Each command's arguments are added when that command is used (``_Subcommands``):
-    ``argv`` only tells which method's flags ``train`` shows."""
+    ``argv`` only tells which method's flags ``train`` shows. Fields come from ``TrainArgs`` and the plugins
+    themselves unless ``fields`` says otherwise (``main`` reads the catalog first)."""
+    fields = fields or _Fields()
     parser = argparse.ArgumentParser(
         prog="peftlab",
         formatter_class=_HelpFormatter,
@@ -427,11 +458,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     def train_setup(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="progress as JSON lines")
-        _add_train_flags(p)
-        try:
-            _add_method_flags(p, method)
-        except PeftlabError:
-            pass  # unknown method: reported when the command runs
+        _add_train_flags(p, fields)
+        _add_method_flags(p, method, fields)
 
     add(
         "train",
@@ -441,7 +469,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ).set_defaults(fn=cmd_train)
 
     def generate_args(p: argparse.ArgumentParser) -> None:
-        _common(p)
+        _common(p, fields)
         p.add_argument("--prompt", required=True, help="the user message (with --raw: the text to continue)")
         p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
         p.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
@@ -451,7 +479,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
 
     def chat_args(p: argparse.ArgumentParser) -> None:
-        _common(p)
+        _common(p, fields)
         p.add_argument("--max-new-tokens", type=int, default=128, help="tokens per reply at most")
 
     add(
@@ -459,7 +487,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ).set_defaults(fn=cmd_chat)
 
     def eval_args(p: argparse.ArgumentParser) -> None:
-        _common(p)
+        _common(p, fields)
         p.add_argument("--dataset", required=True, help="built-in name or data file/folder")
         p.add_argument("--max-samples", type=int, default=64, help="rows evaluated at most")
         p.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per row for exact match")
@@ -479,7 +507,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
 
     def merge_args(p: argparse.ArgumentParser) -> None:
-        _common(p, required=True)
+        _common(p, fields, required=True)
         p.add_argument("--output", required=True, help="folder for the merged model")
 
     add("merge", help="merge an adapter into the base weights and save the full model", setup=merge_args).set_defaults(
@@ -487,7 +515,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
 
     def nearest_args(p: argparse.ArgumentParser) -> None:
-        _common(p, required=True)
+        _common(p, fields, required=True)
         p.add_argument("--top-k", type=int, default=5, help="tokens listed per virtual token")
 
     add("nearest-tokens", help="vocabulary tokens nearest each learned virtual token", setup=nearest_args).set_defaults(
@@ -525,8 +553,11 @@ def _peek_method(argv: list[str] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    fields = _Fields(catalog=True)  # --help and argument errors answer from the catalog, without the plugins
+    args = build_parser(argv, fields).parse_args(argv)
+    if fields.read:  # the command runs: its arguments are read again by the plugins' and TrainArgs's own fields
+        args = build_parser(argv).parse_args(argv)
     try:
         return args.fn(args)
     except (PeftlabError, ValueError, KeyError, OSError) as e:

@@ -58,6 +58,17 @@ class AdapterFiles:
     peft_config: dict[str, Any]
     meta: dict[str, Any]
 
+    def base_options(self) -> dict[str, Any]:
+        """What ``models.load_model`` needs besides the base to load one this adapter fits: its ``task``, the
+        ``method`` when the method loads its own (quantized) base, and ``num_labels`` of a classifier's head."""
+        task = self.peft_config.get("task_type") or "CAUSAL_LM"
+        out: dict[str, Any] = {"task": task}
+        if self.method.capabilities.needs_quantized_base:
+            out["method"] = self.method
+        if task == "SEQ_CLS":
+            out["num_labels"] = self.meta.get("base_fingerprint", {}).get("num_labels") or 2
+        return out
+
 
 def _umask() -> int:
     """The process umask, read without changing it where the system allows (``/proc``)."""
@@ -231,8 +242,15 @@ _PEFT_TYPES = {"LORA", "ADALORA", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", 
 
 def record_evaluation(folder: str | os.PathLike, result: dict[str, Any]) -> Path:
     """Keep ``peftlab.evaluate.evaluate``'s ``result`` in the adapter's ``peftlab.json`` (key ``evaluation``), so its
-    model card can show it; the file is replaced atomically."""
-    path = read_adapter(folder).path / META_FILE
+    model card can show it; the file is replaced atomically. A composition recipe keeps it in its
+    ``composition.json`` (a recipe has no ``peftlab.json``)."""
+    from .recipe import RECIPE_FILE, is_recipe, read_recipe
+
+    if is_recipe(folder):
+        read_recipe(folder)  # a readable recipe, or a clear error before anything is written
+        path = Path(folder) / RECIPE_FILE
+    else:
+        path = read_adapter(folder).path / META_FILE
     meta = _read_json(path) if path.exists() else {}
     meta["evaluation"] = result
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")

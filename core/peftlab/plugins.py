@@ -6,13 +6,15 @@ import dataclasses
 import importlib.metadata
 import threading
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspecs
 from .errors import PluginConflictError, UnknownMethodError
-from .method import Capabilities, Method, MethodConfig
+
+if TYPE_CHECKING:  # .method imports torch: loaded when a plugin registers, so the catalog (catalog.py) reads
+    from .method import MethodConfig  # ENTRY_POINT_GROUP without it
 
 ENTRY_POINT_GROUP = "peftlab"
 # every hook spec but register_methods is a method hook (hookspecs.py, in the order written there)
@@ -26,6 +28,8 @@ REQUIRED_HOOKS = ("inject", "trainable_params", "save", "load")
 
 def _declared(obj: Any, attr: str) -> Any:
     """A method's declaration ``attr`` (``hookspecs.ATTRIBUTES``), ``peftlab.Method``'s default when it has none."""
+    from .method import Method
+
     return getattr(obj, attr, getattr(Method, attr))
 
 
@@ -122,6 +126,8 @@ class Registry:
 
     def add_method(self, obj: Any, plugin: str) -> MethodHandle:
         """Register one method object (what ``register(...)`` does inside ``register_methods``)."""
+        from .method import Capabilities, MethodConfig
+
         name = getattr(obj, "name", "")
         if not name or not isinstance(name, str):
             raise PluginConflictError(f"plugin {plugin!r} registered a method without a name")
@@ -225,4 +231,4 @@ def methods() -> list[MethodHandle]:
     return list(registry())
 
 
-__all__ = ["Registry", "MethodHandle", "registry", "reset_registry", "get_method", "methods", "Method"]
+__all__ = ["Registry", "MethodHandle", "registry", "reset_registry", "get_method", "methods"]

@@ -19,6 +19,7 @@ processes and summed; only the main process writes files. One process is exactly
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"  # written last: a checkpoint folder holding it is complete
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng_state.safetensors"
+GROUP_WINDOW = 4  # micro-batches per length-grouped window of the shuffled order (padded runs)
 DEBUG_ROWS_ENV = "PEFTLAB_DEBUG_ROWS"  # set: each process writes the train-row ids it used to rows-rank<r>.jsonl
 
 
@@ -190,15 +192,19 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
 def _batch_indices(n: int, batch_size: int, seed: int, skip: int = 0, lengths: list[int] | None = None):
     """Endless shuffled micro-batches of row indices; epoch e uses the permutation seeded by (seed, e).
     ``skip`` micro-batches are passed over without being built (the data position a resumed run starts at).
-    With ``lengths``, each epoch's rows are length-grouped (``data.length_grouped``: similar lengths share a batch,
-    so less padding), still deterministic per epoch."""
+    With ``lengths``, each epoch's rows are length-grouped within windows of ``GROUP_WINDOW`` micro-batches
+    (``data.length_grouped``: similar lengths share a batch, so less padding): every window holds exactly the rows
+    of the shuffled order, so a run of k × ``GROUP_WINDOW`` micro-batches sees the same rows either way; still
+    deterministic per epoch."""
     per_epoch = n // batch_size if n >= batch_size else 1
     epoch, first = divmod(skip, per_epoch)
     while True:
         g = torch.Generator().manual_seed(seed * 1000 + epoch)
         order = torch.randperm(n, generator=g).tolist()
         if lengths is not None:
-            order = pdata.length_grouped(order[: per_epoch * batch_size], lengths, batch_size, seed=seed * 1000 + epoch)
+            order = pdata.length_grouped(
+                order[: per_epoch * batch_size], lengths, batch_size, group=GROUP_WINDOW, seed=seed * 1000 + epoch
+            )
         for i in range(first * batch_size, n - batch_size + 1 if n >= batch_size else 1, batch_size):
             yield order[i : i + batch_size]
         epoch, first = epoch + 1, 0
@@ -291,9 +297,13 @@ class _LabelledLogits:
         self.used = True
         return (h.unsqueeze(1), *args[1:]), kwargs
 
-    def loss(self, model, batch: dict[str, torch.Tensor], reduction: str = "mean") -> tuple[torch.Tensor, int]:
+    def loss(
+        self, model, batch: dict[str, torch.Tensor], reduction: str = "mean", observe: Callable | None = None
+    ) -> tuple[torch.Tensor, int]:
         """The batch's loss (token mean, or sum) and the number of loss tokens: CAUSAL_LM through the labelled
-        positions only (``data.loss_positions``), SEQ_CLS (1-D labels) by the model's own loss (mean per row)."""
+        positions only (``data.loss_positions``), SEQ_CLS (1-D labels) by the model's own loss (mean per row).
+        ``observe(logits, targets, index, length)`` (CAUSAL_LM) sees the labelled positions' logits ``[N, vocab]``,
+        their labels, their flat positions in ``[B, length]`` and ``length``."""
         labels = batch["labels"]
         if labels.dim() == 1 or self.head is None:
             out = model(**batch)
@@ -319,6 +329,8 @@ class _LabelledLogits:
             logits = logits.reshape(-1, logits.shape[-1])
         else:  # the output layer was not called as expected: the full logits, selected here
             logits = logits[:, -labels.shape[1] :].reshape(-1, logits.shape[-1]).index_select(0, index)
+        if observe is not None:
+            observe(logits, targets, index, labels.shape[1])
         loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction=reduction)
         return loss, int(targets.numel())
 
@@ -357,15 +369,19 @@ def _packing_isolates(model, vocab: int) -> float:
 
 
 @torch.no_grad()
-def eval_loss(model, items: list[dict], pad_id: int, batch_size: int = 8, accelerator=None) -> float:
+def eval_loss(
+    model, items: list[dict], pad_id: int, batch_size: int = 8, accelerator=None, observe: Callable | None = None
+) -> float:
     """Token-weighted mean loss over ``items`` (classification: mean cross-entropy). With an ``accelerator`` of
     several processes, each evaluates every N-th batch and the sums are added up across them; every process runs
     the same number of forward passes (one without a batch of its own repeats the first, unweighted), so a sharded
-    model's collective forward (FSDP) stays in step."""
+    model's collective forward (FSDP) stays in step. ``observe(rows, logits, targets, index, length)`` (CAUSAL_LM)
+    sees each batch's labelled logits as ``_LabelledLogits.loss`` gives them, ``rows`` being the batch's indices
+    into ``items``."""
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
     labelled = _labelled(accelerator.unwrap_model(model) if accelerator is not None else model)
-    items = sorted(items, key=lambda it: len(it["input_ids"]))  # similar lengths share a batch: less padding
+    order = sorted(range(len(items)), key=lambda j: len(items[j]["input_ids"]))  # similar lengths: less padding
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -376,8 +392,10 @@ def eval_loss(model, items: list[dict], pad_id: int, batch_size: int = 8, accele
         b = r * world + rank
         own = b < len(starts)
         i = starts[b] if own else 0
-        batch = {k: v.to(device) for k, v in pdata.collate(items[i : i + batch_size], pad_id).items()}
-        loss, n = labelled.loss(model, batch, reduction="sum")
+        rows = order[i : i + batch_size]
+        batch = {k: v.to(device) for k, v in pdata.collate([items[j] for j in rows], pad_id).items()}
+        seen = None if observe is None or not own else functools.partial(observe, rows)
+        loss, n = labelled.loss(model, batch, reduction="sum", observe=seen)
         if not own:
             continue
         total += float(loss)
@@ -411,7 +429,7 @@ def _data_warnings():
 def _use_packing(args: TrainArgs, handle, task: str, model, emit) -> bool:
     """Whether this run trains on packed rows: ``packing`` on or auto, a CAUSAL_LM task, a method declaring
     ``packable``, and a model whose attention stays inside each packed row (probed on two short rows). ``auto``
-    falls back to padded batches with a status line saying why; ``on`` stops with the reason."""
+    falls back to length-grouped padded batches with a status line saying why; ``on`` stops with the reason."""
     if args.packing == "off":
         return False
     why = ""
@@ -433,7 +451,7 @@ def _use_packing(args: TrainArgs, handle, task: str, model, emit) -> bool:
         return True
     if args.packing == "on":
         raise ConfigError(f"--packing on: {why}; use --packing auto")
-    emit({"event": "status", "message": f"packing off: {why}; training on padded batches"})
+    emit({"event": "status", "message": f"packing off: {why}; training on length-grouped padded batches"})
     return False
 
 
@@ -750,9 +768,12 @@ def _train(
 
     if ckpt is not None and (ckpt / RNG_FILE).exists():  # the dropout masks an uninterrupted run draws next
         _set_rng_state(load_file(str(ckpt / RNG_FILE)), state.get("rng") or {})
-    # padded batches keep the shuffled order: length-grouped batches (data.length_grouped) change which rows a short
-    # run sees, and the soft-prompt methods' 12-step SmolLM2 runs learned measurably less with them
-    grouped = False
+    # padded batches (methods that cannot pack, classification) are length-grouped within small windows of the
+    # shuffled order: larger windows (16 batches) changed which rows a short run sees, and 12-step soft-prompt runs
+    # on SmolLM2 learned measurably less
+    # off: the plain shuffled order (the reference). Not with gradient accumulation: a step's micro-batches each
+    # count equally, so all-short and all-long micro-batches in one step would weigh short rows' tokens far more
+    grouped = not packed and args.packing != "off" and args.grad_accum == 1
     lengths = [len(it["input_ids"]) for it in train_items] if grouped else None
     batches = _batch_indices(len(train_items), global_micro, args.seed, skip=start * args.grad_accum, lengths=lengths)
     rows_log = None

@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from peftlab import PeftlabError, get_method, registry
@@ -570,9 +571,14 @@ def recipe_card(data: dict, *, repo_id: str | None = None, hub_url: str | None =
         else:
             shown = f"`{_scrub(str(p.get('ref')))}` (local)"
         lines.append(f"| {i} | {shown} | {p['method']} | {w:g} | `{p['weights_sha256'][:16]}…` |")
+    evaluation = data.get("evaluation")  # `peftlab eval --adapter RECIPE --record` keeps its result there
+    metrics = _metrics(
+        SimpleNamespace(task=data.get("task_type") or "CAUSAL_LM"), _from_evaluation(evaluation), evaluation
+    )
     where = repo_id or "RECIPE_FOLDER"
     lines += [
         "",
+        *metrics,
         "## Use",
         "",
         "```bash",

@@ -124,7 +124,12 @@ class Report:
 
 def diagnose(adapter_dir: str | os.PathLike, base: str | None = None, *, load_weights: bool = False) -> Report:
     """Check the adapter in ``adapter_dir`` against ``base`` (a Hub id, a local folder, or ``None``: the base the
-    adapter records). With ``load_weights`` the real base is also loaded and the adapter loaded into it."""
+    adapter records). With ``load_weights`` the real base is also loaded and the adapter loaded into it. A
+    composition recipe (``composition.json``) is checked as ``diagnose_recipe`` says."""
+    from peftlab.recipe import is_recipe
+
+    if is_recipe(adapter_dir):
+        return diagnose_recipe(adapter_dir, base, load_weights=load_weights)
     doctor = _Doctor(Path(adapter_dir).expanduser(), base, load_weights)
     report = Report(str(doctor.path), base)
     steps = [
@@ -146,6 +151,76 @@ def diagnose(adapter_dir: str | os.PathLike, base: str | None = None, *, load_we
         except Exception as e:  # noqa: BLE001 - a bug or an odd input in one check must not hide the others
             ok, detail, warning = False, f"the check itself failed: {type(e).__name__}: {e}", False
         report.checks.append(Check(name, ok, detail, warning))
+    return report
+
+
+def diagnose_recipe(
+    recipe_dir: str | os.PathLike, base: str | None = None, *, load_weights: bool = False, token: str | None = None
+) -> Report:
+    """Check a composition recipe: ``recipe`` (``composition.json`` reads), one ``parent N`` check per parent (it
+    is where the recipe says, and its weights have the sha256 the recipe recorded), ``stack`` (the methods can be
+    stacked, and weighted where the weight is not 1), then every parent's own checks, named ``parent N: <check>``
+    (against ``base``, or each parent's recorded base), and with ``load_weights`` a ``load`` of the whole recipe
+    into the real base. A check that cannot run because an earlier one failed is skipped, saying which."""
+    from peftlab.io import read_adapter
+    from peftlab.recipe import check_stack, parent_folder, read_recipe, sha256_file
+
+    path = Path(recipe_dir).expanduser()
+    report = Report(str(path), base)
+    add = report.checks.append
+    try:
+        recipe = read_recipe(path)
+    except PeftlabError as e:
+        add(Check("recipe", False, str(e)))
+        return report
+    ws = ", ".join(f"{w:g}" for w in recipe.weights)
+    add(Check("recipe", True, f"{len(recipe.parents)} parents, weights {ws}, base {recipe.base_model}"))
+    folders, files = {}, {}
+    for i, parent in enumerate(recipe.parents, 1):
+        name = f"parent {i}"
+        try:
+            folders[i] = parent_folder(recipe, parent, token=token)
+            if not (Path(folders[i]) / WEIGHTS_FILE).is_file():
+                add(Check(name, False, f"{parent.describe()}: {WEIGHTS_FILE} is missing in {folders[i]}"))
+                continue
+            actual = sha256_file(Path(folders[i]) / WEIGHTS_FILE)
+            if actual != parent.weights_sha256:
+                add(
+                    Check(
+                        name, False, f"{parent.describe()} changed: sha256 {actual}, recorded {parent.weights_sha256}"
+                    )
+                )
+                continue
+            files[i] = read_adapter(folders[i], method=parent.method)
+        except (PeftlabError, OSError) as e:
+            add(Check(name, False, str(e)))
+            continue
+        add(Check(name, True, f"{parent.describe()} ({parent.method}) at {folders[i]}, sha256 as recorded"))
+    if len(files) == len(recipe.parents):
+        try:
+            labels = [f"parent {i} ({p.describe()})" for i, p in enumerate(recipe.parents, 1)]
+            check_stack([files[i] for i in sorted(files)], recipe.weights, labels)
+            add(Check("stack", True, "every method can be stacked, and weighted where its weight is not 1"))
+        except PeftlabError as e:
+            add(Check("stack", False, str(e)))
+    else:
+        add(Check("stack", None, "a parent is missing or changed (see above)"))
+    for i, folder in folders.items():
+        for c in diagnose(folder, base).checks:
+            add(Check(f"parent {i}: {c.name}", c.ok, c.detail, c.warning))
+    if load_weights:
+        if not report.ok:
+            add(Check("load", None, "an earlier check failed"))
+        else:
+            try:  # the base as `peftlab generate/eval --adapter RECIPE` loads it (cli._load)
+                from peftlab.recipe import representative
+
+                files = representative(path, token=token)
+                model, _ = load_model(base or recipe.base_model, **files.base_options())
+                name = load_adapter(model, path)
+                add(Check("load", True, f"loaded {base or recipe.base_model} and the recipe into it (as {name!r})"))
+            except Exception as e:  # noqa: BLE001 - report whatever loading raises
+                add(Check("load", False, f"{type(e).__name__}: {e}"))
     return report
 
 

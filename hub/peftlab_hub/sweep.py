@@ -32,6 +32,23 @@ SWEEP_JSON = "sweep.json"
 SWEEP_PNG = "sweep.png"
 DEFAULT_GRID = tuple(round(i / 10, 1) for i in range(11))
 MIX_SLOT = "mix"  # the adapter slot of merge mode
+OBJECTIVES = ("row", "token", "worst", "match")  # what Mixture.loss (and the learners) can minimise
+
+
+def check_objective(objective: str) -> None:
+    from .compose import CompositionError
+
+    if objective not in OBJECTIVES:
+        raise CompositionError(f"objective {objective!r}: choose from {', '.join(OBJECTIVES)}")
+
+
+def objective_loss(scores: dict[str, Any], objective: str) -> float:
+    """The loss ``objective`` names, from ``Mixture.scores``' one pass over the rows (``match``: ``1 − exact match``
+    plus the worst-token loss)."""
+    check_objective(objective)
+    if objective == "match":
+        return 1.0 - scores["match"] + scores["worst"]
+    return scores[objective]
 
 
 def _log(message: str, quiet: bool) -> None:
@@ -178,9 +195,23 @@ class Mixture:
         self.weights = [float(w.detach()) if torch.is_tensor(w) else float(w) for w in weights]
 
     def encode(self, rows: list[dict], max_length: int = 256) -> list[dict]:
-        from peftlab.data import encode_rows
+        """Encoded chat rows; each item also gets ``reply_span``: the positions ``[start, end)`` of the reply core's
+        exact match grades (the last assistant turn, up to and including its end-of-turn token), or ``None`` when
+        greedy decoding could not reproduce it (no reply, or cut by ``max_length`` before its end)."""
+        from peftlab.data import encode_rows, prompt_and_reference
+        from peftlab.evaluate import _forced_replies
+        from peftlab.generate import _stop_ids, prompt_ids
 
-        return encode_rows(rows, self.tokenizer, max_length=max_length, task="CAUSAL_LM")
+        items = encode_rows(rows, self.tokenizer, max_length=max_length, task="CAUSAL_LM")
+        if len(items) != len(rows):  # a row was dropped: items no longer line up with rows
+            return items
+        stops = _stop_ids(self.tokenizer)
+        for row, item in zip(rows, items, strict=True):
+            pair = prompt_and_reference(row)
+            seq = prompt_ids(self.tokenizer, pair[0]) if pair else None
+            reply = _forced_replies([item], [seq], stops).get(0) if seq else None
+            item["reply_span"] = (len(seq), len(seq) + len(reply)) if reply else None
+        return items
 
     @property
     def pad_id(self) -> int:
@@ -189,15 +220,22 @@ class Mixture:
     def loss(self, items: list[dict], batch_size: int = 8, objective: str = "token") -> float:
         """The eval loss of the current mixture on encoded ``items``: ``objective="token"`` is core's token-weighted
         eval loss (long replies count more); ``"row"`` is the mean over rows of each row's own mean token loss
-        (every row counts the same, whatever its length: task-balanced)."""
+        (every row counts the same, whatever its length: task-balanced); ``"worst"`` is the mean over rows of each
+        row's worst (highest-loss) reply token; ``"match"`` is ``1 − exact match`` plus ``"worst"``
+        (``objective_loss``)."""
         from peftlab.train import eval_loss
 
         if objective == "token":
             return eval_loss(self.model, items, self.pad_id, batch_size)
-        if objective != "row":
-            from .compose import CompositionError
+        check_objective(objective)
+        return objective_loss(self.scores(items, batch_size), objective)
 
-            raise CompositionError(f"objective {objective!r}: use row or token")
+    def scores(self, items: list[dict], batch_size: int = 8) -> dict[str, Any]:
+        """Everything one pass over encoded ``items`` tells about the current mixture (no gradients, no
+        generation): ``token`` (core's token-weighted eval loss), ``row`` (mean of the rows' own mean token losses),
+        ``worst`` (mean of the rows' worst-token losses), ``match`` (the share of rows whose whole reply is the
+        model's top choice token after token: greedy exact match, see :meth:`row_stats`) and the per-row
+        ``row_losses``, ``worst_losses`` and ``hits``, in the order of ``items``."""
         import torch
 
         from peftlab.data import collate
@@ -205,27 +243,70 @@ class Mixture:
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
-        total = 0.0
+        losses: list[float] = []
+        worst: list[float] = []
+        hits: list[bool] = []
+        total = count = 0.0
         try:
             with torch.no_grad():
                 for i in range(0, len(items), batch_size):
-                    batch = {k: v.to(device) for k, v in collate(items[i : i + batch_size], self.pad_id).items()}
-                    total += float(self.row_losses(batch).sum())
+                    chunk = items[i : i + batch_size]
+                    batch = {k: v.to(device) for k, v in collate(chunk, self.pad_id).items()}
+                    stats = self.row_stats(batch, reply=_reply_mask(chunk, batch["labels"].shape[1]))
+                    n = stats["tokens"]
+                    total += float((stats["row"] * n).sum())
+                    count += float(n.sum())
+                    losses += [float(x) for x in stats["row"]]
+                    worst += [float(x) for x in stats["worst"]]
+                    hits += [bool(x) for x in stats["hit"]]
         finally:
             self.model.train(was_training)
-        return total / max(len(items), 1)
+        rows = max(len(items), 1)
+        return {
+            "token": total / max(count, 1),
+            "row": sum(losses) / rows,
+            "worst": sum(worst) / rows,
+            "match": sum(hits) / rows,
+            "row_losses": losses,
+            "worst_losses": worst,
+            "hits": hits,
+        }
 
-    def row_losses(self, batch: dict):
-        """Each row's own mean token loss (``[B]``, differentiable) of a collated causal-LM ``batch``: labels shifted by
-        one as the model shifts them, ``-100`` ignored; a row without loss tokens scores 0."""
+    def row_stats(self, batch: dict, reply=None) -> dict:
+        """Per row of a collated causal-LM ``batch`` (labels shifted by one as the model shifts them, ``-100``
+        ignored), from one forward pass: ``row`` — the row's own mean token loss (``[B]``, differentiable);
+        ``worst`` — its worst (highest) token loss (``[B]``, differentiable); ``tokens`` — its count of loss tokens;
+        ``hit`` — whether the model's top choice is the reply's token at every reply position (``[B]`` bool).
+
+        ``hit`` is greedy decoding's exact match, without generating: greedy decoding picks the top token at each
+        step, so it reproduces the reply token for token exactly when every step's top choice, given the reply so
+        far, is the reply's own token — and the labelled reply ends with the end-of-turn marker, so it stops there
+        too. A row without loss tokens scores 0 loss and no hit. ``reply`` (``[B, T-1]`` bool over the shifted
+        targets, see ``_reply_mask``) limits ``hit`` to the reply exact match grades: the last assistant turn of a
+        multi-turn row, and no hit for a reply cut before its end-of-turn token; without it, every labelled
+        position."""
         import torch.nn.functional as F
 
         labels = batch["labels"]
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
         target = labels[:, 1:]
         tok = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")  # [B, T-1]
-        count = (target != -100).sum(1)
-        return tok.sum(1) / count.clamp(min=1)
+        mask = target != -100
+        count = mask.sum(1)
+        top = logits.detach().argmax(-1)
+        graded = mask if reply is None else reply.to(mask.device) & mask
+        hit = ((top == target) | ~graded).all(1) & graded.any(1)
+        return {
+            "row": tok.sum(1) / count.clamp(min=1),
+            "worst": tok.masked_fill(~mask, 0.0).amax(1),
+            "tokens": count,
+            "hit": hit,
+        }
+
+    def row_losses(self, batch: dict):
+        """Each row's own mean token loss (``[B]``, differentiable) of a collated causal-LM ``batch`` (see
+        :meth:`row_stats`)."""
+        return self.row_stats(batch)["row"]
 
     def exact_match(self, rows: list[dict], batch_size: int = 8, max_new_tokens: int = 32) -> float | None:
         """Share of chat rows whose greedy reply equals the reference (core's ``exact_match``); ``None`` when no
@@ -243,6 +324,22 @@ class Mixture:
             out = generate_batch(self.model, self.tokenizer, [p for p, _ in chunk], max_new_tokens=max_new_tokens)
             hits += sum(exact_match(o, ref) for o, (_, ref) in zip(out, chunk, strict=True))
         return hits / len(pairs)
+
+
+def _reply_mask(items: list[dict], length: int):
+    """``[B, length - 1]`` bool over a right-padded batch's shifted targets: the positions of each item's
+    ``reply_span`` (target ``p`` is token ``p + 1``); ``None`` when the items carry no spans (``Mixture.encode``
+    could not line them up with their rows)."""
+    import torch
+
+    if not all("reply_span" in it for it in items):
+        return None
+    mask = torch.zeros(len(items), max(length - 1, 0), dtype=torch.bool)
+    for b, it in enumerate(items):
+        if it["reply_span"] is not None:
+            start, end = it["reply_span"]
+            mask[b, start - 1 : end - 1] = True
+    return mask
 
 
 def pick_rows(dataset: str, split: str = "eval", max_samples: int | None = 64, seed: int = 0) -> list[dict]:

@@ -80,6 +80,7 @@ def test_both_learners_beat_the_uniform_mixture_and_write_what_they_scored(paren
         budget=12,
         steps=12,
         lr=0.1,
+        objective="token",  # core's eval loss: what _loss_of measures on the written composition
         quiet=True,
     )
     uniform = result["uniform"]["loss"]
@@ -110,6 +111,7 @@ def test_learned_weights_as_a_stack_recipe_reload_to_the_scored_mixture(parents,
         learners=["nevergrad"],
         combination="stack",
         budget=4,
+        objective="token",
         quiet=True,
     )
     r = result["learned"]["nevergrad"]
@@ -166,14 +168,13 @@ def test_the_row_objective_is_the_mean_of_per_row_losses_and_the_learners_use_it
         r = learn_gradient(mixture, items, steps=1, lr=0.1, batch_size=8, objective=objective, quiet=True)
         assert r.trace[0]["batch_loss"] == pytest.approx(expected, abs=1e-5), objective
         mixture.apply(r.weights)
-        assert r.loss == pytest.approx(mixture.loss(items, 8, objective), abs=1e-6)
-    mixture.apply([0.5, 0.5])
-    r = learn_gradient(mixture, items, steps=1, lr=0.1, batch_size=8, quiet=True)
-    assert r.trace[0]["batch_loss"] == pytest.approx(row, abs=1e-5)  # the learner's default is row
+        assert r.loss == pytest.approx(mixture.loss(items, 8, objective), abs=1e-5)
 
-    # nevergrad and learn() itself: row by default, the uniform mixture's loss is the independent per-row mean
+    # nevergrad and learn() itself: the uniform mixture's loss is the independent per-row mean
     data = _write_rows(tmp_path / "uneven.jsonl", _uneven_rows())
-    result = learn([parents["good"], parents["noise"]], data, learners=["nevergrad"], budget=2, quiet=True)
+    result = learn(
+        [parents["good"], parents["noise"]], data, learners=["nevergrad"], budget=2, objective="row", quiet=True
+    )
     assert result["settings"]["objective"] == "row"
     assert result["uniform"]["loss"] == pytest.approx(row, abs=1e-5)
     first = result["learned"]["nevergrad"]["trace"][0]
@@ -261,3 +262,119 @@ def test_learners_lower_the_loss_vs_uniform_on_smollm2(smollm2_dir, tmp_path):
     uniform = result["uniform"]["loss"]
     for name, r in result["learned"].items():
         assert r["loss"] < uniform, (name, r, uniform)
+
+
+def _greedy_item(mixture: Mixture, prompt: list[int], k: int) -> dict:
+    """``prompt`` followed by the model's own ``k`` greedy tokens (an independent loop: one token at a time, the
+    top logit), the continuation labelled: greedy decoding reproduces that reply exactly."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(k):
+            ids.append(int(mixture.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    return {"input_ids": ids, "labels": [-100] * len(prompt) + ids[len(prompt) :]}
+
+
+def test_row_stats_match_is_greedy_exact_match_and_worst_is_the_hardest_token(parents):
+    import torch.nn.functional as F
+
+    from peftlab.data import collate
+
+    mixture = Mixture([parents["good"], parents["noise"]])
+    mixture.apply([0.7, 0.3])
+    vocab = mixture.model.config.vocab_size
+    exact = [_greedy_item(mixture, [5 + i, 40 + 3 * i, 77], 4 + i) for i in range(3)]
+    wrong_last = {"input_ids": list(exact[0]["input_ids"]), "labels": list(exact[0]["labels"])}
+    wrong_last["input_ids"][-1] = wrong_last["labels"][-1] = (exact[0]["labels"][-1] + 1) % vocab
+    wrong_mid = {"input_ids": list(exact[1]["input_ids"]), "labels": list(exact[1]["labels"])}
+    wrong_mid["input_ids"][4] = wrong_mid["labels"][4] = (exact[1]["labels"][4] + 1) % vocab
+    items = [*exact, wrong_last, wrong_mid]
+    s = mixture.scores(items, batch_size=2)  # rows of several lengths padded together
+    assert s["hits"] == [True, True, True, False, False]
+    assert s["match"] == pytest.approx(3 / 5)
+    with torch.no_grad():  # the worst token's loss, row by row on its own
+        for it, worst, row in zip(items, s["worst_losses"], s["row_losses"], strict=True):
+            logits = mixture.model(input_ids=torch.tensor([it["input_ids"]])).logits[0, :-1]
+            tok = F.cross_entropy(logits, torch.tensor(it["labels"][1:]), ignore_index=-100, reduction="none")
+            lab = torch.tensor(it["labels"][1:]) != -100
+            assert worst == pytest.approx(float(tok[lab].max()), abs=1e-5)
+            assert row == pytest.approx(float(tok[lab].mean()), abs=1e-5)
+    assert s["worst"] == pytest.approx(sum(s["worst_losses"]) / 5) and s["worst"] > s["row"]
+    assert mixture.loss(items, 2, "worst") == pytest.approx(s["worst"], abs=1e-6)
+    stats = mixture.row_stats(collate(items[:2], mixture.pad_id))
+    assert stats["worst"].shape == (2,) and stats["tokens"].tolist() == [4, 5]
+
+
+def test_the_worst_and_match_objectives_drive_both_learners(parents, tmp_path):
+    mixture = Mixture([parents["good"], parents["noise"]])
+    items = mixture.encode(_uneven_rows())
+    mixture.apply([0.5, 0.5])
+    s = mixture.scores(items, 8)
+    r = learn_gradient(mixture, items, steps=1, lr=0.1, batch_size=8, quiet=True)  # the default objective: match
+    assert r.trace[0]["batch_loss"] == pytest.approx(s["worst"], abs=1e-5)
+    mixture.apply(r.weights)
+    after = mixture.scores(items, 8)
+    assert r.loss == pytest.approx(1 - after["match"] + after["worst"], abs=1e-6)
+    mixture.apply([0.5, 0.5])
+    for objective in ("worst", "match"):  # the gradient learner descends on the worst-token loss for both
+        r = learn_gradient(mixture, items, steps=1, lr=0.1, batch_size=8, objective=objective, quiet=True)
+        assert r.trace[0]["batch_loss"] == pytest.approx(s["worst"], abs=1e-5), objective
+        mixture.apply(r.weights)
+        after = mixture.scores(items, 8)
+        expected = after["worst"] + (1 - after["match"] if objective == "match" else 0.0)
+        assert r.loss == pytest.approx(expected, abs=1e-6) and r.match == after["match"]
+        mixture.apply([0.5, 0.5])
+
+    data = _write_rows(tmp_path / "uneven.jsonl", _uneven_rows())
+    result = learn([parents["good"], parents["noise"]], data, learners=["nevergrad"], budget=3, quiet=True)
+    assert result["settings"]["objective"] == "match"  # the default
+    assert result["uniform"]["loss"] == pytest.approx(1 - s["match"] + s["worst"], abs=1e-5)
+    assert result["uniform"]["match"] == s["match"]
+    first = result["learned"]["nevergrad"]["trace"][0]
+    assert first["weights"] == pytest.approx([0.5, 0.5]) and first["match"] == s["match"]
+    assert first["objective"] == pytest.approx(first["loss"] + 0.05 * 1.0, abs=1e-6)  # + l1 · Σ|w|
+    best = result["learned"]["nevergrad"]
+    assert best["match"] == min(result["learned"]["nevergrad"]["trace"], key=lambda t: t["objective"])["match"]
+    with pytest.raises(CompositionError, match="objective"):
+        learn_gradient(mixture, items, steps=1, objective="exact")
+
+
+def test_compose_learn_cli_takes_the_exact_match_objectives(parents, tmp_path, capsys):
+    out = tmp_path / "cli-match"
+    argv = ["compose", str(parents["good"]), str(parents["noise"]), "--learn", parents["data"], "--output", str(out)]
+    assert main([*argv, "--learner", "gradient", "--steps", "2", "--json"]) == 0  # --objective match: the default
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["settings"]["objective"] == "match"
+    assert 0.0 <= printed["learned"]["gradient"]["match"] <= 1.0
+    assert json.loads((out / "learn.json").read_text())["settings"]["objective"] == "match"
+    with pytest.raises(SystemExit):
+        main(["compose", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for objective in ("row:", "token:", "worst:", "match:"):
+        assert objective in help_text, objective
+    with pytest.raises(SystemExit):
+        main([*argv, "--objective", "exact"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_match_grades_the_last_reply_only_as_core_exact_match_does(parents):
+    """A multi-turn row's earlier assistant turns are labelled (they count in the loss) but core's exact match
+    grades the last reply only: ``Mixture.encode`` marks that reply (up to its end-of-turn token) as the span a hit
+    is read on; a reply cut by ``max_length`` before its end cannot be a hit."""
+    from peftlab.generate import prompt_ids
+
+    mixture = Mixture([parents["good"], parents["noise"]])
+    mixture.apply([0.7, 0.3])
+    item = _greedy_item(mixture, [5, 40, 77, 9], 4)  # the model's own reply after a 4-token prompt
+    earlier = dict(item, labels=list(item["labels"]))
+    earlier["labels"][2] = (item["input_ids"][2] + 1) % mixture.model.config.vocab_size  # a wrong earlier turn
+    plain = mixture.scores([earlier])
+    spanned = mixture.scores([{**earlier, "reply_span": (4, 8)}, {**earlier, "reply_span": None}])
+    assert plain["hits"] == [False] and spanned["hits"] == [True, False]
+
+    turns = [{"role": "user", "content": "say 1"}, {"role": "assistant", "content": "ok 1 done"}]
+    turns += [{"role": "user", "content": "say 2"}, {"role": "assistant", "content": "ok 2 done"}]
+    start = len(prompt_ids(mixture.tokenizer, turns[:-1]))
+    full, cut = mixture.encode([{"messages": turns}]), mixture.encode([{"messages": turns}], max_length=start + 2)
+    assert full[0]["reply_span"][0] == start and full[0]["input_ids"][full[0]["reply_span"][1] - 1] == 2  # im_end
+    assert sum(x != -100 for x in full[0]["labels"]) > full[0]["reply_span"][1] - start  # both turns labelled
+    assert cut[0]["reply_span"] is None
