@@ -26,6 +26,7 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 EXTRA_FILE = "peftlab_extra.safetensors"
 META_FILE = "peftlab.json"
 CARD_FILE = "README.md"
+RUN_ADAPTER_DIR = "adapter"  # a training run's folder keeps its final adapter here
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 FINGERPRINT_KEYS = (
     "model_type",
@@ -276,6 +277,15 @@ def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
         raise AdapterError(f"{file}: corrupt or unreadable safetensors file ({e})") from None
 
 
+def adapter_in(path: str | os.PathLike) -> Path:
+    """``path`` itself, or for a training run's folder (no adapter of its own, one in ``RUN_ADAPTER_DIR``) that
+    adapter's folder."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).exists() and (path / RUN_ADAPTER_DIR / CONFIG_FILE).exists():
+        return path / RUN_ADAPTER_DIR
+    return path
+
+
 def read_adapter(path: str | os.PathLike, method: str | None = None) -> AdapterFiles:
     """Read and validate an adapter folder (ours or one saved by ``peft``). Never unpickles."""
     path = Path(path)
@@ -286,8 +296,7 @@ def read_adapter(path: str | os.PathLike, method: str | None = None) -> AdapterF
             f"{path} is a composition recipe (a stack of saved adapters, {RECIPE_FILE}), not one adapter: load it "
             "with peftlab.load_adapter(model, folder) or --adapter"
         )
-    if not (path / CONFIG_FILE).exists() and (path / "adapter" / CONFIG_FILE).exists():
-        path = path / "adapter"  # a training run's folder: its final adapter lives in adapter/
+    path = adapter_in(path)
     cfg_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not cfg_file.exists():
         raise AdapterError(f"{path} is not an adapter folder: {CONFIG_FILE} is missing")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PeftlabError
+from .io import RUN_ADAPTER_DIR
 from .schema import fields_of
 from .train import PROGRESS_FILE, TrainArgs, read_progress
 
@@ -112,7 +113,7 @@ class Job:
 
     @property
     def adapter_dir(self) -> Path:
-        return self.run_dir / "adapter"
+        return self.run_dir / RUN_ADAPTER_DIR
 
     def events(self) -> list[dict]:
         """The trainer's progress events so far."""

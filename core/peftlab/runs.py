@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import jobs
 from .errors import PeftlabError
+from .io import CONFIG_FILE, META_FILE, RUN_ADAPTER_DIR
 from .train import read_progress
 
 PROGRESS = jobs.PROGRESS_FILE
@@ -46,8 +47,8 @@ class RunInfo:
 
     @property
     def adapter(self) -> Path | None:
-        folder = self.path / "adapter"
-        return folder if (folder / "adapter_config.json").exists() else None
+        folder = self.path / RUN_ADAPTER_DIR
+        return folder if (folder / CONFIG_FILE).exists() else None
 
     def row(self) -> list:
         """The table row: run, method, dataset, steps, loss, eval loss (before → after), status, adapter."""
@@ -76,7 +77,7 @@ COLUMNS = ["run", "method", "dataset", "steps", "loss", "eval loss", "status", "
 
 def _dataset_of(events: list[dict], path: Path) -> str:
     try:
-        meta = json.loads((path / "adapter" / "peftlab.json").read_text())
+        meta = json.loads((path / RUN_ADAPTER_DIR / META_FILE).read_text())
         return str((meta.get("card") or {}).get("dataset") or "?")
     except (OSError, json.JSONDecodeError):
         pass

@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from . import adapters as ad
 from . import data as pdata
 from .errors import ConfigError, PeftlabError
-from .io import atomic_dir, load_adapter, read_adapter, save_adapter
+from .io import RUN_ADAPTER_DIR, atomic_dir, load_adapter, read_adapter, save_adapter
 from .schema import fields_of, from_values, option, parse_values
 
 PROGRESS_FILE = "progress.jsonl"
@@ -906,18 +906,18 @@ def _train(
             "parameters": {k: counts[k] for k in ("trainable", "total", "percent")},
             "loss_curve": [[s, loss] for s, loss in sorted(curve.items())],
         }
-        save_adapter(raw_model, out / "adapter", args.adapter_name, card=card)
+        save_adapter(raw_model, out / RUN_ADAPTER_DIR, args.adapter_name, card=card)
     accelerator.wait_for_everyone()
     emit(
         {
             "event": "stopped" if stopped else "done",
             "step": step,
             "eval_loss": last_eval,
-            "adapter": str(out / "adapter"),
+            "adapter": str(out / RUN_ADAPTER_DIR),
         }
     )
     _restore_attention(raw_model)
-    return TrainResult(out / "adapter", step, stopped, before, after, counts, history)
+    return TrainResult(out / RUN_ADAPTER_DIR, step, stopped, before, after, counts, history)
 
 
 def install_signal_handlers(stop: StopFlag) -> None:

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from peftlab import PeftlabError, get_method, registry
-from peftlab.io import _PEFT_TYPES, CONFIG_FILE, META_FILE, WEIGHTS_FILE
+from peftlab.io import _PEFT_TYPES, CONFIG_FILE, META_FILE, WEIGHTS_FILE, adapter_in
 from peftlab.models import DEFAULT_MODEL_ID
 
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -97,9 +97,7 @@ def build_card(
     ``peftlab.evaluate.evaluate`` (base vs adapted; default: what ``peftlab eval --record`` kept in ``peftlab.json``)
     and adds or replaces the metrics the trainer recorded.
     """
-    folder = Path(adapter_dir)
-    if not (folder / CONFIG_FILE).exists() and (folder / "adapter" / CONFIG_FILE).exists():
-        folder = folder / "adapter"
+    folder = adapter_in(adapter_dir)
     cfg = _read_json(folder / CONFIG_FILE)
     if cfg is None:
         raise PeftlabError(f"{folder} is not an adapter folder: {CONFIG_FILE} is missing or unreadable")

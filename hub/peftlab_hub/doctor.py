@@ -39,6 +39,7 @@ from peftlab.io import (
     META_FILE,
     PICKLE_SUFFIXES,
     WEIGHTS_FILE,
+    adapter_in,
     fingerprint,
 )
 from peftlab.kit import ALL_LINEAR, KVGeometry, is_linear, target_matches
@@ -286,9 +287,7 @@ class _Doctor:
     """State shared by the checks; each method is one check and returns ``(ok, detail, warning)``."""
 
     def __init__(self, path: Path, base: str | None, load_weights: bool) -> None:
-        if not (path / CONFIG_FILE).exists() and (path / "adapter" / CONFIG_FILE).exists():
-            path = path / "adapter"  # a training run's folder: its final adapter lives in adapter/
-        self.path = path
+        self.path = adapter_in(path)
         self.base_arg = None if base is None else str(base)
         self.load_weights = load_weights
         self.header: dict[str, tuple[int, ...]] | None = None

@@ -10,6 +10,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from .. import jobs
+from ..io import RUN_ADAPTER_DIR
 
 HAS_HUB = find_spec("peftlab_hub") is not None
 
@@ -37,7 +38,7 @@ def adapter_choices(
 def adapter_label(path: str | os.PathLike) -> str:
     """A short name for an adapter folder: its run's name for ``RUN/adapter``, else the folder's own name."""
     p = Path(path)
-    return p.parent.name if p.name == "adapter" else p.name
+    return p.parent.name if p.name == RUN_ADAPTER_DIR else p.name
 
 
 def viewer(browser: str | None, profile=None) -> list[str]:

@@ -21,6 +21,7 @@ import pandas as pd
 from ..data.sources import builtin_datasets
 from ..errors import PeftlabError
 from ..generate import generate_batch
+from ..io import RUN_ADAPTER_DIR
 from ..plugins import methods
 from .adapters import adapter_choices, adapter_label, locate, viewer
 from .engine import ChatEngine
@@ -105,7 +106,7 @@ class ComposeTab:
         try:
             parents = self.parents(picked, typed)
             ws = parse_weights(weights, len(parents))
-            out = self.runs_dir / _slug(name or f"composed-{time.strftime('%Y%m%d-%H%M%S')}") / "adapter"
+            out = self.runs_dir / _slug(name or f"composed-{time.strftime('%Y%m%d-%H%M%S')}") / RUN_ADAPTER_DIR
             if out.exists():
                 raise PeftlabError(f"{out.parent.name} already exists under the runs folder: pick another name")
             if progress is not None:
