@@ -71,7 +71,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         folder = resolve_adapter(args.adapter, token=args.token, check=False).path  # the doctor reports, not raises
     except Exception:  # noqa: BLE001 - e.g. a folder that is no adapter: the report says what is wrong with it
         folder = args.adapter
-    report = diagnose(folder, args.base, load_weights=args.load)
+    report = diagnose(folder, args.base, load_weights=args.load, token=args.token)
     _out(report.to_json(), args.json, report.format())
     return 0 if report.ok else 1
 

@@ -123,14 +123,17 @@ class Report:
         return "\n".join(lines)
 
 
-def diagnose(adapter_dir: str | os.PathLike, base: str | None = None, *, load_weights: bool = False) -> Report:
+def diagnose(
+    adapter_dir: str | os.PathLike, base: str | None = None, *, load_weights: bool = False, token: str | None = None
+) -> Report:
     """Check the adapter in ``adapter_dir`` against ``base`` (a Hub id, a local folder, or ``None``: the base the
     adapter records). With ``load_weights`` the real base is also loaded and the adapter loaded into it. A
-    composition recipe (``composition.json``) is checked as ``diagnose_recipe`` says."""
+    composition recipe (``composition.json``) is checked as ``diagnose_recipe`` says; ``token`` reaches its Hub
+    parents."""
     from peftlab.recipe import is_recipe
 
     if is_recipe(adapter_dir):
-        return diagnose_recipe(adapter_dir, base, load_weights=load_weights)
+        return diagnose_recipe(adapter_dir, base, load_weights=load_weights, token=token)
     doctor = _Doctor(Path(adapter_dir).expanduser(), base, load_weights)
     report = Report(str(doctor.path), base)
     steps = [
@@ -214,11 +217,11 @@ def diagnose_recipe(
             add(Check("load", None, "an earlier check failed"))
         else:
             try:  # the base as `peftlab generate/eval --adapter RECIPE` loads it (cli._load)
-                from peftlab.recipe import representative
+                from peftlab.recipe import load_recipe, representative
 
                 files = representative(path, token=token)
                 model, _ = load_model(base or recipe.base_model, **files.base_options())
-                name = load_adapter(model, path)
+                name = load_recipe(model, path, token=token)
                 add(Check("load", True, f"loaded {base or recipe.base_model} and the recipe into it (as {name!r})"))
             except Exception as e:  # noqa: BLE001 - report whatever loading raises
                 add(Check("load", False, f"{type(e).__name__}: {e}"))

@@ -102,3 +102,30 @@ def test_push_and_pull_a_recipe_with_its_parents(online, tiny_dir, tmp_path):
     )
     assert code == 0, err
     assert isinstance(json.loads(out)["reply"], str)
+
+
+def test_the_doctor_reaches_private_hub_parents_with_the_token_it_is_given(online, tiny_dir, tmp_path, monkeypatch):
+    """``peftlab doctor RECIPE --token T``: the token reaches the recipe's Hub parents (private here), for their
+    checks and for ``--load``; without it they are reported missing."""
+    import os
+    import shutil
+
+    from peftlab_hub.doctor import diagnose
+    from tests.hub_server import READ_TOKEN
+
+    lora, prompt = _parents(tiny_dir, tmp_path)
+    push(lora, "alice/private-lora", private=True)
+    push(prompt, "alice/private-prompt", private=True)
+    recipe = stack(["alice/private-lora", "alice/private-prompt"], [0.5, 1.0], output=tmp_path / "stack")
+    shutil.rmtree(os.environ["HF_HUB_CACHE"], ignore_errors=True)  # nothing of the parents cached: fetched anew
+    monkeypatch.delenv("HF_TOKEN")
+
+    report = diagnose(recipe)
+    assert not report.ok and report["parent 1"].ok is False and "alice/private-lora" in report["parent 1"].detail
+    report = diagnose(recipe, token=READ_TOKEN, load_weights=True, base=str(tiny_dir))
+    assert report.ok, report.format()
+    assert report["parent 1"].ok is True and report["parent 2"].ok is True and report["load"].ok is True
+    shutil.rmtree(os.environ["HF_HUB_CACHE"], ignore_errors=True)
+    code, out, err = _run("doctor", str(recipe), "--token", READ_TOKEN, "--json")
+    assert code == 0, out + err
+    assert json.loads(out)["ok"] is True and READ_TOKEN not in out + err
