@@ -304,8 +304,8 @@ def compile_probe(a) -> dict[str, Any]:
     (``dynamic=True``, so new lengths do not recompile); the compile time is reported apart."""
     from peftlab import adapters as ad
     from peftlab import data as pdata
+    from peftlab.loss import labelled_logits, use_packed_attention
     from peftlab.models import load_model
-    from peftlab.train import _labelled, _use_packed_attention
 
     torch.set_num_threads(a.threads)
     result: dict[str, Any] = {}
@@ -318,8 +318,8 @@ def compile_probe(a) -> dict[str, Any]:
         params = list(ad.prepare_for_training(model, "default").values())
         opt = torch.optim.AdamW(params, lr=a.lr)
         model.train()
-        labelled = _labelled(model)
-        _use_packed_attention(model)
+        labelled = labelled_logits(model)
+        use_packed_attention(model)
         forward = torch.compile(model, dynamic=True) if mode == "compiled" else model
         times = []
         for b in batches:
@@ -342,8 +342,8 @@ def profile_step(a) -> str:
 
     from peftlab import adapters as ad
     from peftlab import data as pdata
+    from peftlab.loss import labelled_logits, use_packed_attention
     from peftlab.models import load_model
-    from peftlab.train import _labelled, _use_packed_attention
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -354,8 +354,8 @@ def profile_step(a) -> str:
     params = list(ad.prepare_for_training(model, "default").values())
     opt = torch.optim.AdamW(params, lr=a.lr)
     model.train()
-    labelled = _labelled(model)
-    _use_packed_attention(model)  # as peftlab.train does for a packed run on sdpa
+    labelled = labelled_logits(model)
+    use_packed_attention(model)  # as peftlab.train does for a packed run on sdpa
 
     def step(b) -> None:
         loss, _ = labelled.loss(model, pdata.pack([items[j] for j in b]))

@@ -13,10 +13,11 @@ import torch
 import peftlab
 from peftlab import adapters as ad
 from peftlab import data as pdata
+from peftlab.loss import labelled_logits
 from peftlab.models import load_model, tiny_model
 from peftlab.plugins import methods
 from peftlab.testing import check_packing
-from peftlab.train import TrainArgs, _labelled, read_progress, train
+from peftlab.train import TrainArgs, read_progress, train
 
 WORDS = "the a river mountain city old new north south capital of is and people live there many".split()
 
@@ -90,11 +91,11 @@ def test_labelled_logits_loss_is_the_models_loss(tiny_dir):
                 torch.nn.init.normal_(p, std=0.05)
         with torch.no_grad():
             want = float(model(**batch).loss)
-            got, n = _labelled(model).loss(model, batch)
+            got, n = labelled_logits(model).loss(model, batch)
             assert n == int((batch["labels"][:, 1:] != -100).sum())
             assert abs(float(got) - want) < 1e-5, (setup, float(got), want)
             if setup != "prompt":
-                packed, count = _labelled(model).loss(model, pdata.pack(items))
+                packed, count = labelled_logits(model).loss(model, pdata.pack(items))
                 assert count == n and abs(float(packed) - want) < 1e-5, (setup, float(packed), want)
 
 
@@ -104,7 +105,7 @@ def test_labelled_logits_never_builds_the_full_logits(tiny_dir):
     items = pdata.encode_rows(_mixed_rows(6), tok, max_length=64)
     shapes = []
     model.get_output_embeddings().register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
-    loss, n = _labelled(model).loss(model, pdata.pack(items))
+    loss, n = labelled_logits(model).loss(model, pdata.pack(items))
     loss.backward()
     tokens = sum(len(it["input_ids"]) for it in items)
     assert shapes == [(n, 1, model.config.vocab_size)] and n < tokens
@@ -255,14 +256,14 @@ def test_classification_trains_on_length_grouped_batches(tiny_dir, tmp_path):
 def test_packed_attention_runs_each_row_on_its_own(tiny_dir, monkeypatch):
     """The packed fast path: on sdpa, each packed row's attention is computed alone (causal, no [T × T] mask), with
     the padded batch's loss (1e-5); padded calls under it still get sdpa's mask; training switches back after."""
-    from peftlab.train import PACKED_ATTENTION, _restore_attention, _use_packed_attention
+    from peftlab.loss import PACKED_ATTENTION, restore_attention, use_packed_attention
 
     model, tok = load_model(tiny_dir)
     items = pdata.encode_rows(_mixed_rows(6), tok, max_length=64)
     padded = pdata.collate(items, tok.pad_token_id)
     with torch.no_grad():
         want = float(model(**padded).loss)
-    assert _use_packed_attention(model) and model.config._attn_implementation == PACKED_ATTENTION
+    assert use_packed_attention(model) and model.config._attn_implementation == PACKED_ATTENTION
     masks = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(
@@ -271,11 +272,11 @@ def test_packed_attention_runs_each_row_on_its_own(tiny_dir, monkeypatch):
         lambda *a, **kw: masks.append(kw.get("attn_mask")) or sdpa(*a, **kw),
     )
     with torch.no_grad():
-        packed, _ = _labelled(model).loss(model, pdata.pack(items))
+        packed, _ = labelled_logits(model).loss(model, pdata.pack(items))
         assert len(masks) == model.config.num_hidden_layers * len(items) and all(m is None for m in masks)
         masks.clear()
-        again, _ = _labelled(model).loss(model, padded)
+        again, _ = labelled_logits(model).loss(model, padded)
         assert len(masks) == model.config.num_hidden_layers and masks[0] is not None
     assert abs(float(packed) - want) < 1e-5 and abs(float(again) - want) < 1e-5
-    _restore_attention(model)
+    restore_attention(model)
     assert model.config._attn_implementation == "sdpa"

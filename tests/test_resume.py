@@ -14,6 +14,7 @@ import time
 import pytest
 
 import peftlab
+import peftlab.checkpoint as pcheckpoint
 import peftlab.train as ptrain
 from peftlab.models import load_model
 from peftlab.train import TrainArgs, checkpoints, read_progress, train
@@ -70,14 +71,14 @@ def test_a_checkpoint_every_few_minutes(tiny_dir, tmp_path, monkeypatch):
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one_and_says_so(tiny_dir, tmp_path, monkeypatch):
-    real = ptrain.save_file
+    real = pcheckpoint.save_file
 
     def disk_full(tensors, filename, *a, **kw):
         if "step-000004" in filename:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(tensors, filename, *a, **kw)
 
-    monkeypatch.setattr(ptrain, "save_file", disk_full)
+    monkeypatch.setattr(pcheckpoint, "save_file", disk_full)
     res = _run(tiny_dir, tmp_path, max_steps=5, save_every=2, keep_checkpoints=1)
     warning = next(e for e in res.history if e.get("checkpoint_failed"))
     assert warning["checkpoint_failed"] == 4 and "No space left" in warning["message"]
@@ -90,7 +91,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_says_so(tiny_dir, 
     more = tmp_path / "more"
     _run(tiny_dir, more, max_steps=2, save_every=2)
     before = {p.name: p.read_bytes() for p in (more / "checkpoints" / "step-000002").iterdir()}
-    monkeypatch.setattr(ptrain, "save_file", lambda *a, **kw: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    monkeypatch.setattr(pcheckpoint, "save_file", lambda *a, **kw: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
     _run(tiny_dir, more, max_steps=4, save_every=2, resume=True)
     assert [p.name for p in checkpoints(more)] == ["step-000002"]
     assert {p.name: p.read_bytes() for p in (more / "checkpoints" / "step-000002").iterdir()} == before

@@ -14,19 +14,19 @@ from the one shuffled order all processes share, and process ``r`` trains on row
 loss is weighted by its share of the batch's loss tokens, so DDP's gradient average is the gradient of the global
 batch's token-mean loss, as one process with ``batch_size`` x N rows computes it. Evaluation is split over the
 processes and summed; only the main process writes files. One process is exactly the single-process trainer.
+
+The checkpoints are written and read by ``checkpoint``, the loss (labelled logits, packed attention,
+``eval_loss``) is computed by ``loss``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
 import os
-import random
 import re
-import shutil
 import signal
 import threading
 import time
@@ -37,20 +37,39 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import adapters as ad
 from . import data as pdata
+
+# re-exported (noqa: F401): the names that moved to .checkpoint and .loss stay importable from here
+from .checkpoint import (
+    CHECKPOINTS,  # noqa: F401
+    OPTIMIZER_FILE,  # noqa: F401
+    RNG_FILE,
+    STATE_FILE,  # noqa: F401
+    checkpoints,
+    last_checkpoint,
+    prune_checkpoints,
+    readable_checkpoint,
+    restore_optimizer,
+    save_checkpoint,
+    set_rng_state,
+)
 from .errors import ConfigError, PeftlabError
-from .io import RUN_ADAPTER_DIR, atomic_dir, load_adapter, read_adapter, save_adapter
+from .io import RUN_ADAPTER_DIR, load_adapter, save_adapter
+from .loss import (
+    PACKED_ATTENTION,  # noqa: F401
+    eval_loss,
+    labelled_logits,
+    packing_isolates,
+    restore_attention,
+    use_packed_attention,
+)
 from .schema import fields_of, from_values, option, parse_values
 
 PROGRESS_FILE = "progress.jsonl"
 STOP_FILE = "STOP"
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.json"  # written last: a checkpoint folder holding it is complete
-OPTIMIZER_FILE = "optimizer.safetensors"
-RNG_FILE = "rng_state.safetensors"
 GROUP_WINDOW = 4  # micro-batches per length-grouped window of the shuffled order (padded runs)
 DEBUG_ROWS_ENV = "PEFTLAB_DEBUG_ROWS"  # set: each process writes the train-row ids it used to rows-rank<r>.jsonl
 
@@ -223,190 +242,6 @@ def _loss_tokens(item: dict) -> int:
     return sum(1 for t in item["labels"][1:] if t != -100)
 
 
-PACKED_ATTENTION = "peftlab_packed_sdpa"  # sdpa, run per packed row (registered with transformers when first used)
-_packed = threading.local()  # .bounds: the row boundaries of the packed sequence in the forward under way
-
-
-def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """transformers' sdpa attention, but for a packed sequence (one row, boundaries set by ``_LabelledLogits.loss``)
-    each row's causal attention is computed on its own (``is_causal``, the fast kernels) instead of one masked
-    ``[T × T]`` attention over the whole sequence, most of whose scores are masked out. Anything else: plain sdpa."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    bounds = getattr(_packed, "bounds", None)
-    T = query.shape[2]
-    if bounds is None or query.shape[0] != 1 or key.shape[2] != T or bounds[-1] != T:
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-    kwargs.pop("is_causal", None)
-    outs = [
-        sdpa_attention_forward(
-            module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, dropout, scaling, is_causal=True, **kwargs
-        )[0]
-        for a, b in zip(bounds, bounds[1:], strict=False)
-    ]
-    return torch.cat(outs, dim=1), None
-
-
-def _use_packed_attention(model) -> bool:
-    """Switch a model on sdpa to ``PACKED_ATTENTION`` for packed training (``_restore_attention`` switches back);
-    other implementations are left as they are (flash attention handles packed rows natively, eager masks)."""
-    config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", None) != "sdpa":
-        return False
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(PACKED_ATTENTION, _packed_sdpa)
-    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)  # padded calls (eval) get sdpa's mask
-    config._attn_implementation = PACKED_ATTENTION
-    return True
-
-
-def _restore_attention(model) -> None:
-    config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", None) == PACKED_ATTENTION:
-        config._attn_implementation = "sdpa"
-
-
-class _LabelledLogits:
-    """Logits only where a label is: a forward pre-hook on the output layer (``get_output_embeddings()``, whatever
-    wraps it: a LoRA on ``lm_head`` included) keeps the hidden states at ``index`` (flat positions of the input
-    ``[B, T]``; the last ``T`` positions when a method prepends virtual tokens), as a ``[N, 1, hidden]`` tensor, so
-    the model's own post-processing (logit soft-capping, scaling) still applies and its logits come out
-    ``[N, 1, vocab]``; never the full ``[B × T, vocab]`` tensor. A model without an output layer (SEQ_CLS) is
-    called as it is."""
-
-    def __init__(self, model) -> None:
-        get = getattr(model, "get_output_embeddings", None)
-        self.head = get() if callable(get) else None
-        self.index: torch.Tensor | None = None
-        self.length = 0
-        self.used = False
-        if self.head is not None:
-            self.head.register_forward_pre_hook(self._select, with_kwargs=True)
-
-    def _select(self, module, args, kwargs):
-        if self.index is None or not args or not torch.is_tensor(args[0]) or args[0].dim() != 3:
-            return None
-        h = args[0]
-        if h.shape[1] < self.length:
-            return None
-        h = h[:, h.shape[1] - self.length :].reshape(-1, h.shape[-1]).index_select(0, self.index)
-        self.used = True
-        return (h.unsqueeze(1), *args[1:]), kwargs
-
-    def loss(
-        self, model, batch: dict[str, torch.Tensor], reduction: str = "mean", observe: Callable | None = None
-    ) -> tuple[torch.Tensor, int]:
-        """The batch's loss (token mean, or sum) and the number of loss tokens: CAUSAL_LM through the labelled
-        positions only (``data.loss_positions``), SEQ_CLS (1-D labels) by the model's own loss (mean per row).
-        ``observe(logits, targets, index, length)`` (CAUSAL_LM) sees the labelled positions' logits ``[N, vocab]``,
-        their labels, their flat positions in ``[B, length]`` and ``length``."""
-        labels = batch["labels"]
-        if labels.dim() == 1 or self.head is None:
-            out = model(**batch)
-            n = labels.numel() if labels.dim() == 1 else int((labels[:, 1:] != -100).sum())
-            return (out.loss if reduction == "mean" else out.loss * n), n
-        index, targets = pdata.loss_positions(labels)
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        bounds = None
-        if "position_ids" in inputs and "attention_mask" not in inputs:
-            inputs["use_cache"] = False  # packed: transformers masks per row only without a cache
-            if labels.shape[0] == 1:
-                starts = (inputs["position_ids"][0] == 0).nonzero().flatten().tolist()
-                bounds = [*starts, labels.shape[1]] if starts and starts[0] == 0 else None
-        self.index, self.length, self.used = index, labels.shape[1], False
-        _packed.bounds = bounds
-        try:
-            out = model(**inputs)
-        finally:
-            self.index = None
-            _packed.bounds = None
-        logits = out.logits
-        if self.used:
-            logits = logits.reshape(-1, logits.shape[-1])
-        else:  # the output layer was not called as expected: the full logits, selected here
-            logits = logits[:, -labels.shape[1] :].reshape(-1, logits.shape[-1]).index_select(0, index)
-        if observe is not None:
-            observe(logits, targets, index, labels.shape[1])
-        loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction=reduction)
-        return loss, int(targets.numel())
-
-
-def _labelled(model) -> _LabelledLogits:
-    """The model's ``_LabelledLogits`` (made once; its hook stays on the output layer and acts only during
-    ``loss``)."""
-    found = getattr(model, "_peftlab_labelled", None)
-    if found is None:
-        found = _LabelledLogits(model)
-        object.__setattr__(model, "_peftlab_labelled", found)
-    return found
-
-
-def _packing_isolates(model, vocab: int) -> float:
-    """How far (max |Δ logit|, relative to the largest logit) two short rows' logits packed into one sequence
-    differ from each row alone: about 0 when the model keeps attention inside each packed row."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(0)
-    rows = [torch.randint(3, max(4, vocab), (n,), generator=g).tolist() for n in (7, 5)]
-    try:
-        with torch.no_grad():
-            alone = [model(input_ids=torch.tensor([r], device=device), use_cache=False).logits[0] for r in rows]
-            packed = pdata.pack([{"input_ids": r, "labels": r} for r in rows])
-            out = model(
-                input_ids=packed["input_ids"].to(device),
-                position_ids=packed["position_ids"].to(device),
-                use_cache=False,
-            ).logits[0]
-    finally:
-        model.train(was_training)
-    ref = torch.cat(alone).float()
-    return float((out.float() - ref).abs().max() / ref.abs().max().clamp(min=1e-6))
-
-
-@torch.no_grad()
-def eval_loss(
-    model, items: list[dict], pad_id: int, batch_size: int = 8, accelerator=None, observe: Callable | None = None
-) -> float:
-    """Token-weighted mean loss over ``items`` (classification: mean cross-entropy). With an ``accelerator`` of
-    several processes, each evaluates every N-th batch and the sums are added up across them; every process runs
-    the same number of forward passes (one without a batch of its own repeats the first, unweighted), so a sharded
-    model's collective forward (FSDP) stays in step. ``observe(rows, logits, targets, index, length)`` (CAUSAL_LM)
-    sees each batch's labelled logits as ``_LabelledLogits.loss`` gives them, ``rows`` being the batch's indices
-    into ``items``."""
-    world = accelerator.num_processes if accelerator is not None else 1
-    rank = accelerator.process_index if accelerator is not None else 0
-    labelled = _labelled(accelerator.unwrap_model(model) if accelerator is not None else model)
-    order = sorted(range(len(items)), key=lambda j: len(items[j]["input_ids"]))  # similar lengths: less padding
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    starts = list(range(0, len(items), batch_size))
-    rounds = -(-len(starts) // world) if world > 1 else len(starts)
-    for r in range(rounds):
-        b = r * world + rank
-        own = b < len(starts)
-        i = starts[b] if own else 0
-        rows = order[i : i + batch_size]
-        batch = {k: v.to(device) for k, v in pdata.collate([items[j] for j in rows], pad_id).items()}
-        seen = None if observe is None or not own else functools.partial(observe, rows)
-        loss, n = labelled.loss(model, batch, reduction="sum", observe=seen)
-        if not own:
-            continue
-        total += float(loss)
-        count += n
-    if world > 1:
-        sums = accelerator.reduce(torch.tensor([total, float(count)], dtype=torch.float64, device=device), "sum")
-        total, count = float(sums[0]), int(sums[1])
-    model.train(was_training)
-    return total / max(count, 1)
-
-
 @contextlib.contextmanager
 def _data_warnings():
     """The warnings ``data.encode_rows`` logs meanwhile (rows truncated to ``max_length``, rows dropped), as a list
@@ -439,7 +274,7 @@ def _use_packing(args: TrainArgs, handle, task: str, model, emit) -> bool:
         note = handle.capabilities.pack_note
         why = f"{handle.name} cannot train on packed rows" + (f" ({note})" if note else "")
     else:
-        leak = _packing_isolates(model, int(getattr(model.config, "vocab_size", 256) or 256))
+        leak = packing_isolates(model, int(getattr(model.config, "vocab_size", 256) or 256))
         low_precision = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
         if not leak < (5e-2 if low_precision else 1e-3):  # a leak changes logits by far more than rounding
             why = (
@@ -453,121 +288,6 @@ def _use_packing(args: TrainArgs, handle, task: str, model, emit) -> bool:
         raise ConfigError(f"--packing on: {why}; use --packing auto")
     emit({"event": "status", "message": f"packing off: {why}; training on length-grouped padded batches"})
     return False
-
-
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
-    """Every RNG a training step may draw from: torch (CPU and each CUDA device), Python's, NumPy's."""
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda.{i}"] = state
-    version, py_state, gauss = random.getstate()
-    scalars: dict[str, Any] = {"python": [version, list(py_state), gauss]}
-    try:
-        import numpy as np
-
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        tensors["numpy"] = torch.from_numpy(keys.astype(np.int64))
-        scalars["numpy"] = [name, int(pos), int(has_gauss), float(cached)]
-    except ImportError:  # pragma: no cover - numpy comes with transformers
-        pass
-    return tensors, scalars
-
-
-def _set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict) -> None:
-    torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
-    if "python" in scalars:
-        version, py_state, gauss = scalars["python"]
-        random.setstate((version, tuple(py_state), gauss))
-    if "numpy" in scalars and "numpy" in tensors:
-        import numpy as np
-
-        name, pos, has_gauss, cached = scalars["numpy"]
-        np.random.set_state((name, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
-
-
-def _save_checkpoint(
-    model, optimizer, scheduler, args: TrainArgs, step: int, out: Path, data: dict | None = None
-) -> Path:
-    """Write ``checkpoints/step-NNNNNN`` atomically: the adapter (PEFT format), the optimizer state, the schedule
-    position, the RNG states and the data position. Raises ``OSError`` when the write fails; the folders already
-    there are untouched then."""
-    tensors = {}
-    for idx, st in optimizer.state_dict()["state"].items():
-        for key, value in st.items():
-            if torch.is_tensor(value):
-                tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
-    rng_tensors, rng_scalars = _rng_state()
-    scalars = {
-        "step": step,
-        "scheduler": scheduler.state_dict()["last_epoch"],
-        "args": asdict(args),
-        "data": data or {"micro_batches": step * args.grad_accum, "global_batch": args.batch_size, "num_processes": 1},
-        "rng": rng_scalars,
-        "time": time.time(),
-    }
-
-    def write(tmp: Path) -> None:
-        save_adapter(model, tmp, args.adapter_name)
-        if tensors:
-            save_file(tensors, str(tmp / OPTIMIZER_FILE))
-        save_file(rng_tensors, str(tmp / RNG_FILE))
-        (tmp / STATE_FILE).write_text(json.dumps(scalars, indent=2, default=str))
-
-    return atomic_dir(out / CHECKPOINTS / f"step-{step:06d}", write)
-
-
-def checkpoints(out: Path) -> list[Path]:
-    """The complete checkpoints in ``out``, oldest first."""
-    return sorted(p for p in (Path(out) / CHECKPOINTS).glob("step-*") if (p / STATE_FILE).exists())
-
-
-def last_checkpoint(out: Path) -> Path | None:
-    folders = checkpoints(out)
-    return folders[-1] if folders else None
-
-
-def _prune_checkpoints(out: Path, keep: int) -> None:
-    """Keep the last ``keep`` checkpoints (0: all); drop the leftovers of writes a crash cut short."""
-    folders = checkpoints(out)
-    for old in folders[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    for tmp in (out / CHECKPOINTS).glob(".step-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _readable_checkpoint(out: Path, emit) -> tuple[Path, dict] | tuple[None, None]:
-    """The newest checkpoint whose state and adapter read back (an older one when the newest is damaged)."""
-    for ckpt in reversed(checkpoints(out)):
-        try:
-            state = json.loads((ckpt / STATE_FILE).read_text())
-            read_adapter(ckpt)
-            if (ckpt / OPTIMIZER_FILE).exists():
-                load_file(str(ckpt / OPTIMIZER_FILE))
-            return ckpt, state
-        except Exception as e:  # a damaged checkpoint: say so, try the one before it
-            emit(
-                {
-                    "event": "status",
-                    "message": f"checkpoint {ckpt.name} is unreadable ({type(e).__name__}: {e}); trying an older one",
-                }
-            )
-    return None, None
-
-
-def _restore_optimizer(optimizer, ckpt: Path) -> None:
-    file = ckpt / OPTIMIZER_FILE
-    if not file.exists():
-        return
-    tensors = load_file(str(file))
-    state = optimizer.state_dict()
-    for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        state["state"].setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict(state)
 
 
 def train(
@@ -689,7 +409,7 @@ def _train(
         raise ConfigError(f"{len(train_items)} training rows cannot be shared by {world} processes")
     open_run()
 
-    ckpt, state = _readable_checkpoint(out, emit) if args.resume else (None, None)
+    ckpt, state = readable_checkpoint(out, emit) if args.resume else (None, None)
     if ckpt is not None:
         load_adapter(model, ckpt, args.adapter_name, method=handle.name)
         start = state["step"]
@@ -722,15 +442,15 @@ def _train(
     counts = ad.count_parameters(model, trainable)
     packed = _use_packing(args, handle, task, model, emit)
     if packed:
-        _use_packed_attention(model)
-    labelled = _labelled(model)
+        use_packed_attention(model)
+    labelled = labelled_logits(model)
     lr = args.learning_rate or handle.train_defaults.get("learning_rate", 2e-3)
 
     optimizer = ad.make_optimizer(model, args.adapter_name, list(trainable.values()), lr, args.weight_decay)
     warmup = int(args.warmup_ratio * args.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.lr_scheduler, warmup, args.max_steps))
     if ckpt is not None:
-        _restore_optimizer(optimizer, ckpt)
+        restore_optimizer(optimizer, ckpt)
         with warnings.catch_warnings():  # fast-forwarding the schedule, not skipping a step
             warnings.simplefilter("ignore")
             for _ in range(start):
@@ -767,7 +487,7 @@ def _train(
         emit({"event": "eval", "step": 0, "eval_loss": before, "perplexity": math.exp(min(before, 50))})
 
     if ckpt is not None and (ckpt / RNG_FILE).exists():  # the dropout masks an uninterrupted run draws next
-        _set_rng_state(load_file(str(ckpt / RNG_FILE)), state.get("rng") or {})
+        set_rng_state(load_file(str(ckpt / RNG_FILE)), state.get("rng") or {})
     # padded batches (methods that cannot pack, classification) are length-grouped within small windows of the
     # shuffled order: larger windows (16 batches) changed which rows a short run sees, and 12-step soft-prompt runs
     # on SmolLM2 learned measurably less
@@ -791,7 +511,7 @@ def _train(
             return
         previous = last_checkpoint(out)
         try:
-            path = _save_checkpoint(
+            path = save_checkpoint(
                 raw_model,
                 optimizer,
                 scheduler,
@@ -811,7 +531,7 @@ def _train(
                 }
             )
             return
-        _prune_checkpoints(out, args.keep_checkpoints)
+        prune_checkpoints(out, args.keep_checkpoints)
         emit({"event": "checkpoint", "step": at, "path": str(path)})
 
     while step < args.max_steps:
@@ -916,7 +636,7 @@ def _train(
             "adapter": str(out / RUN_ADAPTER_DIR),
         }
     )
-    _restore_attention(raw_model)
+    restore_attention(raw_model)
     return TrainResult(out / RUN_ADAPTER_DIR, step, stopped, before, after, counts, history)
 
 
