@@ -228,6 +228,9 @@ def test_cli_compose_stack_then_generate_and_eval_with_the_recipe(tiny_dir, tmp_
         "## Metrics" in card
         and f"| eval loss | {result['base']['eval_loss']:.4g} | {result['adapted']['eval_loss']:.4g} |" in card
     )
+    secret = "hf_" + "Q" * 34  # a token pasted into a dataset path never reaches the card
+    leaky = {**recipe.data, "evaluation": {**result, "dataset": f"/data/{secret}/rows.jsonl"}}
+    assert "rows.jsonl" in recipe_card(leaky) and secret not in recipe_card(leaky)
 
 
 def test_cli_compose_stack_refuses_nan_weights(tiny_dir, tmp_path):

@@ -593,4 +593,4 @@ def recipe_card(data: dict, *, repo_id: str | None = None, hub_url: str | None =
         "```",
         "",
     ]
-    return "\n".join(line for line in lines if line is not None)
+    return _scrub("\n".join(line for line in lines if line is not None))  # metrics carry user text too
