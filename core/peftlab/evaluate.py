@@ -62,11 +62,14 @@ def _margin(model) -> float | None:
     decoding, or ``None`` when it cannot. The two compute the same logits up to rounding (a padded batch without a
     cache against a left-padded one with it): about 1e-5 in float32, so a lead of 1e-3 is sure. In 16-bit the
     rounding step of a logit of ~20 is already 0.125 (bfloat16), and quantized layers (bitsandbytes) run other
-    kernels for one token than for a sequence: there every row is generated."""
+    kernels for one token than for a sequence: there every row is generated. So too where float32 matmuls may
+    round to TF32 or bfloat16 (``torch.set_float32_matmul_precision`` below "highest", CUDA's ``allow_tf32``)."""
     if getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None) is not None:
         return None
     if any(("4bit" in type(m).__name__ or "8bit" in type(m).__name__) for m in model.modules()):
         return None
+    if torch.get_float32_matmul_precision() != "highest" or torch.backends.cuda.matmul.allow_tf32:
+        return None  # TF32 / bf16 inside float32 matmuls: logits move by ~1e-2, no lead of 1e-3 is sure
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     return 1e-3 if dtypes <= {torch.float32, torch.float64} else None
 
