@@ -56,7 +56,12 @@ def test_the_last_k_checkpoints_are_kept_each_complete(tiny_dir, tmp_path):
     assert [e["step"] for e in res.history if e["event"] == "checkpoint"] == [2, 4, 6]
     for ckpt in checkpoints(tmp_path):
         state = json.loads((ckpt / "trainer_state.json").read_text())
-        assert state["data"] == {"micro_batches": state["step"], "global_batch": 2, "num_processes": 1}
+        assert state["data"] == {
+            "micro_batches": state["step"],
+            "global_batch": 2,
+            "num_processes": 1,
+            "order": "shuffled",  # packed rows come in the plain shuffled order
+        }
         assert {"optimizer.safetensors", "rng_state.safetensors", "adapter_model.safetensors"} <= {
             p.name for p in ckpt.iterdir()
         }
@@ -109,6 +114,46 @@ def test_resume_with_dropout_matches_an_uninterrupted_run(tiny_dir, tmp_path):
     resumed = _run(tiny_dir, part, max_steps=6, save_every=3, grad_accum=2, resume=True)
     assert _max_diff(full.output_dir, resumed.output_dir) <= 1e-6
     assert next(e for e in resumed.history if e.get("resumed_from"))["resumed_from"] == 3
+
+
+def test_a_padded_run_resumes_in_its_checkpoints_batch_order(tiny_dir, tmp_path, monkeypatch):
+    """A run that cannot pack records its batch order (length-grouped or plain shuffled) in each checkpoint and
+    resumes in it: a checkpoint that records none (written before the order was kept: the plain order) resumes in
+    the plain order, saying so, and a grouped one in the grouped order."""
+    import shutil
+
+    from peftlab.checkpoint import STATE_FILE
+    from peftlab.train import DEBUG_ROWS_ENV, GROUP_WINDOW
+
+    monkeypatch.setenv(DEBUG_ROWS_ENV, "1")
+    kw = dict(method="prompt_tuning", method_config={"num_virtual_tokens": 2}, max_steps=8, save_every=4)
+
+    def rows(run) -> list[list[int]]:
+        return [json.loads(line)["rows"] for line in (tmp_path / run / "rows-rank0.jsonl").read_text().splitlines()]
+
+    def interrupted(run, **more):
+        _run(tiny_dir, tmp_path / run, **kw, **more)
+        shutil.rmtree(tmp_path / run / "checkpoints" / "step-000008")  # the crash came after step 4's checkpoint
+        shutil.rmtree(tmp_path / run / "adapter")
+        return tmp_path / run / "checkpoints" / "step-000004" / STATE_FILE
+
+    _run(tiny_dir, tmp_path / "grouped", **kw)
+    _run(tiny_dir, tmp_path / "plain", packing="off", **kw)
+    assert rows("grouped") != rows("plain")
+
+    state = interrupted("old", packing="off")
+    meta = json.loads(state.read_text())
+    assert meta["data"].pop("order") == "shuffled"
+    state.write_text(json.dumps(meta))
+    resumed = _run(tiny_dir, tmp_path / "old", **kw, resume=True)  # --packing auto would group
+    assert rows("old")[8:] == rows("plain")[4:]
+    assert any("resuming in it" in e.get("message", "") and "shuffled" in e["message"] for e in resumed.history)
+
+    state = interrupted("new")
+    assert json.loads(state.read_text())["data"]["order"] == f"grouped-{GROUP_WINDOW}"
+    resumed = _run(tiny_dir, tmp_path / "new", **kw, resume=True)
+    assert rows("new")[8:] == rows("grouped")[4:]
+    assert _max_diff(tmp_path / "grouped" / "adapter", resumed.output_dir) <= 1e-6
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_dir, tmp_path):

@@ -286,7 +286,12 @@ def _use_packing(args: TrainArgs, handle, task: str, model, emit) -> bool:
         return True
     if args.packing == "on":
         raise ConfigError(f"--packing on: {why}; use --packing auto")
-    emit({"event": "status", "message": f"packing off: {why}; training on length-grouped padded batches"})
+    how = (
+        "length-grouped padded batches"
+        if args.grad_accum == 1
+        else "padded batches (no length grouping with grad_accum)"
+    )
+    emit({"event": "status", "message": f"packing off: {why}; training on {how}"})
     return False
 
 
@@ -493,7 +498,19 @@ def _train(
     # on SmolLM2 learned measurably less
     # off: the plain shuffled order (the reference). Not with gradient accumulation: a step's micro-batches each
     # count equally, so all-short and all-long micro-batches in one step would weigh short rows' tokens far more
-    grouped = not packed and args.packing != "off" and args.grad_accum == 1
+    groupable = not packed and args.packing != "off" and args.grad_accum == 1
+    grouped = groupable
+    order = f"grouped-{GROUP_WINDOW}" if grouped else "shuffled"  # kept in each checkpoint: resume follows it
+    if ckpt is not None and (was := data.get("order", "shuffled")) != order:  # e.g. written before the order was kept
+        if groupable and was in ("shuffled", f"grouped-{GROUP_WINDOW}"):
+            grouped, order = was != "shuffled", was
+            note = f"the checkpoint's batches came in the {was} order: resuming in it, as the interrupted run would"
+        else:
+            note = (
+                f"the checkpoint's batches came in the {was} order, this run's come in the {order} order: the data "
+                "order differs from an uninterrupted run's"
+            )
+        emit({"event": "status", "message": note})
     lengths = [len(it["input_ids"]) for it in train_items] if grouped else None
     batches = _batch_indices(len(train_items), global_micro, args.seed, skip=start * args.grad_accum, lengths=lengths)
     rows_log = None
@@ -518,7 +535,12 @@ def _train(
                 args,
                 at,
                 out,
-                {"micro_batches": at * args.grad_accum, "global_batch": global_micro, "num_processes": world},
+                {
+                    "micro_batches": at * args.grad_accum,
+                    "global_batch": global_micro,
+                    "num_processes": world,
+                    "order": order,
+                },
             )
         except OSError as e:
             kept = f"the previous checkpoint {previous.name} is intact" if previous else "there is no earlier one"
