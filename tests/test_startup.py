@@ -237,6 +237,38 @@ def test_a_command_that_runs_reads_its_arguments_from_the_plugins_not_the_catalo
     assert code == 2 and "unrecognized arguments: --bogus 1" in text  # but train parses with lora's own fields
 
 
+STALE = """
+import contextlib, io, json, sys
+from peftlab import catalog
+from peftlab.cli import main
+
+# a stale catalog: it matches the fingerprint but lacks a flag lora has (a change the fingerprint missed)
+c = catalog.build()
+c.fields["lora"] = [f for f in c.fields["lora"] if f["name"] != "lora_alpha"]
+catalog._write(catalog.location(), c, catalog.fingerprint())
+
+out, err = io.StringIO(), io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+        code = main(["train", "--method", "lora", "--lora-alpha", "8", "--dataset", *sys.argv[1:]])
+    except SystemExit as e:
+        code = e.code
+print(json.dumps([code, out.getvalue() + err.getvalue(), catalog.location().exists()]))
+"""
+
+
+def test_a_flag_a_stale_catalog_does_not_know_is_read_by_the_plugins_and_the_catalog_rebuilt(tmp_path):
+    env = {**os.environ, "PEFTLAB_CATALOG": str(tmp_path / "catalog")}
+    missing = tmp_path / "missing.jsonl"
+    argv = [sys.executable, "-c", STALE, str(missing), "--output", str(tmp_path / "run")]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    code, text, catalog_kept = json.loads(out.stdout)
+    assert "unrecognized arguments" not in text and "--lora-alpha" not in text, text
+    assert code == 2 and "missing.jsonl" in text, text  # parsed by lora's own fields: the run got to the dataset
+    assert not catalog_kept, "a catalog found stale is removed (the next call rebuilds it)"
+
+
 def test_lazy_public_api_is_the_same_api():
     """``peftlab``'s names load on first use: every name of ``__all__`` resolves, to what its module defines."""
     code = """

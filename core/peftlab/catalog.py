@@ -12,7 +12,9 @@ atomically; a catalog that cannot be written (a read-only home) only means the n
 
 The catalog describes; it never runs. A command that trains, evaluates or generates parses its arguments again with
 the plugins' own config classes (``cli.main``), and a plugin that fails to load is never cached, so its failure is
-reported every time. ``PEFTLAB_CATALOG=off`` always loads the plugins.
+reported every time. A flag or method the catalog refuses is checked again against the plugins' own fields
+(``cli.main``): when they accept it, the catalog was stale (a change its fingerprint missed), so it is removed and the
+next call rebuilds it. ``PEFTLAB_CATALOG=off`` always loads the plugins.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import hashlib
 import json
 import os
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,7 +180,7 @@ def _write(path: Path, catalog: Catalog, digest: str) -> None:
     """Write atomically (a reader sees the old file or the new one); failing to write is not an error."""
     data = {"format": FORMAT, "fingerprint": digest, "methods": catalog.methods, "fields": catalog.fields}
     data["trainer"] = catalog.trainer
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # hosts sharing a cache
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(data), encoding="utf-8")
@@ -185,6 +188,14 @@ def _write(path: Path, catalog: Catalog, digest: str) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def forget() -> None:
+    """Remove this environment's catalog file (the CLI found it stale), so the next call rebuilds it."""
+    path = location()
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def load() -> Catalog:

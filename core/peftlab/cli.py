@@ -9,7 +9,9 @@ neither the plugins nor torch; a command that runs parses its arguments again wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import io
 import json
 import sys
 import time
@@ -542,6 +544,9 @@ def build_parser(argv: list[str] | None = None, fields: _Fields | None = None) -
     return parser
 
 
+STALE_SIGNS = ("unrecognized arguments", "invalid choice")  # argparse errors a stale catalog can cause
+
+
 def _peek_method(argv: list[str] | None) -> str:
     argv = list(sys.argv[1:] if argv is None else argv)
     for i, a in enumerate(argv):
@@ -555,7 +560,21 @@ def _peek_method(argv: list[str] | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     fields = _Fields(catalog=True)  # --help and argument errors answer from the catalog, without the plugins
-    args = build_parser(argv, fields).parse_args(argv)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = build_parser(argv, fields).parse_args(argv)
+        sys.stderr.write(err.getvalue())  # what the parse warned of, if anything
+    except SystemExit as e:
+        # a flag or a method the catalog does not know: a stale catalog (a plugin changed in a way its fingerprint
+        # missed) would say so wrongly, so the plugins' own fields decide, and print their error if it is one
+        if e.code == 0 or not fields.read or not any(s in err.getvalue() for s in STALE_SIGNS):
+            sys.stderr.write(err.getvalue())
+            raise
+        args = build_parser(argv).parse_args(argv)
+        from .catalog import forget
+
+        forget()  # the plugins accepted what the catalog refused: it is stale
     if fields.read:  # the command runs: its arguments are read again by the plugins' and TrainArgs's own fields
         args = build_parser(argv).parse_args(argv)
     try:
