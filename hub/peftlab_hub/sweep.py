@@ -14,7 +14,9 @@ Nothing here names a method: what a parent can do is its method's declaration.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import sys
@@ -31,6 +33,7 @@ if TYPE_CHECKING:  # the CLI builds its parser from this module: torch and the m
 SWEEP_JSON = "sweep.json"
 SWEEP_PNG = "sweep.png"
 DEFAULT_GRID = tuple(round(i / 10, 1) for i in range(11))
+log = logging.getLogger(__name__)
 MIX_SLOT = "mix"  # the adapter slot of merge mode
 OBJECTIVES = ("row", "token", "worst", "match")  # what Mixture.loss (and the learners) can minimise
 
@@ -198,20 +201,35 @@ class Mixture:
         """Encoded chat rows; each item also gets ``reply_span``: the positions ``[start, end)`` of the reply core's
         exact match grades (the last assistant turn, up to and including its end-of-turn token), or ``None`` when
         greedy decoding could not reproduce it (no reply, or cut by ``max_length`` before its end)."""
-        from peftlab.data import encode_rows, prompt_and_reference
+        from peftlab.data import DatasetError, encode_rows, prompt_and_reference
         from peftlab.evaluate import _forced_replies
         from peftlab.generate import _stop_ids, prompt_ids
 
         items = encode_rows(rows, self.tokenizer, max_length=max_length, task="CAUSAL_LM")
-        if len(items) != len(rows):  # a row was dropped: items no longer line up with rows
-            return items
+        pairs = list(zip(rows, items))
+        if len(items) != len(rows):  # a row was dropped (no reply token within max_length): line the rest up
+            pairs = []
+            quiet = logging.getLogger("peftlab.data")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)  # the call above already said what it cut and dropped
+            try:
+                for row in rows:
+                    with contextlib.suppress(DatasetError):  # this row is the one dropped
+                        pairs += [(row, item) for item in encode_rows([row], self.tokenizer, max_length=max_length)]
+            finally:
+                quiet.setLevel(level)
         stops = _stop_ids(self.tokenizer)
-        for row, item in zip(rows, items, strict=True):
+        for row, item in pairs:
             pair = prompt_and_reference(row)
             seq = prompt_ids(self.tokenizer, pair[0]) if pair else None
             reply = _forced_replies([item], [seq], stops).get(0) if seq else None
             item["reply_span"] = (len(seq), len(seq) + len(reply)) if reply else None
-        return items
+        if pairs and not any(item["reply_span"] for _, item in pairs):
+            log.warning(
+                "no row's reply can be graded for exact match (none ends in an end-of-turn token within max_length, "
+                "or the rows have no reply): the match objective's exact match is 0 for every mixture"
+            )
+        return [item for _, item in pairs]
 
     @property
     def pad_id(self) -> int:

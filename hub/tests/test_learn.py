@@ -378,3 +378,22 @@ def test_match_grades_the_last_reply_only_as_core_exact_match_does(parents):
     assert full[0]["reply_span"][0] == start and full[0]["input_ids"][full[0]["reply_span"][1] - 1] == 2  # im_end
     assert sum(x != -100 for x in full[0]["labels"]) > full[0]["reply_span"][1] - start  # both turns labelled
     assert cut[0]["reply_span"] is None
+
+
+def test_a_dropped_row_leaves_the_others_graded_and_no_gradable_reply_is_said(parents, caplog):
+    """A row with no reply token within ``max_length`` is dropped; the others keep their reply spans (they line up
+    with their own rows, not shifted). When no row's reply can be graded, a warning says exact match is 0."""
+    mixture = Mixture([parents["good"], parents["noise"]])
+    rows = _rows(3)
+    long = {"prompt": "say " + "x " * 200, "response": "ok"}  # its prompt fills max_length: no reply token left
+    alone = mixture.encode(rows, max_length=64)
+    mixed = mixture.encode([rows[0], long, rows[1], rows[2]], max_length=64)
+    assert len(mixed) == 3 and all(item["reply_span"] for item in alone)
+    assert [item["reply_span"] for item in mixed] == [item["reply_span"] for item in alone]
+    assert [item["input_ids"] for item in mixed] == [item["input_ids"] for item in alone]
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="peftlab_hub.sweep"):
+        cut = mixture.encode(rows, max_length=alone[0]["reply_span"][1] - 1)  # every reply cut before its end
+    assert all(item["reply_span"] is None for item in cut)
+    assert any("no row's reply can be graded for exact match" in r.getMessage() for r in caplog.records)
