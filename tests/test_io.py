@@ -65,6 +65,41 @@ def test_interrupted_save_keeps_the_previous_adapter_whole(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["a"], "no temporary folder may be left behind"
 
 
+def test_an_interrupt_between_the_two_renames_puts_the_old_adapter_back(tmp_path, monkeypatch):
+    """atomic_dir moves the old folder aside, then the new one in: stopped between the two, the old one returns."""
+    peftlab.save_adapter(_adapted(seed=1), tmp_path / "a")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    real, calls = pio.os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the new folder moving in
+            raise KeyboardInterrupt("stopped between the renames")
+        return real(src, dst)
+
+    monkeypatch.setattr(pio.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        peftlab.save_adapter(_adapted(seed=2), tmp_path / "a")
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["a"], "no temporary folder may be left behind"
+
+
+def test_check_replaceable_refuses_a_folder_of_other_files_and_keeps_them(tmp_path):
+    docs = tmp_path / "Documents"
+    docs.mkdir()
+    (docs / "thesis.txt").write_text("years of work")
+    with pytest.raises(ConfigError, match="Documents is not empty and holds no adapter.*delete its files"):
+        pio.check_replaceable(docs, pio.holds_adapter, "adapter", "the merged adapter")
+    assert (docs / "thesis.txt").read_text() == "years of work"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert pio.check_replaceable(empty, pio.holds_adapter, "adapter", "x") == empty
+    assert pio.check_replaceable(tmp_path / "new", pio.holds_adapter, "adapter", "x") == tmp_path / "new"
+    saved = peftlab.save_adapter(_adapted(), tmp_path / "saved")
+    assert pio.check_replaceable(saved, pio.holds_adapter, "adapter", "x") == saved
+
+
 def test_pickle_only_adapter_is_refused(tmp_path):
     folder = tmp_path / "pickled"
     folder.mkdir()

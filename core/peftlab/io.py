@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,21 +107,39 @@ def atomic_dir(path: Path, write) -> Path:
         raise AdapterError(f"{path} is a file, not a folder; choose another output folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         write(tmp)
         _usual_modes(tmp)
         if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        os.replace(tmp, path)
     except BaseException:
+        if old.exists() and not path.exists():  # stopped between the two renames: the old folder goes back
+            os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def check_replaceable(path: str | os.PathLike, holds: Callable[[Path], bool], what: str, writing: str) -> Path:
+    """``path`` if ``atomic_dir`` may write ``writing`` there: a new or empty folder, or one that already holds
+    ``what`` (``holds(path)``), which is replaced whole. Anything else is a ``ConfigError`` naming the folder:
+    ``atomic_dir`` swaps the whole folder, so the other files of, say, ``--output ~/Documents`` would be deleted."""
+    path = Path(path).expanduser()
+    if path.is_dir() and any(path.iterdir()) and not holds(path):
+        raise ConfigError(
+            f"output folder {path} is not empty and holds no {what}; writing {writing} there would delete its "
+            f"files. Choose a new or empty output folder (or remove {path} first)"
+        )
+    return path
+
+
+def holds_adapter(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an adapter's own folder (``adapter_config.json`` in it)."""
+    return (Path(path) / CONFIG_FILE).is_file()
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:

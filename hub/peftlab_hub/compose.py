@@ -19,7 +19,18 @@ from safetensors.torch import save_file
 
 import peftlab
 from peftlab import AdapterError, AdapterWeights, MethodError, registry
-from peftlab.io import CARD_FILE, CONFIG_FILE, META_FILE, WEIGHTS_FILE, AdapterFiles, atomic_dir, model_card
+from peftlab.io import (
+    CARD_FILE,
+    CONFIG_FILE,
+    META_FILE,
+    WEIGHTS_FILE,
+    AdapterFiles,
+    atomic_dir,
+    check_output_dir,
+    check_replaceable,
+    holds_adapter,
+    model_card,
+)
 
 from .resolve import ResolvedAdapter, resolve_adapter
 from .store import AdapterStore
@@ -60,6 +71,7 @@ def compose(
     weights = [1.0] * len(parents) if weights is None else [float(w) for w in weights]
     if len(weights) != len(parents):
         raise CompositionError(f"{len(weights)} weight(s) for {len(parents)} parent(s): give one weight per parent")
+    _check_output(output)  # before any parent is fetched or merged
     resolved = [resolve_adapter(p, store=store, token=token) for p in parents]
     files = [peftlab.read_adapter(r.path) for r in resolved]
     base, task = _common_base(parents, files)
@@ -103,7 +115,14 @@ def compose(
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         (tmp / CARD_FILE).write_text(model_card(handle, cfg, {"training": {"composition": meta["composition"]}}))
 
-    return atomic_dir(Path(output), write)
+    return atomic_dir(_check_output(output), write)
+
+
+def _check_output(output: str | os.PathLike) -> Path:
+    """``output`` if the merged adapter may go there: a new or empty folder, or an adapter's (replaced whole);
+    ``atomic_dir`` swaps the whole folder, so a folder of other files would lose them."""
+    check_output_dir(output)
+    return check_replaceable(output, holds_adapter, "adapter", "the merged adapter")
 
 
 def _common_base(parents: list, files: list[AdapterFiles]) -> tuple[str, str]:

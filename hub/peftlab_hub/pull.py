@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftlab.io import CONFIG_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE, atomic_dir
+from peftlab.io import CONFIG_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE, atomic_dir, check_replaceable, holds_adapter
 from peftlab.recipe import RECIPE_FILE, is_recipe, read_recipe, resolve_parents
 
 from .push import ADAPTER_FILES
@@ -93,6 +93,8 @@ def pull(
     from .doctor import check
 
     parsed = parse_ref(ref, revision)
+    if output is not None and not keep_in_cache:
+        _check_output(output)  # before anything is downloaded
     snapshot, sha = download(parsed, token=token)
     if is_recipe(snapshot):
         return _pull_recipe(parsed, snapshot, sha, output, store, name, base, token, keep_in_cache, check_first)
@@ -108,7 +110,7 @@ def pull(
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
 
     if output is not None:
-        path = atomic_dir(Path(output), write)
+        path = atomic_dir(_check_output(output), write)
     else:
         store = store or AdapterStore()
         path = store.add_with(name or parsed.repo_id.replace("/", "--"), write, overwrite=True).path
@@ -165,11 +167,20 @@ def _pull_recipe(
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
 
     if output is not None:
-        path = atomic_dir(Path(output), write)
+        path = atomic_dir(_check_output(output), write)
     else:
         store = store or AdapterStore()
         path = store.add_with(name or parsed.repo_id.replace("/", "--"), write, overwrite=True).path
     return PullResult(path, parsed.repo_id, parsed.revision, sha, None, provenance)
+
+
+def _check_output(output: str | os.PathLike) -> Path:
+    """``output`` if a pulled adapter or recipe may go there: a new or empty folder, or one holding an adapter or a
+    recipe (replaced whole, as a pull into the store replaces its entry); ``atomic_dir`` swaps the whole folder, so a
+    folder of other files would lose them."""
+    return check_replaceable(
+        output, lambda p: holds_adapter(p) or is_recipe(p), "adapter or composition recipe", "the pulled adapter"
+    )
 
 
 def provenance(folder: str | os.PathLike) -> dict:

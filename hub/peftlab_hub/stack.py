@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 import peftlab
-from peftlab import AdapterError, MethodError
-from peftlab.io import CARD_FILE, WEIGHTS_FILE, atomic_dir, check_output_dir
+from peftlab import MethodError
+from peftlab.io import CARD_FILE, WEIGHTS_FILE, atomic_dir, check_output_dir, check_replaceable
 from peftlab.recipe import COMBINATION, FORMAT_VERSION, RECIPE_FILE, check_stack, check_weights, is_recipe, sha256_file
 
 from .card import recipe_card
@@ -39,6 +39,7 @@ def stack(
         raise StackError("a stack needs at least one parent adapter")
     weights = check_weights([1.0] * len(parents) if weights is None else list(weights), len(parents))
     out = check_output_dir(output).resolve()
+    check_replaceable(out, is_recipe, "composition recipe", "the recipe")  # before any parent is fetched
     resolved, files = [], []
     for p in parents:
         r = resolve_adapter(p, store=store, token=token)
@@ -95,6 +96,4 @@ def stack(
         (tmp / RECIPE_FILE).write_text(json.dumps(data, indent=2) + "\n")
         (tmp / CARD_FILE).write_text(recipe_card(data))
 
-    if out.exists() and any(out.iterdir()) and not is_recipe(out):
-        raise AdapterError(f"{out} exists and is not a recipe folder; choose an empty or new output folder")
-    return atomic_dir(out, write)
+    return atomic_dir(check_replaceable(out, is_recipe, "composition recipe", "the recipe"), write)

@@ -276,6 +276,20 @@ def test_parents_of_different_bases_are_refused(parents, tmp_path):
         compose([parents[0], moved], [1, 1], "cat", output=tmp_path / "x")
 
 
+def test_compose_refuses_an_output_folder_of_other_files_and_keeps_them(parents, tmp_path, capsys):
+    docs = tmp_path / "Documents"
+    docs.mkdir()
+    (docs / "thesis.txt").write_text("years of work")
+    with pytest.raises(peftlab.ConfigError, match="Documents is not empty and holds no adapter.*delete its files"):
+        compose(parents, output=docs)
+    assert main(["compose", str(parents[0]), "--output", str(docs)]) == 2
+    assert "holds no adapter" in capsys.readouterr().err
+    assert [p.name for p in docs.iterdir()] == ["thesis.txt"] and (docs / "thesis.txt").read_text() == "years of work"
+    merged = compose(parents, output=tmp_path / "merged")  # an adapter's folder is replaced whole, as before
+    assert compose(parents, [1, 2], output=merged) == merged
+    assert json.loads((merged / "peftlab.json").read_text())["composition"]["weights"] == [1.0, 2.0]
+
+
 def test_zz_report_the_diffs_against_peft():
     """Not a check: prints the per-type max |ΔW - ΔW_peft| (pytest -s) for the record."""
     for name, diff in DIFFS.items():

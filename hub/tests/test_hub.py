@@ -130,6 +130,20 @@ def test_pull_at_a_branch_or_sha_and_bad_revisions(online, trained, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_pull_refuses_an_output_folder_of_other_files_and_keeps_them(online, trained, tmp_path):
+    push(trained, "alice/capitals-lora")
+    docs = tmp_path / "Documents"
+    docs.mkdir()
+    (docs / "thesis.txt").write_text("years of work")
+    with pytest.raises(peftlab.ConfigError, match="Documents is not empty and holds no adapter.*delete its files"):
+        pull("alice/capitals-lora", output=docs)
+    code, _, err = _run("pull", "alice/capitals-lora", "--output", str(docs))
+    assert code == 2 and "holds no adapter" in err
+    assert [p.name for p in docs.iterdir()] == ["thesis.txt"] and (docs / "thesis.txt").read_text() == "years of work"
+    first = pull("alice/capitals-lora", output=tmp_path / "pulled").path
+    assert pull("alice/capitals-lora", output=first).path == first  # a pulled adapter's folder is replaced whole
+
+
 def test_pull_refuses_repos_without_a_safe_adapter_and_keeps_the_store(online, trained):
     store = AdapterStore()
     store.add(trained, "keep")
