@@ -28,6 +28,8 @@ HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-
 # a key naming a secret ("token", "hf_token", "use_auth_token", "api_key"), not "num_virtual_tokens" or "token_dim"
 SECRET_KEY = re.compile(r"(?:^|_)(?:token|secret|password|passwd|api_?key|credentials?|auth)$", re.I)
 TOKEN_TEXT = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
+LOCAL_PATH = re.compile(r"^(?:~|/|\\\\|[A-Za-z]:[\\/])")  # absolute (or home) paths, POSIX or Windows
+PATH_PARTS = re.compile(r"[\\/]")
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 # keys of adapter_config.json that say nothing about the method's settings
@@ -185,6 +187,39 @@ def _clean(value: Any) -> Any:
     if isinstance(value, list):
         return [_clean(v) for v in value]
     return value
+
+
+def public_json(value: Any) -> Any:
+    """``value`` (JSON) as it may leave this machine: keys that name secrets dropped, token-shaped text blanked,
+    and a string that is an absolute local path cut to its last part (``./name``, as the card shows a local base):
+    a path on this machine means nothing elsewhere and tells who made it."""
+    if isinstance(value, dict):
+        return {k: public_json(v) for k, v in value.items() if not SECRET_KEY.search(str(k))}
+    if isinstance(value, (list, tuple)):
+        return [public_json(v) for v in value]
+    if isinstance(value, str):
+        text = _scrub(value)
+        if LOCAL_PATH.match(text):
+            text = "./" + (PATH_PARTS.split(text.rstrip("/\\"))[-1] or "local")
+        return text
+    return value
+
+
+def public_meta(meta: dict) -> dict:
+    """``peftlab.json`` as ``push`` uploads it: ``public_json``, and a composed adapter's parents without the local
+    folders they were read from (their Hub ids, commits and sha256 stay)."""
+    out = public_json(meta)
+    parents = (out.get("composition") or {}).get("parents") if isinstance(out.get("composition"), dict) else None
+    if isinstance(parents, list):
+        out["composition"]["parents"] = [
+            {k: v for k, v in p.items() if k != "path"} if isinstance(p, dict) else p for p in parents
+        ]
+    return out
+
+
+def is_local_base(base: str | None) -> bool:
+    """Whether an adapter's recorded base is a folder of this machine (not a Hub id others can load)."""
+    return bool(base) and base != "unknown" and not _is_hub_id(str(base))
 
 
 def _scrub(text: str) -> str:

@@ -19,6 +19,8 @@ def _out(obj: Any, as_json: bool, text: str) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    import warnings
+
     from .push import push
 
     print(
@@ -26,15 +28,19 @@ def cmd_push(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    r = push(
-        args.adapter_dir,
-        args.repo_id,
-        revision=args.revision,
-        private=args.private,
-        message=args.message,
-        token=args.token,
-        license=args.license,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        r = push(
+            args.adapter_dir,
+            args.repo_id,
+            revision=args.revision,
+            private=args.private,
+            message=args.message,
+            token=args.token,
+            license=args.license,
+        )
+    for w in caught:  # one plain line each (what push warns about), not Python's file:line form
+        print(f"warning: {w.message}", file=sys.stderr, flush=True)
     _out(r.to_json(), args.json, f"{r.commit_url}\n{r.commit_sha}")
     return 0
 

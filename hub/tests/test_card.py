@@ -205,3 +205,32 @@ def test_secret_keys_are_told_from_token_counts():
 
     assert all(SECRET_KEY.search(k) for k in ("token", "hf_token", "use_auth_token", "api_key", "password"))
     assert not any(SECRET_KEY.search(k) for k in ("num_virtual_tokens", "token_dim", "tokenizer_name_or_path"))
+
+
+def test_public_json_drops_secrets_and_cuts_local_paths(monkeypatch):
+    """What push uploads of peftlab.json and a recipe's composition.json: no token, no path of this machine."""
+    from peftlab_hub.card import public_json, public_meta
+
+    monkeypatch.setenv("HF_TOKEN", "an-env-token-value")
+    data = {
+        "dataset": "/home/jdoe/data/train.jsonl",
+        "base": "~/models/tiny/",
+        "windows": "C:\\Users\\jdoe\\models\\tiny",
+        "hub_token": "anything",
+        "note": f"{SECRET} and an-env-token-value",
+        "relative": "data/train.jsonl",
+        "hub": "alice/tiny-llama",
+        "numbers": [1, 2.5, None, True],
+    }
+    assert public_json(data) == {
+        "dataset": "./train.jsonl",
+        "base": "./tiny",
+        "windows": "./tiny",
+        "note": "hf_*** and ***",
+        "relative": "data/train.jsonl",
+        "hub": "alice/tiny-llama",
+        "numbers": [1, 2.5, None, True],
+    }
+    meta = {"composition": {"parents": [{"arg": "/x/a", "path": "/x/a", "provenance": {"sha": "1" * 40}}]}}
+    assert public_meta(meta) == {"composition": {"parents": [{"arg": "./a", "provenance": {"sha": "1" * 40}}]}}
+    assert meta["composition"]["parents"][0]["path"] == "/x/a"  # the caller's dict is not changed

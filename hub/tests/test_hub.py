@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 import peftlab
 from peftlab.cli import main as cli
 from peftlab.models import load_model
-from peftlab_hub import AdapterStore, HubError, pull, push, resolve_adapter, search
+from peftlab_hub import AdapterStore, HubError, compose, pull, push, resolve_adapter, search
 from tests.hub_fixture import BASE, serve_base, train_tiny
 from tests.hub_server import OTHER_TOKEN, READ_TOKEN, WRITE_TOKEN
 
@@ -69,6 +70,50 @@ def test_push_makes_one_commit_with_the_adapter_and_its_card(online, trained):
     again = push(trained, "alice/capitals-lora", message="second")
     assert again.commit_sha != result.commit_sha
     assert repo.commits[again.commit_sha].title == "second"
+
+
+def test_push_uploads_a_cleaned_peftlab_json_and_leaves_the_local_files(online, trained, tiny_dir, tmp_path):
+    """No local path or token-like text goes up in peftlab.json (the trainer records the base's folder, a dataset's
+    path; compose the folders of its parents); the files on disk stay as they are."""
+    folder = shutil.copytree(trained, tmp_path / "adapter")
+    meta_file = folder / "peftlab.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["card"]["training"]["base_model"] == str(tiny_dir)  # what training recorded
+    meta["card"]["dataset"] = "/home/jdoe/private/data.jsonl"
+    meta["card"]["training"]["hub_token"] = "sekrit-value"
+    meta["card"]["training"]["notes"] = "made with hf_ABCDEFGHIJKLMNOP"
+    meta_file.write_text(json.dumps(meta))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    push(folder, "alice/clean")
+    sent = online.files("alice/clean")["peftlab.json"].decode()
+    for leak in (str(tiny_dir), "/home/jdoe", "sekrit", "hf_ABCD"):
+        assert leak not in sent
+    up = json.loads(sent)
+    assert up["card"]["dataset"] == "./data.jsonl" and up["card"]["training"]["base_model"] == f"./{tiny_dir.name}"
+    assert up["method"] == "lora" and up["base_model"] == BASE and up["card"]["metrics"] == meta["card"]["metrics"]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+    merged = compose([trained, folder], output=tmp_path / "merged")
+    push(merged, "alice/merged")
+    sent = online.files("alice/merged")["peftlab.json"].decode()
+    assert str(tmp_path) not in sent and str(trained) not in sent
+    parents = json.loads(sent)["composition"]["parents"]
+    assert [p["arg"] for p in parents] == ["./adapter", "./adapter"]
+    assert all("path" not in p and len(p["weights_sha256"]) == 64 for p in parents)
+    assert json.loads((merged / "peftlab.json").read_text())["composition"]["parents"][1]["path"] == str(folder)
+
+
+def test_push_warns_when_the_base_is_a_local_folder(online, trained, tiny_dir, tmp_path):
+    folder = shutil.copytree(trained, tmp_path / "adapter")
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": str(tiny_dir)}))
+    with pytest.warns(UserWarning, match="base model is the local folder .* cannot load the base from that path"):
+        push(folder, "alice/local-base")
+    code, _, err = _run("push", str(folder), "alice/local-base")
+    assert code == 0 and "warning: the adapter's base model is the local folder" in err
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        push(trained, "alice/hub-base")  # a Hub id: nothing to warn about
 
 
 def test_push_to_a_branch_creates_it_and_leaves_main(online, trained):
