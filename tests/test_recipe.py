@@ -363,3 +363,23 @@ def test_the_doctor_checks_a_recipe_and_each_parent(parents, tmp_path):
     shutil.rmtree(parents[0][0])  # a parent gone
     report = diagnose(out)
     assert report["parent 1"].ok is False and "missing" in report["parent 1"].detail
+
+
+def test_a_recipe_whose_parent_is_itself_is_refused_by_load_and_the_doctor(parents, tmp_path):
+    """A parent ``"path": "."`` is the recipe's own folder: refused by name, never loaded or checked in a loop."""
+    from peftlab.cli import main as cli
+    from peftlab_hub.doctor import diagnose
+
+    out = stack([str(parents[0][0])], output=tmp_path / "recipe")
+    data = json.loads((out / RECIPE_FILE).read_text())
+    me = {"ref": ".", "source": "folder", "path": ".", "method": "lora", "adapter_name": "default"}
+    data["parents"].append({**me, "weights_sha256": "0" * 64})
+    data["weights"].append(1.0)
+    (out / RECIPE_FILE).write_text(json.dumps(data))
+    with pytest.raises(AdapterError, match="parent '.' of recipe .* is itself a recipe"):
+        peftlab.load_adapter(tiny_model(), out)
+    report = diagnose(out)
+    assert report["parent 1"].ok is True and report["parent 2"].ok is False
+    assert "itself a recipe" in report["parent 2"].detail and report["stack"].ok is None
+    assert not any(c.name.startswith("parent 2: ") for c in report.checks)
+    assert cli(["doctor", str(out)]) == 1

@@ -151,8 +151,16 @@ def _hub(why: str):
 
 def parent_folder(recipe: Recipe, parent: Parent, *, token: str | None = None) -> Path:
     """The folder holding ``parent`` now: a folder (relative ones from the recipe folder), the store's copy, or the
-    Hub snapshot at the pinned commit. A missing parent is an ``AdapterError`` naming it."""
+    Hub snapshot at the pinned commit. A missing parent, or one that is itself a recipe (the recipe's own folder,
+    say: loading or checking it would never end), is an ``AdapterError`` naming it."""
     what = f"parent {parent.describe()!r} of recipe {recipe.folder}"
+    folder = _parent_folder(recipe, parent, what, token)
+    if is_recipe(folder):
+        raise AdapterError(f"{what} is itself a recipe ({folder}); a recipe's parents must be adapters")
+    return folder
+
+
+def _parent_folder(recipe: Recipe, parent: Parent, what: str, token: str | None) -> Path:
     if parent.source == "folder":
         folder = Path(parent.path or parent.ref).expanduser()
         folder = folder if folder.is_absolute() else recipe.folder / folder

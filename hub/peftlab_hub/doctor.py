@@ -179,15 +179,15 @@ def diagnose_recipe(
         return report
     ws = ", ".join(f"{w:g}" for w in recipe.weights)
     add(Check("recipe", True, f"{len(recipe.parents)} parents, weights {ws}, base {recipe.base_model}"))
-    folders, files = {}, {}
+    folders, files = {}, {}  # only parents that pass: their own checks run below (never a recipe: no recursion)
     for i, parent in enumerate(recipe.parents, 1):
         name = f"parent {i}"
         try:
-            folders[i] = parent_folder(recipe, parent, token=token)
-            if not (Path(folders[i]) / WEIGHTS_FILE).is_file():
-                add(Check(name, False, f"{parent.describe()}: {WEIGHTS_FILE} is missing in {folders[i]}"))
+            folder = parent_folder(recipe, parent, token=token)  # refuses a parent that is a recipe (itself, say)
+            if not (Path(folder) / WEIGHTS_FILE).is_file():
+                add(Check(name, False, f"{parent.describe()}: {WEIGHTS_FILE} is missing in {folder}"))
                 continue
-            actual = sha256_file(Path(folders[i]) / WEIGHTS_FILE)
+            actual = sha256_file(Path(folder) / WEIGHTS_FILE)
             if actual != parent.weights_sha256:
                 add(
                     Check(
@@ -195,11 +195,12 @@ def diagnose_recipe(
                     )
                 )
                 continue
-            files[i] = read_adapter(folders[i], method=parent.method)
+            files[i] = read_adapter(folder, method=parent.method)
         except (PeftlabError, OSError) as e:
             add(Check(name, False, str(e)))
             continue
-        add(Check(name, True, f"{parent.describe()} ({parent.method}) at {folders[i]}, sha256 as recorded"))
+        folders[i] = folder
+        add(Check(name, True, f"{parent.describe()} ({parent.method}) at {folder}, sha256 as recorded"))
     if len(files) == len(recipe.parents):
         try:
             labels = [f"parent {i} ({p.describe()})" for i, p in enumerate(recipe.parents, 1)]

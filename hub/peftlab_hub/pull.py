@@ -141,7 +141,9 @@ def _pull_recipe(
         raise HubError(f"pulling {parsed}: the recipe names parents that are not on the Hub ({', '.join(local)})")
     folders = []
     for p in recipe.parents:
-        folder = pull(p.repo_id, revision=p.sha, base=base, token=token, keep_in_cache=True, check_first=False).path
+        folder, _ = download(HubRef(p.repo_id, p.sha), token=token)
+        if is_recipe(folder):  # not pulled in turn: a recipe's parents are adapters
+            raise HubError(f"pulling {parsed}: its parent {p.repo_id}@{p.sha[:12]} is itself a recipe")
         if check_first:
             check(folder, base)
         folders.append(folder)

@@ -129,3 +129,23 @@ def test_the_doctor_reaches_private_hub_parents_with_the_token_it_is_given(onlin
     code, out, err = _run("doctor", str(recipe), "--token", READ_TOKEN, "--json")
     assert code == 0, out + err
     assert json.loads(out)["ok"] is True and READ_TOKEN not in out + err
+
+
+def test_a_hub_recipe_whose_parent_is_a_recipe_is_refused(online, tiny_dir, tmp_path):
+    """A recipe's parents are adapters: a Hub parent that is a recipe is refused by name, not pulled in turn."""
+    lora, _ = _parents(tiny_dir, tmp_path)
+    push(lora, "alice/lora-a")
+    inner = push(stack(["alice/lora-a"], output=tmp_path / "inner"), "alice/inner").commit_sha
+    data = json.loads((tmp_path / "inner" / RECIPE_FILE).read_text())
+    data["parents"] = [
+        {"ref": "alice/inner", "source": "hub", "repo_id": "alice/inner", "sha": inner, "method": "lora"}
+        | {"adapter_name": "default", "weights_sha256": "0" * 64}
+    ]
+    online.add_repo("alice/outer", {RECIPE_FILE: json.dumps(data)})
+    with pytest.raises(HubError, match=f"its parent alice/inner@{inner[:12]} is itself a recipe"):
+        pull("alice/outer", output=tmp_path / "outer")
+    assert not (tmp_path / "outer").exists()
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / RECIPE_FILE).write_text(json.dumps(data))
+    with pytest.raises(peftlab.AdapterError, match="is itself a recipe"):
+        peftlab.load_adapter(load_model(str(tiny_dir))[0], tmp_path / "local")
