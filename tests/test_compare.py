@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +96,73 @@ def test_cli_compare_prints_the_table_and_writes_json(tiny_dir, tmp_path, capsys
     assert "[compare] lora: done" in out.err
     assert json.loads((tmp_path / "comparison.json").read_text()) == rows
     assert (tmp_path / "comparison.md").read_text().startswith("| method |")
+
+
+# --- a comparison in the background: its slot, its owner, a stop that races its end ----------------------------------
+
+ALICE, BOB = "a" * 32, "b" * 32  # browser owner ids of the form the web app issues
+
+
+def fake_comparison(runs_dir, owner: str | None):
+    """A comparison folder whose process (its own session, "peftlab.compare" on its command line) just sleeps."""
+    import subprocess
+    import sys
+
+    folder = runs_dir / "compare-20250101-000000"
+    folder.mkdir(parents=True)
+    code = "import time; time.sleep(120)"
+    proc = subprocess.Popen([sys.executable, "-c", code, "peftlab.compare"], start_new_session=True)
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    while b"peftlab.compare" not in cmdline.read_bytes():  # until the child has started its own program
+        time.sleep(0.01)
+    job = {"pid": proc.pid, "methods": ["lora"], "dataset": "capitals-json", "steps": 2, "owner": owner}
+    (folder / "compare-job.json").write_text(json.dumps(job))
+    return folder, proc
+
+
+def test_a_comparison_holds_a_slot_and_only_its_owner_stops_it(tmp_path, monkeypatch):
+    from peftlab import compare, jobs
+
+    monkeypatch.delenv("PEFTLAB_SHARE_JOBS", raising=False)
+    monkeypatch.setenv("PEFTLAB_MAX_JOBS", "1")
+    folder, proc = fake_comparison(tmp_path, ALICE)
+    try:
+        assert compare.running_comparisons(tmp_path) == 1
+        with pytest.raises(jobs.JobError, match="every slot is busy"):
+            compare.start_background(tmp_path, ["lora"], steps=2)
+        assert [p.name for p in tmp_path.glob("compare-*")] == [folder.name]  # nothing else started
+        settings = {"dataset": "capitals-json", "device": "cpu", "max_steps": 2}
+        job = jobs.start_job(tmp_path, "lora", settings, queue=True)
+        assert job.status == jobs.QUEUED  # a training job waits for the comparison's slot too
+        jobs.stop(job)
+
+        assert compare.latest_background(tmp_path, BOB) is None
+        with pytest.raises(jobs.JobError, match="belongs to another session"):
+            compare.stop_background(folder, owner=BOB)
+        assert proc.poll() is None
+        compare.stop_background(folder, owner=ALICE)
+        assert proc.wait(timeout=30) is not None and compare.running_comparisons(tmp_path) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_stopping_a_comparison_that_ends_meanwhile_raises_nothing(tmp_path, monkeypatch):
+    """The process looked alive to every look but was gone by the final SIGKILL: no ProcessLookupError."""
+    import os
+    from types import SimpleNamespace
+
+    from peftlab import compare
+
+    folder = tmp_path / "compare-20250101-000000"
+    folder.mkdir()
+    (folder / "compare-job.json").write_text(json.dumps({"pid": 999_999_999, "methods": [], "owner": None}))
+    clock = iter(range(0, 10**9, 100))
+    monkeypatch.setattr(compare, "_alive", lambda pid: True)
+    monkeypatch.setattr(compare, "time", SimpleNamespace(time=lambda: next(clock), sleep=lambda s: None))
+
+    def gone(pid, sig):
+        raise ProcessLookupError(3, "No such process")
+
+    monkeypatch.setattr(os, "killpg", gone)
+    compare.stop_background(folder)

@@ -275,3 +275,151 @@ def test_a_stopped_job_resumes_in_its_folder_to_the_end(tiny_base, tmp_path):
     assert done[-1] == 40 and at < 40 and done[0] == 1  # the history goes on from before the stop
     with pytest.raises(jobs.JobError, match="nothing to resume|no checkpoint"):
         jobs.resume_job(jobs.Job(tmp_path, 0, [], "lora", status="running"))
+
+
+# --- review fixes: tokens, kills, reused pids, hidden folders, the queue, resume -------------------------------------
+
+ALICE = "a" * 32  # a browser owner id of the form the web app issues
+
+
+def fake_trainer(monkeypatch, code: str) -> None:
+    """``start_job`` runs ``python -c code RUN_DIR`` instead of the trainer (its settings are still checked first);
+    the run folder on its command line is what ``alive`` looks for, as in a trainer's."""
+    monkeypatch.setattr(
+        jobs, "train_command", lambda method, settings, flags, out: [sys.executable, "-c", code, str(out)]
+    )
+
+
+def test_a_visitors_job_gets_its_own_token_and_never_the_servers(tmp_path, monkeypatch):
+    """Owners kept apart: a session's job runs without the server's Hugging Face tokens (and with huggingface_hub
+    told to send none), or with the visitor's own; that token never reaches job.json. The CLI/API and a shared
+    server keep the process's own."""
+    monkeypatch.delenv("PEFTLAB_SHARE_JOBS", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", raising=False)
+    monkeypatch.setenv("PEFTLAB_MAX_JOBS", "4")
+    for name in jobs.HUB_TOKEN_VARS:
+        monkeypatch.setenv(name, "hf_servertoken123456")
+    fake_trainer(monkeypatch, "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1] + '/env.json', 'w'))")
+    runs = tmp_path / "runs"
+
+    def env_of(**kwargs) -> tuple[jobs.Job, dict]:
+        job = jobs.start_job(runs, "lora", FAST, **kwargs)
+        wait_for(lambda: job.refresh().status != "running", what="the job to end")
+        return job, json.loads((job.run_dir / "env.json").read_text())
+
+    _, env = env_of(owner=ALICE)
+    assert not [name for name in jobs.HUB_TOKEN_VARS if name in env]
+    assert env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] == "1"  # no saved `hf auth login` either
+    job, env = env_of(owner=ALICE, env={"HF_TOKEN": "hf_visitortoken123456", "PEFTLAB_NOTE": "kept"})
+    assert env["HF_TOKEN"] == "hf_visitortoken123456" and "HUGGING_FACE_HUB_TOKEN" not in env
+    assert "HF_HUB_DISABLE_IMPLICIT_TOKEN" not in env and env["PEFTLAB_NOTE"] == "kept"
+    saved = (job.run_dir / jobs.JOB_FILE).read_text()
+    assert "hf_visitortoken" not in saved and json.loads(saved)["env"] == {"PEFTLAB_NOTE": "kept"}
+    assert env_of()[1]["HF_TOKEN"] == "hf_servertoken123456"  # the CLI or API (no owner): its own process's
+    monkeypatch.setenv("PEFTLAB_SHARE_JOBS", "1")  # one user's laptop: the token is theirs
+    assert env_of(owner=ALICE)[1]["HF_TOKEN"] == "hf_servertoken123456"
+
+
+def test_a_job_killed_from_outside_failed_and_only_a_stop_is_stopped(tmp_path, monkeypatch):
+    """A kill -9 (the kernel's out-of-memory killer) is a failure with its signal and step, not a user's Stop."""
+    import signal
+
+    step = "{'event': 'step', 'step': 3, 'loss': 1.0}"
+    fake_trainer(
+        monkeypatch,
+        f"import json, sys, time; open(sys.argv[1] + '/progress.jsonl', 'w').write(json.dumps({step}) + '\\n'); "
+        "time.sleep(120)",
+    )
+    runs = tmp_path / "runs"
+    job = jobs.start_job(runs, "lora", FAST)
+    try:
+        wait_for(lambda: steps(job), what="a step")
+        os.killpg(job.pid, signal.SIGKILL)
+        wait_for(lambda: job.refresh().status != "running", what="the job to end")
+    finally:
+        _kill_all(job)
+    assert job.status == "failed", job.message
+    assert job.message.startswith("killed by signal 9 (SIGKILL) at step 3") and "memory" in job.message
+    second = jobs.start_job(runs, "lora", FAST)
+    try:
+        wait_for(lambda: steps(second), what="a step")
+        assert jobs.stop(second, timeout=30).status == "stopped"  # SIGTERM, asked for
+    finally:
+        _kill_all(second)
+    assert second.message == "stopped at step 3 before the adapter was saved"
+    assert jobs._outcome([], -15, "", None)[0] == "failed"  # a SIGTERM nobody asked for either
+    assert jobs._outcome([], -15, "", 1.0) == ("stopped", "stopped before training started (no adapter)")
+
+
+def test_a_reused_pid_is_not_taken_for_the_job(tmp_path, monkeypatch):
+    """A process that started after the job did, or one we may not signal whose command line is not the job's, is
+    not the job's process: the job settles instead of running forever."""
+    run = tmp_path / "runs" / "20240101-000000-lora"
+    run.mkdir(parents=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(run)])
+    try:
+        assert jobs.Job(run, sleeper.pid, [], "lora").alive()  # the job's own process
+        old = jobs.Job(run, sleeper.pid, [], "lora", started=time.time() - 3600)  # the job started an hour before
+        old.save()
+        assert not old.alive() and old.refresh().status == "failed"
+
+        real_kill = os.kill
+
+        def kill(pid, sig):  # a process of another user: not ours to signal
+            if pid == sleeper.pid and sig == 0:
+                raise PermissionError(1, "Operation not permitted")
+            return real_kill(pid, sig)
+
+        monkeypatch.setattr(jobs.os, "kill", kill)
+        assert not jobs.Job(tmp_path / "runs" / "another-run", sleeper.pid, [], "lora").alive()
+        assert jobs.Job(run, sleeper.pid, [], "lora").alive()  # /proc still names the real one
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_half_deleted_run_is_no_job_and_no_adapter(tmp_path):
+    hidden = tmp_path / "runs" / ".20240101-000000-lora.deleting"
+    (hidden / "adapter").mkdir(parents=True)
+    (hidden / "adapter" / "adapter_config.json").write_text("{}")
+    jobs.Job(hidden, 0, [], "lora", "done").save()
+    assert jobs.list_jobs(tmp_path / "runs") == [] and jobs.saved_adapters(tmp_path / "runs") == []
+
+
+def test_a_job_checks_its_own_run_folder_not_the_trainers_default(tmp_path, monkeypatch):
+    """The settings check looks at the folder the run writes to, not ./runs/adapter (here a file, which is not in
+    the way of a runs folder elsewhere)."""
+    monkeypatch.chdir(tmp_path)
+    Path("runs").write_text("not a folder")
+    fake_trainer(monkeypatch, "pass")
+    job = jobs.start_job(tmp_path / "elsewhere", "lora", FAST)
+    wait_for(lambda: job.refresh().status != "running", what="the job to end")
+    assert job.run_dir.parent == tmp_path / "elsewhere"
+    with pytest.raises(ConfigError, match="cannot be made"):  # a runs folder that cannot be made: refused up front
+        jobs.start_job(tmp_path / "runs" / "inside-a-file", "lora", FAST)
+
+
+def test_any_page_restarts_the_queue_an_app_left(tmp_path, monkeypatch):
+    """Jobs one owner queued before the app stopped start when any page (another owner's) looks at the runs."""
+    monkeypatch.delenv("PEFTLAB_SHARE_JOBS", raising=False)
+    monkeypatch.setenv("PEFTLAB_MAX_JOBS", "1")
+    run = tmp_path / "runs" / "20240101-000000-lora"
+    run.mkdir(parents=True)
+    argv = [sys.executable, "-c", "pass", str(run)]
+    jobs.Job(run, 0, argv, "lora", jobs.QUEUED, owner="b" * 32, queued=1.0).save()
+    assert jobs.current_job(tmp_path / "runs", ALICE) is None  # not alice's to see, but the queue moves
+    wait_for(lambda: jobs.Job.load(run).status != jobs.QUEUED, timeout=30, what="the queue to start the job")
+
+
+def test_a_resume_is_checked_again_under_the_lock(tmp_path):
+    """A page whose job object is stale (another page resumed the job meanwhile) does not resume it twice."""
+    run = tmp_path / "runs" / "20240101-000000-lora"
+    (run / "checkpoints" / "step-000001").mkdir(parents=True)
+    (run / "checkpoints" / "step-000001" / "trainer_state.json").write_text("{}")
+    jobs.Job(run, 0, [sys.executable, "-c", "pass", str(run)], "lora", "stopped").save()
+    stale = jobs.Job.load(run)
+    other = jobs.Job.load(run)
+    other.status, other.queued = jobs.QUEUED, time.time()
+    other.save()
+    with pytest.raises(jobs.JobError, match="is queued: nothing to resume"):
+        jobs.resume_job(stale)

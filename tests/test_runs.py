@@ -139,3 +139,34 @@ def test_runs_tab_push_opens_the_hub_tab_with_the_run(trained, tmp_path):
     assert adapter.value == str(trained / "first" / "adapter") and tabs.selected == "hub" and msg == ""
     _, _, msg = demo.peftlab_runs.__class__(trained).on_push("nope", "alice")
     assert "no saved adapter" in msg
+
+
+def test_a_cli_run_still_writing_its_progress_is_running_and_not_deleted(trained, tmp_path):
+    """A CLI run has no job.json: without a final event and with progress written lately it is running (it cannot
+    be deleted); once its progress is older than ``CLI_ACTIVE_S`` it was interrupted, and can be."""
+    import os
+
+    root = tmp_path / "runs"
+    run = root / "cli"
+    run.mkdir(parents=True)
+    lines = (trained / "first" / "progress.jsonl").read_text().splitlines()
+    live = [ln for ln in lines if json.loads(ln)["event"] not in ("done", "stopped", "error")]
+    (run / "progress.jsonl").write_text("\n".join(live) + "\n")
+    assert runs.run_info(run).status == "running"
+    with pytest.raises(runs.RunError, match="is running: stop it before deleting"):
+        runs.delete_run(root, "cli")
+    assert run.is_dir()
+    old = time.time() - runs.CLI_ACTIVE_S - 60
+    os.utime(run / "progress.jsonl", (old, old))
+    assert runs.run_info(run).status == "interrupted"
+    runs.delete_run(root, "cli")
+    assert not run.exists()
+
+
+def test_a_half_deleted_run_does_not_come_back(trained, tmp_path):
+    """A delete that crashed leaves ``.<name>.deleting``: no listing shows it."""
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(trained / "first", root / ".first.deleting")
+    assert runs.list_runs(root) == []

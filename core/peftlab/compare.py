@@ -311,7 +311,13 @@ def start_background(
 ) -> Path:
     """Start ``python -m peftlab.compare`` for ``methods`` in a process of its own (its own session, so a closed
     page or a restarted app does not stop it) under ``runs_dir/compare-<time>``; returns that folder. Each method
-    trains into ``<folder>/<method>`` (its ``progress.jsonl`` shows live progress) and writes ``<method>.json``."""
+    trains into ``<folder>/<method>`` (its ``progress.jsonl`` shows live progress) and writes ``<method>.json``.
+
+    A comparison takes a slot as a training job does (``jobs.max_jobs()``): while every slot is busy (jobs and
+    comparisons under ``runs_dir``) a new one is refused (``jobs.JobError``). ``owner``'s process gets the
+    environment of a job of that owner (``jobs.child_environment``: none of this server's Hub tokens when owners
+    are kept apart)."""
+    from . import jobs
     from .plugins import get_method
 
     if not methods:
@@ -320,25 +326,39 @@ def start_background(
         get_method(m)  # an unknown method is named now, not in the background
     if steps < 1:
         raise ValueError(f"steps must be at least 1, not {steps}")
-    folder = Path(runs_dir) / time.strftime("compare-%Y%m%d-%H%M%S")
-    n = 1
-    while folder.exists():
-        n += 1
-        folder = folder.with_name(f"{folder.name.split('~')[0]}~{n}")
-    folder.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "peftlab.compare", "--methods", ",".join(methods), "--dataset", str(dataset)]
-    cmd += ["--steps", str(steps), "--output", str(folder.resolve()), "--max-eval-samples", str(max_eval_samples)]
-    cmd += ["--batch-size", str(batch_size), "--max-length", str(max_length)]
-    if base:
-        cmd += ["--base", str(base)]
-    with open(folder / "compare.log", "wb") as log:
-        child = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    job = {"pid": child.pid, "methods": list(methods), "dataset": str(dataset), "steps": steps, "owner": owner}
-    job["started"] = time.time()
-    (folder / JOB_FILE).write_text(json.dumps(job, indent=1) + "\n")
-    _children[child.pid] = child
+    runs_dir = Path(runs_dir)
+    limit = jobs.max_jobs()
+    with jobs._scheduling(runs_dir):  # the slots are counted and taken under the jobs' own lock
+        busy = sum(j.status == jobs.RUNNING for j in jobs.list_jobs(runs_dir)) + running_comparisons(runs_dir)
+        if busy >= limit:
+            raise jobs.JobError(
+                f"every slot is busy ({busy} of {limit} training jobs and comparisons running): start the comparison "
+                "when one ends"
+            )
+        folder = runs_dir / time.strftime("compare-%Y%m%d-%H%M%S")
+        n = 1
+        while folder.exists():
+            n += 1
+            folder = folder.with_name(f"{folder.name.split('~')[0]}~{n}")
+        folder.mkdir(parents=True)
+        cmd = [sys.executable, "-m", "peftlab.compare", "--methods", ",".join(methods), "--dataset", str(dataset)]
+        cmd += ["--steps", str(steps), "--output", str(folder.resolve()), "--max-eval-samples", str(max_eval_samples)]
+        cmd += ["--batch-size", str(batch_size), "--max-length", str(max_length)]
+        if base:
+            cmd += ["--base", str(base)]
+        with open(folder / "compare.log", "wb") as log:
+            child = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=jobs.child_environment(owner, {}),
+                start_new_session=True,
+            )
+        job = {"pid": child.pid, "methods": list(methods), "dataset": str(dataset), "steps": steps, "owner": owner}
+        job["started"] = time.time()
+        (folder / JOB_FILE).write_text(json.dumps(job, indent=1) + "\n")
+        _children[child.pid] = child
     return folder
 
 
@@ -357,6 +377,18 @@ def _alive(pid: int) -> bool:
         return "peftlab.compare" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
     except OSError:
         return True
+
+
+def running_comparisons(runs_dir: str | os.PathLike) -> int:
+    """How many background comparisons under ``runs_dir`` still run (each holds one of ``jobs.max_jobs()``'s
+    slots)."""
+    n = 0
+    for file in Path(runs_dir).glob(f"compare-*/{JOB_FILE}"):
+        try:
+            n += _alive(int(json.loads(file.read_text())["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):  # a half-written or foreign file: not a comparison
+            continue
+    return n
 
 
 def background_status(folder: str | os.PathLike) -> dict[str, Any]:
@@ -400,22 +432,35 @@ def _last_error(folder: Path, method: str) -> str:
     return "did not finish (stopped)"
 
 
+def comparison_visible(folder: str | os.PathLike, owner: str | None) -> bool:
+    """Whether ``owner`` (a session; ``None``: the API, which sees all) may see and stop the comparison in
+    ``folder``: its own, one without an owner, or any when ``PEFTLAB_SHARE_JOBS=1`` (as ``jobs.visible``)."""
+    from . import jobs
+
+    try:
+        started_by = json.loads((Path(folder) / JOB_FILE).read_text()).get("owner")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+    return owner is None or started_by is None or started_by == owner or jobs.shared_jobs()
+
+
 def latest_background(runs_dir: str | os.PathLike, owner: str | None = None) -> Path | None:
-    """The newest comparison under ``runs_dir`` that ``owner`` started (``None``: any)."""
+    """The newest comparison under ``runs_dir`` that ``owner`` may see (``comparison_visible``; ``None``: any)."""
     for file in sorted(Path(runs_dir).glob(f"compare-*/{JOB_FILE}"), reverse=True):
-        try:
-            job = json.loads(file.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if owner is None or job.get("owner") in (None, owner):
+        if comparison_visible(file.parent, owner):
             return file.parent
     return None
 
 
-def stop_background(folder: str | os.PathLike) -> None:
-    """Stop a background comparison (its whole process group: the method training now too)."""
+def stop_background(folder: str | os.PathLike, owner: str | None = None) -> None:
+    """Stop a background comparison (its whole process group: the method training now too). ``owner``: the session
+    asking; another session's comparison is refused (``jobs.JobError``)."""
     import signal
 
+    from . import jobs
+
+    if not comparison_visible(folder, owner):
+        raise jobs.JobError(f"comparison {Path(folder).name} belongs to another session")
     job = json.loads((Path(folder) / JOB_FILE).read_text())
     pid = int(job["pid"])
     if _alive(pid):
@@ -427,7 +472,10 @@ def stop_background(folder: str | os.PathLike) -> None:
         while _alive(pid) and time.time() < deadline:
             time.sleep(0.1)
         if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:  # it ended between the look and the kill
+                pass
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ slot frees. A job may have an ``owner`` (the web app's browser, or ``hf:<user>``
 ``list_jobs``, ``current_job``, ``stop`` and ``saved_adapters`` given an owner only see that owner's jobs (and jobs
 without one), unless ``PEFTLAB_SHARE_JOBS=1``. Here, with the variable unset, owners are kept apart; the web app's
 ``launch`` sets the default it serves with (shared on a single-user laptop, apart in a Space or on the network).
+
+When owners are kept apart, a job that has an owner (a visitor's) runs without this server's Hugging Face tokens
+(``child_environment``): only a token its own ``env`` brings (the visitor's login) reaches the trainer. Token-like
+variables of ``env`` are kept in this process's memory until the job starts, never in ``job.json``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ _queue_lock = threading.Lock()  # starting jobs, in this process (a lock on the 
 _schedulers: dict[Path, threading.Thread] = {}  # runs folder → the thread that starts its queued jobs
 _schedulers_lock = threading.Lock()
 QUEUE_POLL = 1.0  # seconds between the queue's looks for a free slot
+HUB_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN")  # what huggingface_hub reads a token from
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY", re.IGNORECASE)
+_secrets: dict[
+    Path, dict[str, str]
+] = {}  # run folder → the token-like ``env`` of its job until it starts (memory only)
+PID_START_SLACK = 60.0  # seconds a job's process may seem to start after ``job.started`` (clock steps, /proc rounding)
 
 
 def max_jobs() -> int:
@@ -132,7 +142,7 @@ class Job:
         child = _children.get(self.pid)
         if child is not None:
             return child.poll() is None
-        return _pid_runs(self.pid, str(self.run_dir))
+        return _pid_runs(self.pid, str(self.run_dir), self.started)
 
     def refresh(self) -> Job:
         """Settle the status of a job whose process has ended (and record it in ``job.json``); a queued job is
@@ -160,7 +170,8 @@ class Job:
             child = _children.pop(self.pid, None)
             self.returncode = child.returncode if child is not None else self.returncode
             self.finished = self.finished or time.time()
-            self.status, self.message = _outcome(self.events(), self.returncode, self.log_tail())
+            self.stop_requested = settled.stop_requested or self.stop_requested  # Stop may have come since we loaded
+            self.status, self.message = _outcome(self.events(), self.returncode, self.log_tail(), self.stop_requested)
             self.save()
         return self
 
@@ -209,27 +220,45 @@ class Job:
         )
 
 
-def _pid_runs(pid: int, marker: str) -> bool:
-    """A process we did not start: alive, not a zombie, and (where /proc exists) still our trainer."""
+def _pid_runs(pid: int, marker: str, started: float | None = None) -> bool:
+    """A process we did not start: alive, not a zombie, and (where /proc exists) still our trainer: its command line
+    names ``marker`` (the run folder) and it did not start after the job did (``started``), so a reused pid is not
+    taken for the job, whoever owns it (a process of another user, which we may not signal, is read too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # alive but not ours to signal: /proc says whether it is the trainer
     proc = Path(f"/proc/{pid}")
     if proc.exists():
         try:
-            if proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            stat = proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()
+            if stat[0] == "Z":
                 return False
+            if started and _process_start(stat) > started + PID_START_SLACK:
+                return False  # the pid came back for a newer process
             return marker in proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+        except (OSError, IndexError, ValueError):
             return False
     return True
 
 
-def _outcome(events: list[dict], returncode: int | None, log: str) -> tuple[str, str]:
-    """(status, message) of an ended job, from its last trainer event, else its exit."""
+def _process_start(stat: list[str]) -> float:
+    """When a process started (seconds since the epoch), from the fields of ``/proc/<pid>/stat`` after its name."""
+    ticks = int(stat[19])  # field 22, starttime: clock ticks after boot
+    boot = next(
+        int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+    )
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _outcome(
+    events: list[dict], returncode: int | None, log: str, stop_requested: float | None = None
+) -> tuple[str, str]:
+    """(status, message) of an ended job, from its last trainer event, else its exit. A process killed by a signal
+    is ``stopped`` only when Stop asked for it; otherwise (the kernel's out-of-memory killer, a ``kill -9``) it
+    ``failed``, with the signal and the steps it did."""
     last = next((e for e in reversed(events) if e.get("event") in ("done", "stopped", "error")), None)
     if last is not None and last["event"] == "done":
         return "done", f"adapter saved to {last.get('adapter')}"
@@ -237,8 +266,19 @@ def _outcome(events: list[dict], returncode: int | None, log: str) -> tuple[str,
         return "stopped", f"stopped at step {last.get('step')}; adapter saved to {last.get('adapter')}"
     if last is not None:
         return "failed", last.get("message", "")
-    if returncode is not None and returncode < 0 and -returncode in (signal.SIGTERM, signal.SIGKILL):
-        return "stopped", "stopped before training started (no adapter)"
+    if returncode is not None and returncode < 0:
+        sig, step = -returncode, max((e["step"] for e in events if e.get("event") == "step"), default=0)
+        if stop_requested and sig in (signal.SIGTERM, signal.SIGKILL):
+            if step:
+                return "stopped", f"stopped at step {step} before the adapter was saved"
+            return "stopped", "stopped before training started (no adapter)"
+        try:
+            name = f" ({signal.Signals(sig).name})"
+        except ValueError:
+            name = ""
+        where = f" at step {step}" if step else " before training started"
+        oom = "; the system may have run out of memory" if sig == signal.SIGKILL else ""
+        return "failed", f"killed by signal {sig}{name}{where}{oom}"
     errors = [line for line in log.splitlines() if "error" in line.lower()]
     return "failed", (errors[-1] if errors else log.splitlines()[-1] if log else f"exited with code {returncode}")
 
@@ -301,21 +341,28 @@ def start_job(
     row, and a method that cannot train the dataset's task is refused). At most ``max_jobs()`` run at once:
     beyond that, raises ``JobError``, or with ``queue`` returns the job ``queued`` (it starts when a slot frees,
     in order).
-    ``owner`` (a session id) is recorded: see ``visible``.
+    ``owner`` (a session id) is recorded: see ``visible``. ``env``: extra environment for the process; its token-like
+    variables (``SECRET_NAME``) are held in memory until the process starts, never written to ``job.json``.
     """
     runs_dir = Path(runs_dir)
-    TrainArgs.from_strings({**(settings or {}), "method": method}, method_flags)  # refuses bad settings now
     named = _named_run(runs_dir, name) if name and name.strip() else None
+    where = named or _run_name(runs_dir, method)  # (a name only: the folder is made below, under the lock)
+    # refuses bad settings now, checking the folder this run writes to (not the trainer's default ./runs/adapter)
+    TrainArgs.from_strings({**(settings or {}), "method": method, "output_dir": str(where)}, method_flags)
+    plain, secret = _split_env(env)
     limit = max_jobs()
     with _scheduling(runs_dir):
         _start_queued(runs_dir)  # the jobs already waiting go first
         every = list_jobs(runs_dir)
         running = [j for j in every if j.status == RUNNING]
+        comparing = _comparisons(runs_dir)
         waiting = any(j.status == QUEUED for j in every)
-        if (len(running) >= limit or waiting) and not queue:
+        if (len(running) + comparing >= limit or waiting) and not queue:
             raise JobError(
                 f"job {running[0].name} is still running (pid {running[0].pid}); stop it first"
                 if running
+                else "a comparison is running: wait for it to end"
+                if comparing
                 else "other jobs are waiting for a free slot"
             )
         run_dir = named or _run_name(runs_dir, method)
@@ -325,13 +372,30 @@ def start_job(
             raise JobError(f"a run named {run_dir.name!r} exists already: pick another name") from None
         argv = train_command(method, dict(settings or {}), dict(method_flags or {}), run_dir.resolve())
         form = {"method": method, "settings": _texts(settings), "flags": _texts(method_flags)}
-        job = Job(run_dir, 0, argv, method, QUEUED, owner=owner, queued=time.time(), env=dict(env or {}), form=form)
-        if len(running) < limit and not waiting:
+        job = Job(run_dir, 0, argv, method, QUEUED, owner=owner, queued=time.time(), env=plain, form=form)
+        if secret:
+            _secrets[run_dir.resolve()] = secret
+        if len(running) + comparing < limit and not waiting:
             _launch(job)
             return job
         job.save()
     _ensure_scheduler(runs_dir)
     return job
+
+
+def _split_env(env: dict[str, str] | None) -> tuple[dict[str, str], dict[str, str]]:
+    """``env`` as (what ``job.json`` may keep, the token-like variables it must not)."""
+    env = {str(k): str(v) for k, v in (env or {}).items()}
+    secret = {k: v for k, v in env.items() if SECRET_NAME.search(k)}
+    return {k: v for k, v in env.items() if k not in secret}, secret
+
+
+def _comparisons(runs_dir: Path) -> int:
+    """How many background comparisons (``peftlab.compare.start_background``) run under ``runs_dir``: each holds a
+    slot, as a job does."""
+    from .compare import running_comparisons
+
+    return running_comparisons(runs_dir)
 
 
 def _texts(values: dict[str, Any] | None) -> dict[str, Any]:
@@ -355,9 +419,10 @@ def _named_run(runs_dir: Path, name: str) -> Path:
     return path
 
 
-def resume_job(job: Job, owner: str | None = None, queue: bool = True) -> Job:
+def resume_job(job: Job, owner: str | None = None, queue: bool = True, env: dict[str, str] | None = None) -> Job:
     """Continue a stopped, failed or interrupted job from its last checkpoint: the same command with ``--resume``,
-    in the same run folder (the progress history continues). Queued like a new job when the slots are full."""
+    in the same run folder (the progress history continues). Queued like a new job when the slots are full.
+    ``env``: as for ``start_job`` (a token the first start was given is not kept: give it again)."""
     from .train import last_checkpoint
 
     if not visible(job, owner):
@@ -367,12 +432,23 @@ def resume_job(job: Job, owner: str | None = None, queue: bool = True) -> Job:
     if last_checkpoint(job.run_dir) is None:
         raise JobError(f"job {job.name} has no checkpoint to resume from: start it again instead")
     runs_dir = job.run_dir.parent
+    plain, secret = _split_env(env)
     with _scheduling(runs_dir):
+        # again, under the lock, from job.json (this object may be stale): another page may have resumed it
+        try:
+            now = Job.load(job.run_dir).refresh()
+        except JobError:  # no job.json yet (a Job made in memory): this object is all there is
+            now = job
+        if now.status in (RUNNING, QUEUED):
+            raise JobError(f"job {job.name} is {now.status}: nothing to resume")
         every = list_jobs(runs_dir)
-        running = sum(j.status == RUNNING for j in every)
+        running = sum(j.status == RUNNING for j in every) + _comparisons(runs_dir)
         waiting = any(j.status == QUEUED for j in every)
         if (running >= max_jobs() or waiting) and not queue:
             raise JobError("every slot is busy: wait for a running job to end")
+        job.env = {**job.env, **plain}
+        if secret:
+            _secrets[job.run_dir.resolve()] = secret
         job.argv = [*job.argv, "--resume"] if "--resume" not in job.argv else job.argv
         job.status, job.queued, job.finished, job.returncode = QUEUED, time.time(), None, None
         job.message, job.stop_requested, job.pid = "", None, 0
@@ -384,9 +460,27 @@ def resume_job(job: Job, owner: str | None = None, queue: bool = True) -> Job:
     return job
 
 
+def child_environment(owner: str | None, extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a process started for ``owner``: this process's, then ``extra``. When owners are kept apart
+    (an ``owner``, and not ``shared_jobs()``), this server's Hugging Face tokens (``HUB_TOKEN_VARS``) are left out:
+    a visitor's process gets only the token ``extra`` brings (their own login), and without one huggingface_hub is
+    told to send none (``HF_HUB_DISABLE_IMPLICIT_TOKEN``: no saved ``hf auth login`` either)."""
+    env = dict(os.environ)
+    if owner is not None and not shared_jobs():
+        for name in HUB_TOKEN_VARS:
+            env.pop(name, None)
+        if any(extra.get(name) for name in HUB_TOKEN_VARS):
+            env.pop("HF_HUB_DISABLE_IMPLICIT_TOKEN", None)
+        else:
+            env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
+    return {**env, **extra}
+
+
 def _launch(job: Job, append_log: bool = False) -> None:
     """Start a queued job's process now (the caller holds ``_scheduling``)."""
-    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **job.env}
+    extra = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **job.env}
+    extra.update(_secrets.pop(job.run_dir.resolve(), {}))
+    child_env = child_environment(job.owner, extra)
     resumed = append_log or "--resume" in job.argv
     with open(job.run_dir / LOG_FILE, "ab" if resumed else "wb") as log:
         child = subprocess.Popen(
@@ -417,7 +511,7 @@ def _scheduling(runs_dir: Path) -> Iterator[None]:
 
 def _start_queued(runs_dir: Path) -> list[Job]:
     every = list_jobs(runs_dir)
-    free = max_jobs() - sum(j.status == RUNNING for j in every)
+    free = max_jobs() - sum(j.status == RUNNING for j in every) - _comparisons(runs_dir)
     waiting = sorted((j for j in every if j.status == QUEUED), key=lambda j: (j.queued or 0, j.name))
     for job in waiting[: max(0, free)]:
         _launch(job)
@@ -470,6 +564,8 @@ def list_jobs(runs_dir: str | os.PathLike, owner: str | None = None) -> list[Job
     """Every job under ``runs_dir`` that ``owner`` may see (``visible``), newest first, with settled statuses."""
     out = []
     for file in sorted(Path(runs_dir).glob(f"*/{JOB_FILE}"), reverse=True):
+        if file.parent.name.startswith("."):  # a run being deleted (``.<name>.deleting``) or other hidden folder
+            continue
         try:
             job = Job.load(file.parent).refresh()
         except JobError:
@@ -481,11 +577,11 @@ def list_jobs(runs_dir: str | os.PathLike, owner: str | None = None) -> list[Job
 
 def current_job(runs_dir: str | os.PathLike, owner: str | None = None) -> Job | None:
     """The job of ``owner`` still running or queued under ``runs_dir``, if any (what a reloaded page reattaches
-    to). Queued jobs found here (an app restarted meanwhile) get a thread that starts them."""
-    every = list_jobs(runs_dir, owner)
+    to). Queued jobs found here, any owner's (an app restarted meanwhile), get a thread that starts them."""
+    every = list_jobs(runs_dir)
     if any(j.status == QUEUED for j in every):
         _ensure_scheduler(Path(runs_dir))
-    return next((j for j in every if j.status in (RUNNING, QUEUED)), None)
+    return next((j for j in every if j.status in (RUNNING, QUEUED) and visible(j, owner)), None)
 
 
 def stop(job: Job, timeout: float = 60.0, owner: str | None = None) -> Job:
@@ -549,6 +645,8 @@ def saved_adapters(runs_dir: str | os.PathLike, owner: str | None = None) -> lis
     out = []
     for cfg in sorted(Path(runs_dir).glob("*/adapter/adapter_config.json"), reverse=True):
         folder = cfg.parent
+        if folder.parent.name.startswith("."):  # a run being deleted
+            continue
         if owner is not None and not shared_jobs() and _run_owner(folder.parent) not in (None, owner):
             continue
         label = folder.parent.name
@@ -569,8 +667,10 @@ def _run_owner(run_dir: Path) -> str | None:
 
 
 __all__ = [
+    "HUB_TOKEN_VARS",
     "Job",
     "JobError",
+    "child_environment",
     "start_job",
     "resume_job",
     "current_job",

@@ -3,7 +3,8 @@ deleting one. The web app's Runs tab reads these; so can a script.
 
 A run is a folder holding the trainer's ``progress.jsonl`` (``peftlab train --output RUN``) and, once saved,
 ``adapter/``. Runs the app started also have ``job.json`` (status, owner); CLI runs have none and are settled from
-their events alone."""
+their events alone: one without a final event whose progress file changed in the last ``CLI_ACTIVE_S`` seconds is
+taken to be training still (``running``: it cannot be deleted), an older one is ``interrupted``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from .io import CONFIG_FILE, META_FILE, RUN_ADAPTER_DIR
 from .train import read_progress
 
 PROGRESS = jobs.PROGRESS_FILE
+CLI_ACTIVE_S = 600.0  # a CLI run (no job.json) that wrote progress this recently, and has not ended, is running
 
 
 class RunError(PeftlabError):
@@ -85,7 +88,7 @@ def _dataset_of(events: list[dict], path: Path) -> str:
     return str(start.get("dataset") or "?")
 
 
-def _status_of(events: list[dict]) -> str:
+def _status_of(events: list[dict], path: Path) -> str:
     kinds = [e.get("event") for e in events]
     if "done" in kinds:
         return "done"
@@ -93,6 +96,11 @@ def _status_of(events: list[dict]) -> str:
         return "failed"
     if "stopped" in kinds:
         return "stopped"
+    try:  # no final event: a trainer (the CLI's, which leaves no job.json or pid) may still be writing it
+        if time.time() - (path / PROGRESS).stat().st_mtime < CLI_ACTIVE_S:
+            return jobs.RUNNING
+    except OSError:
+        pass
     return "interrupted" if kinds else "empty"
 
 
@@ -115,7 +123,7 @@ def run_info(path: str | os.PathLike) -> RunInfo:
     info.eval_loss_before = evals.get(0) if info.eval_curve and info.eval_curve[-1][0] != 0 else None
     info.started = events[0].get("time") if events else None
     info.dataset = _dataset_of(events, path)
-    info.status = _status_of(events)
+    info.status = _status_of(events, path)
     try:
         job = jobs.Job.load(path).refresh()
     except jobs.JobError:
@@ -131,7 +139,13 @@ def list_runs(runs_dir: str | os.PathLike, owner: str | None = None) -> list[Run
     root = Path(runs_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and ((p / PROGRESS).exists() or (p / jobs.JOB_FILE).exists())]
+    found = [
+        p
+        for p in root.iterdir()
+        if not p.name.startswith(".")  # a run being deleted (``.<name>.deleting``) or another hidden folder
+        and p.is_dir()
+        and ((p / PROGRESS).exists() or (p / jobs.JOB_FILE).exists())
+    ]
     out = []
     for p in found:
         info = run_info(p)
@@ -150,16 +164,20 @@ def find_run(runs_dir: str | os.PathLike, name: str, owner: str | None = None) -
 
 def delete_run(runs_dir: str | os.PathLike, name: str, owner: str | None = None) -> Path:
     """Delete the run ``name`` (its folder: adapter, checkpoints, logs). A running or queued job is refused: stop it
-    first. Returns the deleted folder."""
-    info = find_run(runs_dir, name, owner)
-    if info.status in (jobs.RUNNING, jobs.QUEUED):
-        raise RunError(f"run {name!r} is {info.status}: stop it before deleting it")
-    root = Path(runs_dir).resolve()
-    target = info.path.resolve()
-    if target.parent != root:  # a symlinked run pointing elsewhere is not ours to delete
-        raise RunError(f"run {name!r} is not a folder inside {runs_dir}")
-    trash = target.with_name(f".{target.name}.deleting")
-    os.replace(target, trash)  # gone from every listing at once; a crash mid-delete leaves only the hidden folder
+    first; so is a CLI run still writing its progress (``CLI_ACTIVE_S``). Returns the deleted folder.
+
+    The status is read and the folder moved aside under the jobs' scheduling lock, so a queued job cannot start in
+    it, nor a resume begin, between the check and the move."""
+    with jobs._scheduling(Path(runs_dir)):
+        info = find_run(runs_dir, name, owner)
+        if info.status in (jobs.RUNNING, jobs.QUEUED):
+            raise RunError(f"run {name!r} is {info.status}: stop it before deleting it")
+        root = Path(runs_dir).resolve()
+        target = info.path.resolve()
+        if target.parent != root:  # a symlinked run pointing elsewhere is not ours to delete
+            raise RunError(f"run {name!r} is not a folder inside {runs_dir}")
+        trash = target.with_name(f".{target.name}.deleting")
+        os.replace(target, trash)  # gone from every listing at once; a crash mid-delete leaves only the hidden folder
     shutil.rmtree(trash, ignore_errors=True)
     return target
 
