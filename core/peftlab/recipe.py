@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ def check_weights(weights: list[Any], n_parents: int) -> list[float]:
         raise ConfigError(f"{len(weights)} weight(s) for {n_parents} parent(s): give one weight per parent")
     out = []
     for i, w in enumerate(weights):
-        if isinstance(w, bool) or not isinstance(w, (int, float)):
+        if isinstance(w, bool) or not isinstance(w, numbers.Real):  # numpy's floats too
             raise ConfigError(f"weight {i + 1} ({w!r}) is not a number")
         if not math.isfinite(w):
             raise ConfigError(f"weight {i + 1} is {w}: weights must be finite numbers")

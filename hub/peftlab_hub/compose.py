@@ -15,10 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
 
 import peftlab
-from peftlab import AdapterError, AdapterWeights, MethodError, registry
+from peftlab import AdapterError, AdapterWeights, ConfigError, MethodError, registry
 from peftlab.io import (
     CARD_FILE,
     CONFIG_FILE,
@@ -31,6 +32,7 @@ from peftlab.io import (
     holds_adapter,
     model_card,
 )
+from peftlab.recipe import check_weights
 
 from .resolve import ResolvedAdapter, resolve_adapter
 from .store import AdapterStore
@@ -68,9 +70,10 @@ def compose(
     ``peftlab.json`` records the parents (provenance and the sha256 of their weights), weights and type."""
     if not parents:
         raise CompositionError("compose needs at least one parent adapter")
-    weights = [1.0] * len(parents) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(parents):
-        raise CompositionError(f"{len(weights)} weight(s) for {len(parents)} parent(s): give one weight per parent")
+    try:  # one finite number per parent (a NaN or inf weight would write a NaN adapter)
+        weights = check_weights([1.0] * len(parents) if weights is None else list(weights), len(parents))
+    except ConfigError as e:
+        raise CompositionError(str(e)) from None
     _check_output(output)  # before any parent is fetched or merged
     resolved = [resolve_adapter(p, store=store, token=token) for p in parents]
     files = [peftlab.read_adapter(r.path) for r in resolved]
@@ -88,6 +91,10 @@ def compose(
     if result is None:
         raise CompositionError(f"method {combiner.name} declares combinations but implements no combine hook")
     cfg, tensors = result
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:  # whatever the method's maths, an adapter of NaN or inf is no adapter: nothing is written
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise CompositionError(f"the {combination} merge gave NaN or inf values (in {bad[0]}{more}); nothing written")
     cfg = {**cfg, "task_type": task, "base_model_name_or_path": base, "revision": None, "inference_mode": True}
     handle = registry().for_peft_type(cfg["peft_type"], cfg)  # the method that loads the result, as for peft's
     handle.config_class.from_dict(cfg, source="the merged adapter")  # it must load as written

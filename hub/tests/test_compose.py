@@ -290,6 +290,43 @@ def test_compose_refuses_an_output_folder_of_other_files_and_keeps_them(parents,
     assert json.loads((merged / "peftlab.json").read_text())["composition"]["weights"] == [1.0, 2.0]
 
 
+@pytest.mark.parametrize("combination", ["dare_linear", "dare_ties_svd", "ties", "magnitude_prune_svd"])
+def test_a_density_of_zero_is_refused(combination, parents, tmp_path):
+    """DARE rescales by 1/density: at 0 every entry would be NaN (and the SVD types crashed on them)."""
+    with pytest.raises(peftlab.MethodError, match=r"density must be in \(0, 1\]"):
+        compose(parents, [1, 1], combination, density=0.0, output=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("weights", [[float("nan"), 1.0], [1.0, float("inf")]])
+def test_non_finite_weights_are_refused(weights, parents, tmp_path, capsys):
+    with pytest.raises(CompositionError, match="weights must be finite"):
+        compose(parents, weights, "cat", output=tmp_path / "x")
+    args = ["compose", *map(str, parents), "--weights", *map(str, weights), "--output", str(tmp_path / "x")]
+    assert main(args) == 2 and "must be finite" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_parent_holding_inf_and_a_failed_svd_are_clear_errors(parents, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    bad = shutil.copytree(parents[0], tmp_path / "bad")
+    tensors = load_file(str(bad / "adapter_model.safetensors"))
+    key = next(k for k in sorted(tensors) if k.endswith("lora_A.weight"))
+    tensors[key][0, 0] = float("inf")
+    save_file(tensors, str(bad / "adapter_model.safetensors"))
+    with pytest.raises(peftlab.MethodError, match="bad: its factors of .* hold NaN or inf values"):
+        compose([bad, parents[1]], [1, 1], "dare_linear_svd", density=0.5, output=tmp_path / "x")
+
+    def no_convergence(*a, **k):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "svd", no_convergence)
+    with pytest.raises(peftlab.MethodError, match="dare_ties_svd at .*: the SVD failed .*failed to converge.*try cat"):
+        compose(parents, [1, 1], "dare_ties_svd", density=0.5, output=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 def test_zz_report_the_diffs_against_peft():
     """Not a check: prints the per-type max |ΔW - ΔW_peft| (pytest -s) for the record."""
     for name, diff in DIFFS.items():

@@ -162,3 +162,19 @@ def test_a_bottleneck_adapter_is_refused_with_its_note(tiny_dir, tmp_path):
     with pytest.raises(CompositionError, match="adapter adapters cannot be combined: .*non-linear.*stack"):
         compose(adapters, [0.5, 0.5], "linear", output=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_merge_that_gives_nan_writes_nothing(bitfit_parents, tmp_path):
+    """Whatever a method's combine computes, an adapter holding NaN or inf is refused before anything is written."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    bad = shutil.copytree(bitfit_parents[0], tmp_path / "bad")
+    tensors = _tensors(bad)
+    key = sorted(tensors)[0]
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    save_file(tensors, str(bad / "adapter_model.safetensors"))
+    with pytest.raises(CompositionError, match=f"the linear merge gave NaN or inf values \\(in {key}"):
+        compose([bad, bitfit_parents[1]], [0.5, 0.5], "linear", output=tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -104,10 +104,13 @@ def check_options(
         raise MethodError(f"unknown combination {combination!r}; one of {', '.join(COMBINATIONS)}")
     if n < 1 or len(weights) != n:
         raise MethodError(f"{len(weights)} weight(s) for {n} parent(s): give one weight per parent")
+    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) for w in weights):
+        raise MethodError(f"weights must be finite numbers, got {list(weights)}")
     if combination in NEEDS_DENSITY and density is None:
-        raise MethodError(f"combination {combination!r} needs a density (the share of entries kept, in [0, 1])")
-    if density is not None and not 0 <= density <= 1:
-        raise MethodError(f"density must be in [0, 1], got {density}")
+        raise MethodError(f"combination {combination!r} needs a density (the share of entries kept, in (0, 1])")
+    # DARE rescales by 1/density, so 0 would make every entry NaN (and keep nothing in any type)
+    if density is not None and (isinstance(density, bool) or not 0 < density <= 1):
+        raise MethodError(f"density must be in (0, 1] (the share of entries kept), got {density}")
     if majority_sign not in MAJORITY_SIGNS:
         raise MethodError(f"majority_sign must be total or frequency, got {majority_sign!r}")
     if svd_rank is not None and (not isinstance(svd_rank, int) or svd_rank < 1):
@@ -129,39 +132,57 @@ def combine_factors(
     (modules of a smaller rank are padded with zeros, which changes nothing)."""
     check_options(combination, len(parents), weights, svd_rank, density, majority_sign)
     names = names or [f"parent {i + 1}" for i in range(len(parents))]
+    for f, name in zip(parents, names, strict=True):
+        for path, (A, B, s) in f.items():
+            if not (math.isfinite(s) and bool(torch.isfinite(A).all()) and bool(torch.isfinite(B).all())):
+                raise MethodError(f"{name}: its factors of {path} hold NaN or inf values; it cannot be merged")
     gen = torch.Generator().manual_seed(int(seed))
     kind = "linear" if combination == "svd" else combination.removesuffix("_svd")
     k = svd_rank or max(A.shape[0] for f in parents for A, _, _ in f.values())  # peft's default svd rank
     out: dict[str, tuple] = {}
     for path in sorted({p for f in parents for p in f}, key=natural_key):
         here = [(f[path], float(w), n) for f, w, n in zip(parents, weights, names, strict=True) if path in f]
-        dtype = here[0][0][0].dtype
-        if combination == "cat":
-            A = torch.cat([A.float() * (w * s) for (A, _, s), w, _ in here])
-            B = torch.cat([B.float() for (_, B, _), _, _ in here], dim=1)
-        elif combination in FACTOR_LEVEL:
-            ranks = {n: A.shape[0] for (A, _, _), _, n in here}
-            if len(set(ranks.values())) > 1:
-                raise MethodError(
-                    f"{combination} merges the factors A and B themselves, so the parents need one "
-                    f"rank, but at {path} they have {ranks}; use cat (exact) or svd instead"
-                )
-            ws = [w * s for (_, _, s), w, _ in here]
-            wa = [math.copysign(math.sqrt(abs(x)), 1.0 if x >= 0 else -1.0) for x in ws]
-            wb = [math.sqrt(abs(x)) for x in ws]
-            A = merge_tensors([A.float() for (A, _, _), _, _ in here], wa, kind, density, majority_sign, gen)
-            B = merge_tensors([B.float() for (_, B, _), _, _ in here], wb, kind, density, majority_sign, gen)
-        elif combination == "svd":  # Σ wᵢsᵢBᵢAᵢ = [B₁ B₂ …][w₁s₁A₁; …] has rank ≤ Σrᵢ: SVD it in factored form
-            A = torch.cat([A.float() * (w * s) for (A, _, s), w, _ in here])
-            A, B = low_rank_svd(A, torch.cat([B.float() for (_, B, _), _, _ in here], dim=1), k)
-        else:  # the other svd types: merge the exact ΔWᵢ = sᵢBᵢAᵢ, then the best rank-k approximation
-            deltas = [(B.float() @ A.float()) * s for (A, B, s), _, _ in here]
-            delta = merge_tensors(deltas, [w for _, w, _ in here], kind, density, majority_sign, gen)
-            U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
-            A, B = Vh[:k], U[:, :k] * S[:k]
-        out[path] = (A.to(dtype), B.to(dtype))
+        try:
+            A, B = _merge_module(here, path, combination, kind, k, density, majority_sign, gen)
+        except torch.linalg.LinAlgError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MethodError(f"{combination} at {path}: the SVD failed ({first}); try cat (exact, no SVD)") from None
+        if not (bool(torch.isfinite(A).all()) and bool(torch.isfinite(B).all())):
+            raise MethodError(f"{combination} at {path} gave NaN or inf values; no adapter is written")
+        out[path] = (A, B)
     r = max(A.shape[0] for A, _ in out.values())
     return {p: _pad(A, B, r) for p, (A, B) in out.items()}, r
+
+
+def _merge_module(
+    here: list, path: str, combination: str, kind: str, k: int, density, majority_sign: str, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The merged ``(A, B)`` of one module from ``here``: its parents' ``(factors, weight, name)``."""
+    dtype = here[0][0][0].dtype
+    if combination == "cat":
+        A = torch.cat([A.float() * (w * s) for (A, _, s), w, _ in here])
+        B = torch.cat([B.float() for (_, B, _), _, _ in here], dim=1)
+    elif combination in FACTOR_LEVEL:
+        ranks = {n: A.shape[0] for (A, _, _), _, n in here}
+        if len(set(ranks.values())) > 1:
+            raise MethodError(
+                f"{combination} merges the factors A and B themselves, so the parents need one "
+                f"rank, but at {path} they have {ranks}; use cat (exact) or svd instead"
+            )
+        ws = [w * s for (_, _, s), w, _ in here]
+        wa = [math.copysign(math.sqrt(abs(x)), 1.0 if x >= 0 else -1.0) for x in ws]
+        wb = [math.sqrt(abs(x)) for x in ws]
+        A = merge_tensors([A.float() for (A, _, _), _, _ in here], wa, kind, density, majority_sign, gen)
+        B = merge_tensors([B.float() for (_, B, _), _, _ in here], wb, kind, density, majority_sign, gen)
+    elif combination == "svd":  # Σ wᵢsᵢBᵢAᵢ = [B₁ B₂ …][w₁s₁A₁; …] has rank ≤ Σrᵢ: SVD it in factored form
+        A = torch.cat([A.float() * (w * s) for (A, _, s), w, _ in here])
+        A, B = low_rank_svd(A, torch.cat([B.float() for (_, B, _), _, _ in here], dim=1), k)
+    else:  # the other svd types: merge the exact ΔWᵢ = sᵢBᵢAᵢ, then the best rank-k approximation
+        deltas = [(B.float() @ A.float()) * s for (A, B, s), _, _ in here]
+        delta = merge_tensors(deltas, [w for _, w, _ in here], kind, density, majority_sign, gen)
+        U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+        A, B = Vh[:k], U[:, :k] * S[:k]
+    return A.to(dtype), B.to(dtype)
 
 
 def low_rank_svd(A: torch.Tensor, B: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
