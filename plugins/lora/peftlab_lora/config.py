@@ -31,8 +31,12 @@ class LoraConfig(MethodConfig):
         "(detected automatically; kept for PEFT compatibility)",
     )
 
-    # keys peft writes for LoRA that carry no meaning for plain LoRA
+    # keys peft writes for LoRA that carry no meaning for plain LoRA; those with a value are ignored only at that value
+    # (an empty one is unset), any other is refused by name. rank_pattern/alpha_pattern give some modules their own
+    # r/α: peftlab's LoRA has one r and one α, so such an adapter would load (and merge) with the wrong scaling
     peft_ignored = {
+        "rank_pattern": {},
+        "alpha_pattern": {},
         "megatron_core": ...,
         "qalora_group_size": ...,
         "runtime_config": ...,

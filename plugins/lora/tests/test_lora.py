@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -54,6 +56,27 @@ def test_lora_load_from_peft_gives_the_same_logits(kw, tmp_path):
     # values before saving
     report = check_peft_roundtrip("lora", peft_config=_peft_config(**kw), directions=["from_peft"], tmp_path=tmp_path)
     assert report["from_peft_max_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize("key,pattern", [("alpha_pattern", {"q_proj": 64}), ("rank_pattern", {"v_proj": 2})])
+def test_per_module_rank_or_alpha_from_peft_is_refused_not_ignored(key, pattern, tmp_path):
+    """peftlab's LoRA has one r and one alpha: a peft adapter giving some modules their own would load (and merge)
+    with the wrong scaling, so it is refused by name; an empty pattern (what peft writes by default) loads."""
+    from peftlab import ConfigError
+    from peftlab_lora.config import LoraConfig
+
+    data = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
+    with pytest.raises(ConfigError, match=f"LoraConfig does not support {key}="):
+        LoraConfig.from_dict({**data, key: pattern}, source="adapter_config.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert LoraConfig.from_dict({**data, "rank_pattern": {}, "alpha_pattern": {}}).lora_alpha == 16
+
+    model = tiny_model()
+    peft_model = peft.get_peft_model(model, _peft_config(**{key: pattern}))
+    peft_model.save_pretrained(str(tmp_path / "peft"))
+    with pytest.raises(ConfigError, match=f"does not support {key}="):
+        peftlab.load_adapter(tiny_model(), tmp_path / "peft")
 
 
 def test_lora_targets_that_match_nothing_list_what_exists():
