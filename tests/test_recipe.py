@@ -127,6 +127,16 @@ def test_parents_on_different_bases_are_refused(tmp_path):
     assert not (tmp_path / "recipe").exists()
 
 
+def test_a_recipe_loaded_into_another_architecture_names_the_mismatch(parents, tmp_path):
+    """A llama recipe into GPT-2, whose fingerprint lacks num_key_value_heads: the base-mismatch error, no KeyError."""
+    out = stack([str(parents[0][0])], output=tmp_path / "recipe")
+    assert "num_key_value_heads" in read_recipe(out).base_fingerprint
+    with pytest.raises(
+        AdapterMismatchError, match="made for another base model.*num_key_value_heads: recipe .* vs model None"
+    ):
+        peftlab.load_adapter(tiny_model("gpt2"), out)
+
+
 def test_a_weight_for_a_method_that_cannot_scale_is_refused_with_its_note(parents, tmp_path):
     note = peftlab.get_method("prompt_tuning").capabilities.scale_note
     with pytest.raises(StackError) as err:

@@ -235,7 +235,9 @@ def load_recipe(
 
     recipe = read_recipe(path)
     actual = fingerprint(model)
-    diff = [f"{k}: recipe {v} vs model {actual[k]}" for k, v in recipe.base_fingerprint.items() if actual.get(k) != v]
+    diff = [
+        f"{k}: recipe {v} vs model {actual.get(k)}" for k, v in recipe.base_fingerprint.items() if actual.get(k) != v
+    ]
     if diff and recipe.base_fingerprint:
         raise AdapterMismatchError(
             f"recipe {recipe.folder} was made for another base model ({recipe.base_model}): " + "; ".join(diff)
