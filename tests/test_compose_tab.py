@@ -18,6 +18,8 @@ from peftlab.models import load_model  # noqa: E402
 from peftlab.train import TrainArgs, train  # noqa: E402
 from peftlab.webui.compose_tab import ComposeTab, combination_types, parse_weights  # noqa: E402
 
+ALICE = "a" * 32  # a browser owner id of the form the server issues
+
 
 @pytest.fixture(scope="module")
 def parents(tmp_path_factory, tiny_dir) -> tuple[Path, list[str]]:
@@ -57,15 +59,15 @@ def test_weights_are_parsed_or_refused_with_a_reason():
 def test_save_writes_a_loadable_merge_under_the_runs_folder(parents):
     root, folders = parents
     tab = ComposeTab(root)
-    status, folder = tab.on_save(folders, "", "0.5, 0.5", "cat", None, None, "mix", progress=None)
+    status, folder = tab.on_save(folders, "", "0.5, 0.5", "cat", None, None, "mix", browser=ALICE, progress=None)
     assert status.startswith("Saved **mix**") and folder == str(root / "mix" / "adapter")
     files = read_adapter(folder)
     meta = json.loads((Path(folder) / "peftlab.json").read_text())
     assert files.method.name == "lora" and meta["composition"]["weights"] == [0.5, 0.5]
     assert str(root / "mix" / "adapter") in {v for _, v in tab.choices()}  # every picker offers it now
-    status, folder = tab.on_save(folders, "", "0.5, 0.5", "cat", None, None, "mix", progress=None)
+    status, folder = tab.on_save(folders, "", "0.5, 0.5", "cat", None, None, "mix", browser=ALICE, progress=None)
     assert "already exists" in status and folder == ""  # nothing overwritten
-    status, _ = tab.on_save(folders, "", "1", "cat", None, None, "other", progress=None)
+    status, _ = tab.on_save(folders, "", "1", "cat", None, None, "other", browser=ALICE, progress=None)
     assert "1 weight(s) for 2 parent(s)" in status and not (root / "other").exists()
 
 
@@ -82,8 +84,8 @@ def test_sweep_draws_loss_against_the_weight(parents):
 def test_chat_answers_from_each_parent_the_composition_and_the_base_in_one_pass(parents, tiny_dir):
     root, folders = parents
     tab = ComposeTab(root)
-    _, composed = tab.on_save(folders, "", "", "cat", None, None, "chat-mix", progress=None)
-    frame, status = tab.on_chat(folders, "", composed, "What is the capital of France?", 6)
+    _, composed = tab.on_save(folders, "", "", "cat", None, None, "chat-mix", browser=ALICE, progress=None)
+    frame, status = tab.on_chat(folders, "", composed, "What is the capital of France?", max_new_tokens=6)
     assert status == "Replies in one batched pass."
     assert list(frame["model"]) == ["caps", "dates", "composition: chat-mix", "base"]
     # each reply is what that adapter alone generates
@@ -95,4 +97,28 @@ def test_chat_answers_from_each_parent_the_composition_and_the_base_in_one_pass(
     assert generate_batch(model, tok, ["What is the capital of France?"], max_new_tokens=6, rows=[None]) == [
         frame["reply"].iloc[3]
     ]
-    assert tab.on_chat(folders, "", "", "  ", 6) == (None, "Type a message first.")
+    assert tab.on_chat(folders, "", "", "  ", max_new_tokens=6) == (None, "Type a message first.")
+
+
+def test_save_never_writes_into_another_runs_folder_and_belongs_to_its_page(parents, monkeypatch):
+    """A name taken by another run (here a queued job's, without an adapter yet) is refused; a saved composition is
+    a run of the page that saved it, offered to that page only while sessions are kept apart."""
+    from peftlab import jobs
+    from peftlab.webui.adapters import adapter_choices, viewer
+
+    monkeypatch.delenv("PEFTLAB_SHARE_JOBS", raising=False)
+    root, folders = parents
+    tab = ComposeTab(root)
+    taken = root / "queued-run"
+    taken.mkdir()
+    jobs.Job(taken, 0, [], "lora", jobs.QUEUED, owner="b" * 32, queued=1.0).save()
+    status, folder = tab.on_save(folders, "", "", "cat", None, None, "queued-run", browser=ALICE, progress=None)
+    assert "already exists" in status and folder == "" and not (taken / "adapter").exists()
+    assert jobs.Job.load(taken).status == jobs.QUEUED
+
+    status, folder = tab.on_save(folders, "", "", "cat", None, None, "alices-mix", browser=ALICE, progress=None)
+    assert status.startswith("Saved **alices-mix**")
+    saved = jobs.Job.load(root / "alices-mix")
+    assert saved.owner == ALICE and saved.status == "done" and saved.method == "lora"
+    assert folder in {v for _, v in adapter_choices(root, owners=viewer(ALICE))}
+    assert folder not in {v for _, v in adapter_choices(root, owners=viewer("b" * 32))}

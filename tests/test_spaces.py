@@ -150,6 +150,9 @@ def test_gpu_wraps_with_spaces_GPU_when_installed_and_is_a_no_op_without(monkeyp
     assert getattr(demo.peftlab_engine.stream, "zero_gpu", False)
 
 
+BROWSER_1, BROWSER_2 = "1" * 32, "2" * 32  # browser owner ids of the form the server issues
+
+
 def profile(username: str) -> gr.OAuthProfile:
     return gr.OAuthProfile({"name": username, "preferred_username": username, "profile": "", "picture": ""})
 
@@ -169,27 +172,27 @@ def test_a_hugging_face_login_owns_the_jobs_and_adapters_it_sees(tmp_path, monke
         (run / "adapter" / "adapter_config.json").write_text("{}")
     Job(mine, 0, [], "lora", "queued", owner="hf:alice", queued=1.0).save()
     Job(theirs, 0, [], "lora", "queued", owner="hf:bob", queued=2.0).save()  # (cli: no job.json, no owner)
-    Job(anonymous, 0, [], "lora", "done", owner="browser-1").save()
+    Job(anonymous, 0, [], "lora", "done", owner=BROWSER_1).save()
 
     assert user_owner(profile("alice")) == "hf:alice" and user_owner(None) is None
     tab = webapp.build_app(tmp_path / "app-runs").peftlab_train  # the real tab (its page-load outputs and all)
     monkeypatch.setattr(tab, "runs_dir", runs)
-    out = tab.on_load("browser-1", profile("alice"))
-    assert out[0] == str(mine) and "browser-1" in out  # the login's job, whatever the browser (which it keeps)
-    assert tab.on_load("browser-1", profile("bob"))[0] == str(theirs)
-    assert tab.on_poll(str(theirs), -1, "browser-1", profile("alice"))[2].startswith("No job running")
-    assert tab.on_stop(str(theirs), "browser-1", profile("alice"))[2] == "Nothing to stop."
+    out = tab.on_load(BROWSER_1, profile("alice"))
+    assert out[0] == str(mine) and BROWSER_1 in out  # the login's job, whatever the browser (which it keeps)
+    assert tab.on_load(BROWSER_1, profile("bob"))[0] == str(theirs)
+    assert tab.on_poll(str(theirs), -1, BROWSER_1, profile("alice"))[2].startswith("No job running")
+    assert tab.on_stop(str(theirs), BROWSER_1, profile("alice"))[2] == "Nothing to stop."
     assert Job.load(theirs).status == "queued"
 
     hub = HubTab(runs, store_dir=tmp_path / "store")
-    offered = [Path(v).parent for _, v in hub.on_refresh(None, "browser-1", profile("alice")).choices]
+    offered = [Path(v).parent for _, v in hub.on_refresh(None, BROWSER_1, profile("alice")).choices]
     assert offered == [anonymous, cli, mine]  # alice's, this browser's and the CLI's (no owner), newest first
-    offered = [Path(v).parent for _, v in hub.on_refresh(None, "browser-2", profile("alice")).choices]
+    offered = [Path(v).parent for _, v in hub.on_refresh(None, BROWSER_2, profile("alice")).choices]
     assert offered == [cli, mine]  # alice in another browser: not browser-1's, never bob's
-    assert [Path(v).parent for _, v in hub.on_refresh(None, "browser-1", None).choices] == [anonymous, cli]
+    assert [Path(v).parent for _, v in hub.on_refresh(None, BROWSER_1, None).choices] == [anonymous, cli]
     assert [Path(v).parent for _, v in hub.choices(None)] == [anonymous, cli, theirs, mine]  # the API sees all
     monkeypatch.setenv("PEFTLAB_SHARE_JOBS", "1")
-    assert len(hub.on_refresh(None, "browser-2", profile("alice")).choices) == 4  # a server that shares
+    assert len(hub.on_refresh(None, BROWSER_2, profile("alice")).choices) == 4  # a server that shares
 
     adapter = str(mine / "adapter")
     assert default_repo("", adapter, "alice") == f"alice/{mine.name}"

@@ -21,6 +21,8 @@ from peftlab.webui.plots import loss_frame
 from peftlab.webui.progress import job_view, progress_line
 from peftlab.webui.train_tab import N_OUTPUTS, capability_text, upload_text
 
+ALICE, BOB = "a" * 32, "b" * 32  # browser owner ids of the form the server issues (uuid4().hex)
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> gr.Blocks:
@@ -334,22 +336,22 @@ def test_train_tab_shows_and_stops_only_its_browsers_jobs(demo, tmp_path, monkey
     waiting.mkdir()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(busy)])  # "training"
     try:
-        Job(busy, sleeper.pid, [], "lora", owner="bob").save()
-        Job(waiting, 0, [], "lora", "queued", owner="alice", queued=1.0).save()
+        Job(busy, sleeper.pid, [], "lora", owner=BOB).save()
+        Job(waiting, 0, [], "lora", "queued", owner=ALICE, queued=1.0).save()
 
         n = N_OUTPUTS  # then the owner id, then the form's widgets
-        out = tab.on_load("alice")
+        out = tab.on_load(ALICE)
         assert out[0] == str(waiting) and out[2].startswith("**Queued**") and "place **1**" in out[2]
-        assert out[n] == "alice" and out[8].interactive  # Stop takes it off the queue
-        out = tab.on_load("bob")
-        assert out[0] == str(busy) and out[2].startswith("**Running**") and out[n] == "bob"
+        assert out[n] == ALICE and out[8].interactive  # Stop takes it off the queue
+        out = tab.on_load(BOB)
+        assert out[0] == str(busy) and out[2].startswith("**Running**") and out[n] == BOB
         out = tab.on_load("")  # a new browser: a new owner id, and nothing to reattach to
         assert len(out[n]) == 32 and all(isinstance(o, type(gr.skip())) for o in out[:n] + out[n + 1 :])
 
-        assert tab.on_poll(str(waiting), -1, "bob")[2].startswith("No job running")  # not bob's: not shown
-        assert tab.on_stop(str(busy), "alice")[2] == "Nothing to stop."
+        assert tab.on_poll(str(waiting), -1, BOB)[2].startswith("No job running")  # not bob's: not shown
+        assert tab.on_stop(str(busy), ALICE)[2] == "Nothing to stop."
         assert sleeper.poll() is None  # alice could not stop bob's job
-        out = tab.on_stop(str(waiting), "alice")
+        out = tab.on_stop(str(waiting), ALICE)
         assert out[2].startswith("**Stopped**") and "queue" in out[2]
         assert Job.load(waiting).status == "stopped"
     finally:
@@ -398,7 +400,7 @@ def test_train_form_round_trips_through_saved_settings_and_a_running_job(demo, t
     monkeypatch.setattr(tab, "runs_dir", tmp_path / "runs")
     values = {w: getattr(w, "value", None) for w in tab.form_widgets}
     values[tab.inputs["upload"]] = None
-    values[tab.owner] = "alice"
+    values[tab.owner] = ALICE
     ids = {w.elem_id: w for w in tab.form_widgets}
     values[tab.method] = "lora"
     values[ids["train-max_steps"]] = 10
@@ -430,9 +432,9 @@ def test_train_form_round_trips_through_saved_settings_and_a_running_job(demo, t
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(run)])
     try:
         Job(
-            run, sleeper.pid, [], "lora", owner="alice", form={"method": name, "settings": settings, "flags": flags}
+            run, sleeper.pid, [], "lora", owner=ALICE, form={"method": name, "settings": settings, "flags": flags}
         ).save()
-        out = tab.on_load("alice")
+        out = tab.on_load(ALICE)
         shown = dict(zip(tab.form_widgets, out[N_OUTPUTS + 1 :], strict=True))
         assert (
             shown[ids["train-max_steps"]] == 10 and shown[ids["cfg-lora-r"]] == 4 and shown[tab.run_name] == "ten-steps"
@@ -457,7 +459,7 @@ def test_pickers_offer_this_sessions_runs_and_a_logins(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PEFTLAB_SHARE_JOBS", "0")
     runs = tmp_path / "runs"
-    for name, owner in (("mine", "browser-1"), ("theirs", "browser-2"), ("login", "hf:alice"), ("cli", None)):
+    for name, owner in (("mine", ALICE), ("theirs", BOB), ("login", "hf:alice"), ("cli", None)):
         (runs / name / "adapter").mkdir(parents=True)
         (runs / name / "adapter" / "adapter_config.json").write_text("{}")
         if owner is not None:
@@ -466,10 +468,10 @@ def test_pickers_offer_this_sessions_runs_and_a_logins(tmp_path, monkeypatch):
     def names(owners):
         return {Path(v).parent.name for _, v in adapter_choices(runs, tmp_path / "store", owners)}
 
-    assert viewer("browser-1") == ["browser-1"]
-    assert viewer("browser-1", SimpleNamespace(username="alice")) == ["hf:alice", "browser-1"]
-    assert names(viewer("browser-1")) == {"mine", "cli"}
-    assert names(viewer("browser-1", SimpleNamespace(username="alice"))) == {"mine", "login", "cli"}
+    assert viewer(ALICE) == [ALICE]
+    assert viewer(ALICE, SimpleNamespace(username="alice")) == ["hf:alice", ALICE]
+    assert names(viewer(ALICE)) == {"mine", "cli"}
+    assert names(viewer(ALICE, SimpleNamespace(username="alice"))) == {"mine", "login", "cli"}
     assert names([None]) == {"mine", "theirs", "login", "cli"}  # the API: everything
     monkeypatch.setenv("PEFTLAB_SHARE_JOBS", "1")
-    assert names(viewer("browser-2")) == {"mine", "theirs", "login", "cli"}
+    assert names(viewer(BOB)) == {"mine", "theirs", "login", "cli"}

@@ -112,14 +112,27 @@ def share_default(host: str) -> bool:
     return local_only(host) and not os.environ.get("SPACE_ID")
 
 
+def no_implicit_token() -> None:
+    """Make huggingface_hub send no token it is not handed, in this process and the ones it starts: what the app
+    fetches for a visitor (the Chat and Evaluate tabs' base models, a dataset) goes anonymously, never with this
+    server's own ``HF_TOKEN`` or saved login. A token handed on purpose (a visitor's own, in the Hub tab) still goes;
+    a visitor's training job gets theirs through ``jobs.child_environment``."""
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
+    constants.HF_HUB_DISABLE_IMPLICIT_TOKEN = True  # read at import: the running process needs it set here
+
+
 def launch(demo: gr.Blocks | None = None, host: str | None = None, port: int | None = None, **kwargs) -> None:
     """Serve the app. Unset arguments come from PEFTLAB_RUNS (./runs) and ``server_address`` (PEFTLAB_HOST /
     PEFTLAB_PORT, then GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, then 127.0.0.1:7860). Sessions share jobs and
-    adapters per ``PEFTLAB_SHARE_JOBS``, whose default this sets from ``share_default``."""
+    adapters per ``PEFTLAB_SHARE_JOBS``, whose default this sets from ``share_default``; kept apart (a Space, a
+    network address), the server's Hugging Face token is not lent to visitors (``no_implicit_token``)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline by default: no telemetry calls
     host, port = server_address(host, port)
     os.environ.setdefault("PEFTLAB_SHARE_JOBS", "1" if share_default(host) else "0")
-    jobs.shared_jobs()  # a bad value is refused now, not on a page's first poll
+    if not jobs.shared_jobs():  # (a bad value is refused now, not on a page's first poll)
+        no_implicit_token()
     demo = demo or build_app(os.environ.get("PEFTLAB_RUNS", "runs"))
     demo.queue(default_concurrency_limit=4).launch(
         server_name=host,

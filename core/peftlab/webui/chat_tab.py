@@ -10,7 +10,7 @@ import gradio as gr
 
 from ..errors import PeftlabError
 from ..generate import Sampling
-from .adapters import HAS_HUB, adapter_choices, locate, viewer
+from .adapters import HAS_HUB, adapter_choices, open_adapter, viewer
 from .engine import ChatEngine, LoadedAdapter
 
 HELP = (
@@ -70,6 +70,11 @@ def _error(e: BaseException) -> str:
     return f"**Cannot use this adapter:** {e}"
 
 
+def visitor_token(oauth_token: gr.OAuthToken | None) -> str | None:
+    """The logged-in visitor's own Hugging Face token (for a Hub id they type), or None."""
+    return getattr(oauth_token, "token", None) if oauth_token is not None else None
+
+
 def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab, owner=None) -> ChatPicker:
     """The tab; ``owner``: the Train tab's browser state, so the picker offers this session's runs (and a Hugging
     Face login's) when sessions are kept apart."""
@@ -126,19 +131,30 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab, owner=None) -> ChatPi
         # selection and the status agree
         return gr.Dropdown(choices=fresh, value=current if current in values else (values[0] if values else None))
 
-    def load(choice: str | None, typed: str, base_id: str) -> tuple[LoadedAdapter | None, str]:
+    def load(
+        choice: str | None, typed: str, base_id: str, owners: list[str], token: str | None
+    ) -> tuple[LoadedAdapter | None, str]:
+        """Load what the page picked or typed, if its ``owners`` may open it (``open_adapter``: when sessions are
+        kept apart, only their runs' adapters and the store's; a Hub id with the visitor's ``token``)."""
         where = (typed or "").strip() or choice
         if not where:
             return None, "Pick a saved adapter or type an adapter folder."
         try:
-            loaded = engine.load(locate(where), (base_id or "").strip() or None)
+            loaded = engine.load(open_adapter(where, runs_dir, owners, token), (base_id or "").strip() or None)
         except (PeftlabError, OSError, ValueError, KeyError) as e:
             return None, _error(e)
         return loaded, describe(loaded)
 
-    def on_pick(choice, typed, base_id):
+    def on_pick(
+        choice,
+        typed,
+        base_id,
+        browser: str | None = "",
+        profile: gr.OAuthProfile | None = None,
+        oauth_token: gr.OAuthToken | None = None,
+    ):
         """Load the picked adapter; the conversation starts over (the replies were another adapter's)."""
-        loaded, text = load(choice, typed, base_id)
+        loaded, text = load(choice, typed, base_id, viewer(browser, profile), visitor_token(oauth_token))
         if loaded is None and (choice or typed):
             gr.Warning(text.replace("**", ""))
         if loaded is None and not (choice or typed):
@@ -146,12 +162,26 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab, owner=None) -> ChatPi
         table = nearest_markdown(engine.nearest_tokens(loaded)) if loaded is not None else ""
         return text, gr.Accordion(visible=bool(table)), table, [], []
 
-    def on_send(message: str, choice, typed, base_id, limit, base_hist, adapted_hist, system_text, temp, top):
+    def on_send(
+        message: str,
+        choice,
+        typed,
+        base_id,
+        limit,
+        base_hist,
+        adapted_hist,
+        system_text,
+        temp,
+        top,
+        browser: str | None = "",
+        profile: gr.OAuthProfile | None = None,
+        oauth_token: gr.OAuthToken | None = None,
+    ):
         message = (message or "").strip()
         if not message:
             yield base_hist, adapted_hist, gr.skip(), gr.skip()
             return
-        loaded, text = load(choice, typed, base_id)
+        loaded, text = load(choice, typed, base_id, viewer(browser, profile), visitor_token(oauth_token))
         if loaded is None:
             gr.Warning(text.replace("**", ""))
             yield base_hist, adapted_hist, message, text
@@ -173,9 +203,10 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab, owner=None) -> ChatPi
         except Exception as e:  # a failed generation is reported, never a crash of the app
             yield base_hist, adapted_hist, gr.skip(), f"**Generation failed:** {type(e).__name__}: {e}"
 
+    whose = [owner] if owner is not None else []  # the browser's owner id, for what the page may open
     send_args = dict(
         fn=on_send,
-        inputs=[msg, adapter, path, base, max_new, base_bot, adapted_bot, system, temperature, top_p],
+        inputs=[msg, adapter, path, base, max_new, base_bot, adapted_bot, system, temperature, top_p, *whose],
         outputs=[base_bot, adapted_bot, msg, info],
         concurrency_limit=1,
         concurrency_id="chat-model",
@@ -188,7 +219,7 @@ def build(runs_dir: Path, engine: ChatEngine, tab: gr.Tab, owner=None) -> ChatPi
     tab.select(on_refresh, listing, adapter)
     pick_args = dict(
         fn=on_pick,
-        inputs=[adapter, path, base],
+        inputs=[adapter, path, base, *whose],
         outputs=[info, box, nearest, base_bot, adapted_bot],
         concurrency_limit=1,
         concurrency_id="chat-model",

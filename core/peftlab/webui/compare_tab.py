@@ -12,12 +12,12 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from .. import compare
+from .. import compare, jobs
 from ..data.sources import builtin_datasets
 from ..errors import PeftlabError
 from ..plugins import methods
+from .owners import page_owner
 from .plots import series_chart
-from .train_tab import user_owner
 
 HELP = (
     "Train several methods on the same data with the same budget and compare them side by side. It runs in the "
@@ -101,17 +101,27 @@ class CompareTab:
         ]
 
     def on_start(self, picked, dataset, upload, steps, base, owner=None, profile: gr.OAuthProfile | None = None):
-        owner = user_owner(profile) or owner
+        owner = page_owner(owner, profile)
         try:
+            if steps is None or steps == "":
+                raise ValueError("give the number of steps per method")
+            if owner is None and not jobs.shared_jobs():  # it would be everyone's: the page has no owner id yet
+                raise ValueError("this page has no owner id yet: reload the page and start again")
             folder = compare.start_background(
                 self.runs_dir,
                 list(picked or []),
                 upload or dataset or "capitals-json",
                 int(steps),
                 (base or "").strip() or None,
-                owner=owner or None,
+                owner=owner,
             )
-        except (ValueError, LookupError, PeftlabError, OSError) as e:  # an unknown method: the registry's message
+        except (
+            ValueError,
+            TypeError,
+            LookupError,
+            PeftlabError,
+            OSError,
+        ) as e:  # an unknown method: the registry's message
             out = self.outputs(None)
             out[1] = f"**Cannot start:** {e}"
             return out
@@ -120,14 +130,22 @@ class CompareTab:
     def on_poll(self, folder: str) -> list:
         return self.outputs(folder or None)
 
-    def on_stop(self, folder: str) -> list:
+    def on_stop(self, folder: str, owner=None, profile: gr.OAuthProfile | None = None) -> list:
+        """Stop this page's comparison; another session's is refused (``compare.stop_background``)."""
         if folder:
-            compare.stop_background(folder)
+            try:
+                compare.stop_background(folder, owner=page_owner(owner, profile) or "")
+            except (PeftlabError, OSError, ValueError) as e:
+                out = self.outputs(None)
+                out[1] = f"**Cannot stop:** {e}"
+                return out
         return self.outputs(folder or None)
 
     def on_load(self, owner=None, profile: gr.OAuthProfile | None = None) -> list:
-        owner = user_owner(profile) or owner
-        latest = compare.latest_background(self.runs_dir, owner or None)
+        """A page (re)load shows this page's newest comparison; a page without an owner yet has none (never
+        anyone else's)."""
+        owner = page_owner(owner, profile)
+        latest = compare.latest_background(self.runs_dir, owner) if owner else None
         return self.outputs(str(latest) if latest else None)
 
 
@@ -168,7 +186,7 @@ def build(demo: gr.Blocks, runs_dir: Path, owner) -> CompareTab:
     outs = [folder, status, bar, table, share, curves, timer, start, stop]
     start.click(ct.on_start, [picked, dataset, upload, steps, base, owner], outs, concurrency_limit=1)
     timer.tick(ct.on_poll, folder, outs, show_progress="hidden")
-    stop.click(ct.on_stop, folder, outs)
+    stop.click(ct.on_stop, [folder, owner], outs)
     demo.load(ct.on_load, owner, outs, show_progress="hidden")
     return ct
 

@@ -4,12 +4,16 @@ the composition as a new adapter under the runs folder, and chat with the parent
 — in one batched forward pass when every method allows mixed batches.
 
 The work is ``peftlab_hub.compose`` / ``peftlab_hub.stack`` / ``peftlab_hub.sweep`` — what ``peftlab compose``
-runs; the handlers only read the form and return widget updates (tests call them)."""
+runs; the handlers only read the form and return widget updates (tests call them). A saved composition is a run of
+its own, owned by the page that saved it (its ``job.json``), so the pickers offer it to that owner only when sessions
+are kept apart; parents are opened as the Chat tab opens adapters (``adapters.open_adapter``)."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,13 +22,16 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from .. import jobs
 from ..data.sources import builtin_datasets
 from ..errors import PeftlabError
 from ..generate import generate_batch
-from ..io import RUN_ADAPTER_DIR
+from ..io import META_FILE, RUN_ADAPTER_DIR
 from ..plugins import methods
-from .adapters import adapter_choices, adapter_label, locate, viewer
+from .adapters import adapter_choices, adapter_label, open_adapter, viewer
+from .chat_tab import visitor_token
 from .engine import ChatEngine
+from .owners import page_owner
 
 HELP = (
     "Combine adapters: a **weighted merge** into one new adapter (LoRA-family `cat`, `svd`, `ties`, `dare_*`…, "
@@ -77,11 +84,18 @@ class ComposeTab:
     def choices(self, owners: list[str | None] | None = None) -> list[tuple[str, str]]:
         return adapter_choices(self.runs_dir, owners=owners or [None])
 
-    def parents(self, picked: list[str] | None, typed: str) -> list[str]:
+    def parents(
+        self,
+        picked: list[str] | None,
+        typed: str,
+        owners: list[str | None] | None = None,
+        token: str | None = None,
+    ) -> list[str]:
+        """The parents' folders, if ``owners`` may open them (``open_adapter``; ``None``: the API, any)."""
         chosen = list(picked or []) + [t.strip() for t in (typed or "").split(",") if t.strip()]
         if not chosen:
             raise PeftlabError("pick at least one parent adapter (two for a sweep)")
-        return [locate(p) for p in chosen]
+        return [open_adapter(p, self.runs_dir, owners or [None], token) for p in chosen]
 
     def on_refresh(self, current: list[str] | None, browser: str | None = "", profile: gr.OAuthProfile | None = None):
         """The picker afresh: this session's runs (and a Hugging Face login's), then the store's."""
@@ -98,17 +112,29 @@ class ComposeTab:
         density: float,
         svd_rank: float,
         name: str,
+        browser: str | None = "",
+        profile: gr.OAuthProfile | None = None,
+        oauth_token: gr.OAuthToken | None = None,
         progress=gr.Progress(),
     ) -> tuple[str, str]:
-        """Compose and save under ``runs_dir/<name>/adapter``; returns (status, the new adapter's folder)."""
+        """Compose and save under ``runs_dir/<name>/adapter``, a new run folder (an existing one, another run's, is
+        refused) owned by this page (``record_owner``); returns (status, the new adapter's folder)."""
         from peftlab_hub.compose import compose
 
+        run = None
         try:
-            parents = self.parents(picked, typed)
+            owner = page_owner(browser, profile)
+            if owner is None and not jobs.shared_jobs():  # it would be everyone's: the page has no owner id yet
+                raise PeftlabError("this page has no owner id yet: reload the page and save again")
+            parents = self.parents(picked, typed, viewer(browser, profile), visitor_token(oauth_token))
             ws = parse_weights(weights, len(parents))
-            out = self.runs_dir / _slug(name or f"composed-{time.strftime('%Y%m%d-%H%M%S')}") / RUN_ADAPTER_DIR
-            if out.exists():
-                raise PeftlabError(f"{out.parent.name} already exists under the runs folder: pick another name")
+            folder_name = _slug(name or f"composed-{time.strftime('%Y%m%d-%H%M%S')}")
+            out = self.runs_dir / folder_name / RUN_ADAPTER_DIR
+            try:
+                out.parent.mkdir(parents=True)  # taken at once: never into a folder that exists (another run's)
+            except FileExistsError:
+                raise PeftlabError(f"{folder_name} already exists under the runs folder: pick another name") from None
+            run = out.parent
             if progress is not None:
                 progress(0.2, desc=f"composing {len(parents)} parent(s) ({combination})")
             if combination == STACK:
@@ -124,20 +150,31 @@ class ComposeTab:
                     density=float(density) if density else None,
                     svd_rank=int(svd_rank) if svd_rank else None,
                 )
+            record_owner(run, owner, combination, len(parents))
         except (PeftlabError, OSError, ValueError) as e:
+            if run is not None:  # the folder this call made: nothing half-made is left behind
+                shutil.rmtree(run, ignore_errors=True)
             return f"**Cannot compose:** {e}", ""
         return f"Saved **{Path(folder).parent.name}** ({combination} of {len(parents)} parents) to `{folder}`.", str(
             folder
         )
 
     def on_sweep(
-        self, picked: list[str] | None, typed: str, dataset: str | None, points: float, progress=gr.Progress()
+        self,
+        picked: list[str] | None,
+        typed: str,
+        dataset: str | None,
+        points: float,
+        browser: str | None = "",
+        profile: gr.OAuthProfile | None = None,
+        oauth_token: gr.OAuthToken | None = None,
+        progress=gr.Progress(),
     ) -> tuple:
         """Sweep the weight of the first parent (the second gets 1 − w): (status, plot image, points table)."""
         from peftlab_hub.sweep import sweep
 
         try:
-            parents = self.parents(picked, typed)
+            parents = self.parents(picked, typed, viewer(browser, profile), visitor_token(oauth_token))
             if len(parents) != 2:
                 raise PeftlabError(f"a sweep mixes exactly two parents; {len(parents)} picked")
             if not dataset:
@@ -160,14 +197,22 @@ class ComposeTab:
         return status, (str(png) if png.exists() else None), table
 
     def on_chat(
-        self, picked: list[str] | None, typed: str, composed: str, message: str, max_new_tokens: float = 48
+        self,
+        picked: list[str] | None,
+        typed: str,
+        composed: str,
+        message: str,
+        browser: str | None = "",
+        profile: gr.OAuthProfile | None = None,
+        oauth_token: gr.OAuthToken | None = None,
+        max_new_tokens: float = 48,
     ) -> tuple[pd.DataFrame | None, str]:
         """Each parent's, the composition's and the base model's reply to ``message``: one batched pass when every
         method mixes batches, else one pass each."""
         if not (message or "").strip():
             return None, "Type a message first."
         try:
-            parents = self.parents(picked, typed)
+            parents = self.parents(picked, typed, viewer(browser, profile), visitor_token(oauth_token))
             targets = [(adapter_label(p), p) for p in parents]
             if composed:
                 targets.append((f"composition: {Path(composed).parent.name}", composed))
@@ -195,6 +240,18 @@ class ComposeTab:
             return None, f"**Cannot chat:** {e}"
         labels = [label for label, _ in targets] + ["base"]
         return pd.DataFrame({"model": labels, "reply": replies}), f"Replies in {how}."
+
+
+def record_owner(run: Path, owner: str | None, combination: str, parents: int) -> None:
+    """Make the saved composition a finished run of ``owner`` (its ``job.json``): the pickers (``saved_adapters``)
+    and the Runs tab show it to that owner only when sessions are kept apart."""
+    try:
+        method = json.loads((run / RUN_ADAPTER_DIR / META_FILE).read_text()).get("method") or combination
+    except (OSError, json.JSONDecodeError, AttributeError):
+        method = combination
+    job = jobs.Job(run, 0, [], str(method), "done", owner=owner)
+    job.finished, job.message = job.started, f"composed from {parents} parent(s) ({combination})"
+    job.save()
 
 
 def build(runs_dir: Path, tab: gr.Tab, owner=None) -> ComposeTab:
@@ -257,14 +314,15 @@ def build(runs_dir: Path, tab: gr.Tab, owner=None) -> ComposeTab:
     replies = gr.Dataframe(headers=["model", "reply"], interactive=False, wrap=True, elem_id="compose-replies")
 
     listing = [picked, owner] if owner is not None else [picked]
+    whose = [owner] if owner is not None else []  # the browser's owner id: what the page may open, who owns a save
     tab.select(ct.on_refresh, listing, picked)
     refresh.click(ct.on_refresh, listing, picked)
     save.click(
-        ct.on_save, [picked, typed, weights, combination, density, svd_rank, name], [saved_status, composed]
+        ct.on_save, [picked, typed, weights, combination, density, svd_rank, name, *whose], [saved_status, composed]
     ).then(ct.on_refresh, listing, picked)
-    sweep.click(ct.on_sweep, [picked, typed, sweep_data, points], [sweep_status, sweep_plot, sweep_table],
+    sweep.click(ct.on_sweep, [picked, typed, sweep_data, points, *whose], [sweep_status, sweep_plot, sweep_table],
                 concurrency_limit=1, concurrency_id="compose-sweep")  # fmt: skip
-    chat_args = dict(fn=ct.on_chat, inputs=[picked, typed, composed, message], outputs=[replies, chat_status])
+    chat_args = dict(fn=ct.on_chat, inputs=[picked, typed, composed, message, *whose], outputs=[replies, chat_status])
     send.click(**chat_args, concurrency_limit=1, concurrency_id="compose-chat")
     message.submit(**chat_args, concurrency_limit=1, concurrency_id="compose-chat")
     return ct

@@ -23,7 +23,8 @@ import pandas as pd
 from ..data.sources import builtin_datasets
 from ..errors import PeftlabError
 from ..evaluate import evaluate, exact_match
-from .adapters import HAS_HUB, adapter_choices, adapter_label, locate, viewer
+from .adapters import HAS_HUB, adapter_choices, adapter_label, open_adapter, viewer
+from .chat_tab import visitor_token
 from .engine import ChatEngine
 
 HELP = (
@@ -184,9 +185,13 @@ class EvalTab:
         upload: str | None,
         max_samples: float,
         max_new_tokens: float,
+        browser: str | None = "",
+        profile: gr.OAuthProfile | None = None,
+        oauth_token: gr.OAuthToken | None = None,
         progress=gr.Progress(),
     ) -> tuple:
-        """Metrics table, samples HTML, status, and the export files."""
+        """Metrics table, samples HTML, status, and the export files. Only adapters this page may open
+        (``open_adapter``: its own runs' and the store's when sessions are kept apart)."""
         where = list(picked or []) + [t.strip() for t in (typed or "").split(",") if t.strip()]
         source = upload or dataset
         if not where:
@@ -194,7 +199,8 @@ class EvalTab:
         if not source:
             return None, "", "**Pick a built-in dataset or upload a file.**", None
         try:
-            folders = [locate(w) for w in where]
+            owners, token = viewer(browser, profile), visitor_token(oauth_token)
+            folders = [open_adapter(w, self.runs_dir, owners, token) for w in where]
             result = run_evaluation(
                 self.engine,
                 folders,
@@ -257,7 +263,7 @@ def build(runs_dir: Path, tab: gr.Tab, owner=None) -> EvalTab:
     refresh.click(et.on_refresh, listing, picked)
     run.click(
         et.on_evaluate,
-        [picked, typed, dataset, upload, max_samples, max_new],
+        [picked, typed, dataset, upload, max_samples, max_new, *([owner] if owner is not None else [])],
         [table, samples, status, files],
         concurrency_limit=1,
         concurrency_id="evaluate",

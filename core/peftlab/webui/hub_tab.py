@@ -34,7 +34,7 @@ from ..models import DEFAULT_MODEL_ID
 from ..plugins import methods
 from .adapters import adapter_label, store_adapters
 from .chat_tab import ChatPicker
-from .train_tab import user_owner
+from .owners import viewer
 
 ANY = "any"  # the method dropdown's "no filter"
 SEARCH_COLUMNS = ["repo", "method", "downloads", "likes", "last change"]
@@ -99,7 +99,7 @@ class HubTab:
         self, current: str | None, browser: str | None = "", profile: gr.OAuthProfile | None = None
     ) -> gr.Dropdown:
         """The push picker afresh: the logged-in user's adapters and this browser's (trained before signing in)."""
-        fresh = self.choices(user_owner(profile) or browser or "", *([browser] if browser and profile else []))
+        fresh = self.choices(*viewer(browser, profile))
         values = [v for _, v in fresh]
         return gr.Dropdown(choices=fresh, value=current if current in values else (values[0] if values else None))
 
@@ -231,11 +231,12 @@ class HubTab:
         )
         return [status, f"```text\n{got.report.format()}\n```", str(got.path), gr.Button(interactive=True)]
 
-    def on_open(self, pulled: str) -> tuple:
-        """Select the pulled adapter in the Chat tab's picker (which loads it) and switch to that tab."""
+    def on_open(self, pulled: str, browser: str | None = "", profile: gr.OAuthProfile | None = None) -> tuple:
+        """Select the pulled adapter in the Chat tab's picker (which loads it) and switch to that tab; the picker
+        offers this page's adapters (``viewer``), as its own Refresh does, never every run's."""
         if not pulled:
             return gr.skip(), gr.skip(), gr.skip()
-        return gr.Dropdown(choices=self.choices(), value=pulled), "", gr.Tabs(selected="chat")
+        return gr.Dropdown(choices=self.choices(*viewer(browser, profile)), value=pulled), "", gr.Tabs(selected="chat")
 
 
 def default_repo(repo_id: str, adapter: str, username: str | None) -> str:
@@ -404,7 +405,7 @@ def build(runs_dir: Path, chat: ChatPicker, tabs: gr.Tabs, tab: gr.Tab, owner: g
     )
     pl["pull"].click(**pull_args)
     pl["ref"].submit(**pull_args)
-    pl["open"].click(hub.on_open, pulled, [chat.adapter, chat.path, tabs])
+    pl["open"].click(hub.on_open, [pulled, owner], [chat.adapter, chat.path, tabs])
     hub.push_adapter = p["adapter"]  # the Runs tab's "Push to the Hub" selects a run here
     return hub
 

@@ -14,8 +14,8 @@ import pandas as pd
 from .. import runs
 from ..errors import PeftlabError
 from .adapters import adapter_choices
+from .owners import page_owner, viewer
 from .plots import series_chart
-from .train_tab import user_owner
 
 HELP = (
     "Every training run of this browser session (the app's runs folder), newest first. Tick runs to overlay their "
@@ -60,7 +60,7 @@ class RunsTab:
     ) -> tuple:
         """Table, the overlay's choices and plot, and the run picker, from what is on disk now. ``owner``: the
         browser's id; a Hugging Face login (``profile``) owns its runs instead, as in the Train tab."""
-        owner = user_owner(profile) or owner
+        owner = page_owner(owner, profile)
         infos = self._infos(owner)
         names = [i.name for i in infos]
         ticked = [n for n in (ticked or []) if n in names] or names[:3]
@@ -76,12 +76,12 @@ class RunsTab:
         )
 
     def on_overlay(self, ticked: list[str] | None, owner: str | None = None, profile: gr.OAuthProfile | None = None):
-        owner = user_owner(profile) or owner
+        owner = page_owner(owner, profile)
         infos = [i for i in self._infos(owner) if i.name in (ticked or [])]
         return series_chart(curves_frame(infos), "step", "loss", "run", "Training loss") if infos else None
 
     def on_details(self, chosen: str | None, owner: str | None = None, profile: gr.OAuthProfile | None = None) -> str:
-        owner = user_owner(profile) or owner
+        owner = page_owner(owner, profile)
         if not chosen:
             return ""
         try:
@@ -95,25 +95,26 @@ class RunsTab:
         )
 
     def on_chat(self, chosen: str | None, owner: str | None = None, profile: gr.OAuthProfile | None = None) -> tuple:
-        """Select the run's adapter in the Chat tab's picker (which loads it) and switch to that tab."""
-        owner = user_owner(profile) or owner
-        adapter = self._adapter(chosen, owner)
+        """Select the run's adapter in the Chat tab's picker (which loads it) and switch to that tab; the picker
+        offers what this page may see (``viewer``), as its own Refresh does."""
+        adapter = self._adapter(chosen, page_owner(owner, profile))
         if adapter is None:
             return gr.skip(), gr.skip(), gr.skip(), f"**Run {chosen!r} has no saved adapter yet.**"
-        return gr.Dropdown(choices=adapter_choices(self.runs_dir), value=str(adapter)), "", gr.Tabs(selected="chat"), ""
+        choices = adapter_choices(self.runs_dir, owners=viewer(owner, profile))
+        return gr.Dropdown(choices=choices, value=str(adapter)), "", gr.Tabs(selected="chat"), ""
 
     def on_push(self, chosen: str | None, owner: str | None = None, profile: gr.OAuthProfile | None = None) -> tuple:
-        """Select the run's adapter in the Hub tab's push form and switch to that tab."""
-        owner = user_owner(profile) or owner
-        adapter = self._adapter(chosen, owner)
+        """Select the run's adapter in the Hub tab's push form and switch to that tab (offering this page's own)."""
+        adapter = self._adapter(chosen, page_owner(owner, profile))
         if adapter is None:
             return gr.skip(), gr.skip(), f"**Run {chosen!r} has no saved adapter yet.**"
-        return gr.Dropdown(choices=adapter_choices(self.runs_dir), value=str(adapter)), gr.Tabs(selected="hub"), ""
+        choices = adapter_choices(self.runs_dir, owners=viewer(owner, profile))
+        return gr.Dropdown(choices=choices, value=str(adapter)), gr.Tabs(selected="hub"), ""
 
     def on_delete(
         self, chosen: str | None, confirmed: bool, owner: str | None = None, profile: gr.OAuthProfile | None = None
     ) -> tuple[str, bool]:
-        owner = user_owner(profile) or owner
+        owner = page_owner(owner, profile)
         if not chosen:
             return "Pick a run first.", confirmed
         if not confirmed:

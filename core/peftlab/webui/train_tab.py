@@ -6,17 +6,19 @@ The ``_*_inputs`` / ``_progress_outputs`` functions only build widgets; ``build`
 settings with ``TrainArgs.from_strings`` (so ``TrainArgs`` and the method config validate them, once).
 
 Each browser gets an owner id (kept in its local storage, so a reload keeps it); a user logged in with Hugging Face
-(``gr.OAuthProfile``: the Space's login) is the owner ``hf:<username>`` instead, in any browser. Jobs are started
-with the owner, and the tab reattaches to, shows and stops only that owner's jobs (``jobs.visible``;
-``PEFTLAB_SHARE_JOBS=1`` shares them). Jobs beyond ``jobs.max_jobs()`` wait in a queue; the tab shows the place."""
+(``gr.OAuthProfile``: the Space's login) is the owner ``hf:<username>`` instead, in any browser (``owners``: a
+browser's value is trusted only as an id this server issued). Jobs are started with the owner, and the tab
+reattaches to, shows and stops only that owner's jobs (``jobs.visible``; ``PEFTLAB_SHARE_JOBS=1`` shares them). A
+logged-in user's job gets their own Hugging Face token (``gr.OAuthToken``), never the server's. Jobs beyond
+``jobs.max_jobs()`` wait in a queue; the tab shows the place."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from ..plugins import MethodHandle, methods
 from ..schema import FieldSpec
 from ..train import last_checkpoint
 from . import forms
+from .owners import browser_id, new_browser_id, page_owner, user_owner
 from .plots import loss_chart
 from .progress import IDLE, STOPPING, job_view
 
@@ -142,13 +145,14 @@ class TrainTab:
         return out
 
     def owner_of(self, v: dict | str | None) -> str:
-        """The browser's owner id (from the form values or the state's value), a new one if it has none yet."""
+        """The browser's owner id (from the form values or the state's value), a new one if it has none yet, or sent
+        one this server did not issue (``owners.browser_id``)."""
         value = v.get(self.owner, "") if isinstance(v, dict) else v
-        return value or uuid.uuid4().hex
+        return browser_id(value) or new_browser_id()
 
     def who(self, browser: str | None, profile: gr.OAuthProfile | None = None) -> str | None:
         """Who owns the jobs this page starts and sees: the Hugging Face user when logged in, else the browser."""
-        return user_owner(profile) or browser or None
+        return page_owner(browser, profile)
 
     def on_method(self, name: str) -> list:
         """[method info, learning-rate placeholder, one visibility per method form]."""
@@ -181,8 +185,12 @@ class TrainTab:
         name, settings, flags = self.read_form(v)
         data = {"peftlab_settings": 1, "method": name, "settings": settings, "flags": flags}
         data["name"] = (v.get(self.run_name) or "").strip()
+        if data["name"] and not jobs.RUN_NAME.match(data["name"]):  # it names the file: never a path
+            raise gr.Error(
+                f"Run name {data['name']!r}: use letters, digits, '_', '.' and '-' (not starting with a dot)."
+            )
         folder = Path(tempfile.mkdtemp(prefix="peftlab-settings-"))
-        file = folder / f"{data['name'] or name}-settings.json"
+        file = folder / f"{data['name'] or re.sub(r'[^A-Za-z0-9_.-]+', '-', name).lstrip('.')}-settings.json"
         file.write_text(json.dumps(data, indent=2) + "\n")
         return str(file)
 
@@ -193,13 +201,19 @@ class TrainTab:
             data = json.loads(Path(file).read_text())
             if not isinstance(data, dict) or "method" not in data:
                 raise ValueError("not a peftlab settings file (no method)")
+            for key in ("settings", "flags"):
+                if not isinstance(data.get(key) or {}, dict):
+                    raise ValueError(f"{key!r} must be an object of names and values, not {type(data[key]).__name__}")
         except (OSError, ValueError) as e:
             raise gr.Error(f"Cannot load these settings: {e}") from None
         return self.form_values(data)
 
-    def on_start(self, v: dict, profile: gr.OAuthProfile | None = None) -> list:
+    def on_start(
+        self, v: dict, profile: gr.OAuthProfile | None = None, oauth_token: gr.OAuthToken | None = None
+    ) -> list:
         """Start (or queue, when ``jobs.max_jobs()`` run already) a job owned by this page's user (``who``); the
-        outputs, then the browser's owner id (for the browser state)."""
+        outputs, then the browser's owner id (for the browser state). A logged-in user's token goes to their job
+        (``hub_env``), in memory only."""
         name, settings, flags = self.read_form(v)
         if not settings["dataset"]:
             raise gr.Error("Pick a built-in dataset or upload a file.")
@@ -211,6 +225,7 @@ class TrainTab:
                 settings,
                 flags,
                 queue=True,
+                env=hub_env(oauth_token),
                 owner=self.who(browser, profile),
                 name=(v.get(self.run_name) or "").strip() or None,
             )
@@ -252,22 +267,30 @@ class TrainTab:
         form = self.form_values({**job.form, "name": job.name}) if job.form else [gr.skip()] * len(self.form_widgets)
         return [*outputs_for(job, -1), owner, *form]  # the running job's settings, not the defaults
 
-    def on_resume(self, run_dir: str, owner: str | None = None, profile: gr.OAuthProfile | None = None) -> list:
+    def on_resume(
+        self,
+        run_dir: str,
+        owner: str | None = None,
+        profile: gr.OAuthProfile | None = None,
+        oauth_token: gr.OAuthToken | None = None,
+    ) -> list:
         """Continue this page's stopped or interrupted job from its last checkpoint."""
         owner = self.who(owner, profile)
         job = self._job(run_dir, owner)
         if job is None:
             raise gr.Error("No stopped run to resume on this page.")
         try:
-            return outputs_for(jobs.resume_job(job, owner=owner or ""), -1)
+            return outputs_for(jobs.resume_job(job, owner=owner or "", env=hub_env(oauth_token)), -1)
         except jobs.JobError as e:
             raise gr.Error(str(e)) from None
 
 
-def user_owner(profile: gr.OAuthProfile | None) -> str | None:
-    """The owner id of a Hugging Face login (``hf:<username>``), or None when nobody is logged in."""
-    name = getattr(profile, "username", None) if profile is not None else None
-    return f"hf:{name}" if name else None
+def hub_env(oauth_token: gr.OAuthToken | None) -> dict[str, str]:
+    """The environment that hands a logged-in user's own Hugging Face token to their job (``HF_TOKEN``; ``jobs``
+    keeps it out of ``job.json``); none without a login. (The server's own token never reaches a visitor's job when
+    sessions are kept apart: ``jobs.child_environment``.)"""
+    token = getattr(oauth_token, "token", None) if oauth_token is not None else None
+    return {"HF_TOKEN": token} if token else {}
 
 
 def capability_text(m: MethodHandle) -> str:
@@ -518,6 +541,7 @@ __all__ = [
     "build",
     "capability_text",
     "command_line",
+    "hub_env",
     "preview_frame",
     "progress_bar",
     "upload_text",
