@@ -324,6 +324,19 @@ def test_a_recipe_cannot_be_a_parent(parents, tmp_path):
     assert not (tmp_path / "nested").exists()
 
 
+def test_restacking_into_the_folder_that_holds_the_parents_is_refused(parents, tmp_path):
+    """A pulled recipe keeps its parents in parents/<i>: stacking them into the recipe's own folder would replace
+    that folder whole, deleting them. Refused by name; the folder stays as it was."""
+    out = stack([str(p) for p, _ in parents[:2]], output=tmp_path / "recipe")
+    for i, (p, _) in enumerate(parents[:2]):
+        shutil.copytree(p, out / "parents" / str(i))
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    inside = [str(out / "parents" / "0"), str(out / "parents" / "1")]
+    with pytest.raises(StackError, match="parent .*parents/0 .* lies inside the output folder .* would be deleted"):
+        stack(inside, output=out)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+
+
 def test_cli_chat_with_a_recipe_answers_adapted_and_base(tiny_dir, tmp_path):
     lora, prompt = _tiny_parents(tiny_dir, tmp_path)
     stack([str(lora), str(prompt)], [0.5, 1.0], output=tmp_path / "r")

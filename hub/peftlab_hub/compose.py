@@ -34,7 +34,7 @@ from peftlab.io import (
 )
 from peftlab.recipe import check_weights
 
-from .resolve import ResolvedAdapter, resolve_adapter
+from .resolve import ResolvedAdapter, parent_inside, resolve_adapter
 from .store import AdapterStore
 
 
@@ -76,6 +76,9 @@ def compose(
         raise CompositionError(str(e)) from None
     _check_output(output)  # before any parent is fetched or merged
     resolved = [resolve_adapter(p, store=store, token=token) for p in parents]
+    inside = parent_inside(output, parents, resolved)
+    if inside:
+        raise CompositionError(inside)
     files = [peftlab.read_adapter(r.path) for r in resolved]
     base, task = _common_base(parents, files)
     options = {"svd_rank": svd_rank, "density": density, "majority_sign": majority_sign, "seed": seed}

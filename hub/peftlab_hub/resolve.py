@@ -29,6 +29,20 @@ class ResolvedAdapter:
         return str(self.path)
 
 
+def parent_inside(output: str | os.PathLike, parents: list, resolved: list[ResolvedAdapter]) -> str | None:
+    """A line naming the first parent whose folder is ``output`` or lies inside it (``None`` when none does): writing
+    ``output`` replaces the whole folder, so that parent would be deleted (a pulled recipe's ``parents/0``, say)."""
+    out = Path(output).expanduser().resolve()
+    for arg, r in zip(parents, resolved, strict=True):
+        folder = Path(r.path).resolve()
+        if folder == out or out in folder.parents:
+            return (
+                f"parent {arg} ({folder}) lies inside the output folder {out}, which is replaced whole: it would be "
+                "deleted. Write to another folder (or copy the parents out first)"
+            )
+    return None
+
+
 def resolve_adapter(
     arg: str | os.PathLike,
     *,

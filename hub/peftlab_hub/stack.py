@@ -14,7 +14,7 @@ from peftlab.io import CARD_FILE, WEIGHTS_FILE, atomic_dir, check_output_dir, ch
 from peftlab.recipe import COMBINATION, FORMAT_VERSION, RECIPE_FILE, check_stack, check_weights, is_recipe, sha256_file
 
 from .card import recipe_card
-from .resolve import resolve_adapter
+from .resolve import parent_inside, resolve_adapter
 from .store import AdapterStore
 
 
@@ -47,6 +47,9 @@ def stack(
             raise StackError(f"{p} is itself a recipe: stack its parents instead")
         resolved.append(r)
         files.append(peftlab.read_adapter(r.path))
+    inside = parent_inside(out, parents, resolved)
+    if inside:
+        raise StackError(inside)
     bases = {str(p): f.peft_config.get("base_model_name_or_path") for p, f in zip(parents, files, strict=True)}
     prints = [f.meta.get("base_fingerprint") or {} for f in files]
     clash = [

@@ -327,6 +327,14 @@ def test_a_parent_holding_inf_and_a_failed_svd_are_clear_errors(parents, tmp_pat
     assert not (tmp_path / "x").exists()
 
 
+def test_compose_into_a_parents_own_folder_is_refused(parents, tmp_path):
+    a = shutil.copytree(parents[0], tmp_path / "a")
+    before = {p.name: p.read_bytes() for p in a.iterdir()}
+    with pytest.raises(CompositionError, match="parent .* lies inside the output folder .* would be deleted"):
+        compose([a, parents[1]], [0.5, 0.5], output=a)
+    assert {p.name: p.read_bytes() for p in a.iterdir()} == before
+
+
 def test_zz_report_the_diffs_against_peft():
     """Not a check: prints the per-type max |ΔW - ΔW_peft| (pytest -s) for the record."""
     for name, diff in DIFFS.items():
