@@ -103,6 +103,44 @@ def test_a_changed_parent_is_refused_naming_it_and_both_hashes(parents, tmp_path
     assert not peftlab.adapter_state(model).adapters, "nothing is loaded when a parent is refused"
 
 
+def test_a_parent_whose_config_or_extra_state_changed_is_refused_and_old_recipes_still_load(parents, tmp_path):
+    """The same weights with another lora_alpha compute something else: a recipe pins adapter_config.json (and
+    peftlab_extra.safetensors) too. A recipe made before these were recorded pins the weights only, as it did."""
+    from peftlab.recipe import sha256_file
+    from peftlab_hub.doctor import diagnose
+
+    ptune = _save(tmp_path / "parents", "p_tuning", {"num_virtual_tokens": 3})  # it keeps its encoder as extra state
+    lora = parents[0][0]
+    out = stack([str(lora), str(ptune)], output=tmp_path / "recipe")
+    recorded = json.loads((out / RECIPE_FILE).read_text())["parents"]
+    assert (
+        recorded[0]["config_sha256"] == sha256_file(lora / "adapter_config.json") and "extra_sha256" not in recorded[0]
+    )
+    assert recorded[1]["extra_sha256"] == sha256_file(ptune / "peftlab_extra.safetensors")
+    peftlab.load_adapter(tiny_model(), out)
+
+    original = (lora / "adapter_config.json").read_text()
+    config = json.loads(original)
+    (lora / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": config["lora_alpha"] * 4}))
+    with pytest.raises(AdapterMismatchError, match=r"changed since the recipe was made: its adapter_config.json has"):
+        peftlab.load_adapter(tiny_model(), out)
+    report = diagnose(out)
+    assert report["parent 1"].ok is False and "adapter_config.json has sha256" in report["parent 1"].detail
+    assert recorded[0]["config_sha256"] in report["parent 1"].detail
+
+    old = json.loads((out / RECIPE_FILE).read_text())
+    for p in old["parents"]:
+        p.pop("config_sha256"), p.pop("extra_sha256", None)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / RECIPE_FILE).write_text(json.dumps(old))
+    assert peftlab.load_adapter(tiny_model(), tmp_path / "old")  # an older recipe: the weights are as recorded
+
+    (lora / "adapter_config.json").write_text(original)
+    (ptune / "peftlab_extra.safetensors").unlink()
+    with pytest.raises(AdapterMismatchError, match=r"its peftlab_extra.safetensors is gone, the recipe recorded"):
+        peftlab.load_adapter(tiny_model(), out)
+
+
 def test_a_missing_parent_is_named(parents, tmp_path):
     out = stack([str(p) for p, _ in parents[:2]], output=tmp_path / "recipe")
     shutil.rmtree(parents[1][0])

@@ -2,7 +2,9 @@
 holding ``composition.json`` (and a README card) instead of tensors.
 
 ``composition.json`` names each parent as it was given (a folder, a local store name or a Hub id), with the Hub commit
-it was pinned to, the sha256 of its weights file, its method and adapter name; then the weights, the combination
+it was pinned to, the sha256 of its weights file (and, in recipes from this version on, of its ``adapter_config.json``
+and its ``peftlab_extra.safetensors`` when it has one: alpha, rsLoRA or the targets change what the same weights do),
+its method and adapter name; then the weights, the combination
 (``"stack"``), and the base model (id and fingerprint). ``peftlab.load_adapter(model, RECIPE)`` loads every parent
 into ``model`` under ``<name>__<i>``, refusing a parent whose weights changed, weights each through
 ``peftlab.adapters.set_weight`` and records the group ``<name>``: ``set_active``/``active_adapters``/``mixed_batch``
@@ -30,6 +32,7 @@ RECIPE_FILE = "composition.json"
 FORMAT_VERSION = 1
 COMBINATION = "stack"
 SOURCES = ("folder", "store", "hub")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def is_recipe(path: str | os.PathLike) -> bool:
@@ -71,6 +74,8 @@ class Parent:
     path: str | None = None  # folder parents: relative to the recipe folder (or absolute)
     repo_id: str | None = None  # Hub parents: the repo and the commit it is pinned to
     sha: str | None = None
+    config_sha256: str | None = None  # its adapter_config.json (None: an older recipe, which pinned the weights only)
+    extra_sha256: str | None = None  # its peftlab_extra.safetensors (None: it has none, or an older recipe)
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -125,6 +130,9 @@ def read_recipe(path: str | os.PathLike) -> Recipe:
             raise AdapterError(f"{file}: parent {i + 1} has source {p['source']!r}, not one of {SOURCES}")
         if p["source"] == "hub" and not (p.get("repo_id") and p.get("sha")):
             raise AdapterError(f"{file}: Hub parent {p['ref']!r} needs repo_id and the pinned commit sha")
+        for key in ("config_sha256", "extra_sha256"):
+            if p.get(key) is not None and not SHA256.match(str(p[key])):
+                raise AdapterError(f"{file}: parent {i + 1}'s {key} must be a sha256 (64 hex digits), got {p[key]!r}")
         parents.append(Parent(**{k: p.get(k) for k in Parent.__dataclass_fields__}))
     try:
         weights = check_weights(list(data.get("weights") or []), len(parents))
@@ -184,20 +192,56 @@ def _parent_folder(recipe: Recipe, parent: Parent, what: str, token: str | None)
         raise AdapterError(f"{what} cannot be had: {e}") from None
 
 
+def pins(folder: str | os.PathLike) -> dict[str, str]:
+    """What a recipe records of a parent's files in ``folder`` (an adapter's own folder): ``weights_sha256``,
+    ``config_sha256`` and, when it has one, ``extra_sha256``."""
+    from .io import CONFIG_FILE, EXTRA_FILE, WEIGHTS_FILE
+
+    folder = Path(folder)
+    out = {"weights_sha256": sha256_file(folder / WEIGHTS_FILE), "config_sha256": sha256_file(folder / CONFIG_FILE)}
+    if (folder / EXTRA_FILE).is_file():
+        out["extra_sha256"] = sha256_file(folder / EXTRA_FILE)
+    return out
+
+
+def changed_file(parent: Parent, folder: str | os.PathLike) -> tuple[str, str | None, str | None] | None:
+    """The first of ``parent``'s pinned files in ``folder`` that is not as the recipe recorded, as ``(file name,
+    sha256 now, sha256 recorded)`` (``None`` for a file that is not there, or that the recipe says it had not);
+    ``None`` when all are. A recipe that recorded no ``config_sha256`` (an older one) pins the weights only."""
+    from .io import CONFIG_FILE, EXTRA_FILE, WEIGHTS_FILE
+
+    folder = Path(folder)
+    pinned = [(WEIGHTS_FILE, parent.weights_sha256)]
+    if parent.config_sha256 is not None:
+        pinned += [(CONFIG_FILE, parent.config_sha256), (EXTRA_FILE, parent.extra_sha256)]
+    for name, recorded in pinned:
+        file = folder / name
+        actual = sha256_file(file) if file.is_file() else None
+        if actual != recorded:
+            return name, actual, recorded
+    return None
+
+
+def describe_change(change: tuple[str, str | None, str | None]) -> str:
+    name, actual, recorded = change
+    now = f"has sha256 {actual}" if actual else "is gone"
+    was = f"the recipe recorded {recorded}" if recorded else "the recipe recorded no such file"
+    return f"its {name} {now}, {was}"
+
+
 def resolve_parents(recipe: Recipe, *, token: str | None = None) -> list:
-    """Every parent read (``AdapterFiles``) and checked against the sha256 the recipe recorded."""
-    from .io import WEIGHTS_FILE, read_adapter
+    """Every parent read (``AdapterFiles``) and checked against the sha256s the recipe recorded (``changed_file``)."""
+    from .io import read_adapter
 
     out = []
     for parent in recipe.parents:
         folder = parent_folder(recipe, parent, token=token)
         files = read_adapter(folder, method=parent.method)
-        actual = sha256_file(files.path / WEIGHTS_FILE)
-        if actual != parent.weights_sha256:
+        change = changed_file(parent, files.path)
+        if change:
             raise AdapterMismatchError(
-                f"parent {parent.describe()!r} of recipe {recipe.folder} changed since the recipe was made: its "
-                f"{WEIGHTS_FILE} has sha256 {actual}, the recipe recorded {parent.weights_sha256}. Make the recipe "
-                "again (peftlab compose --stack) if the change is meant"
+                f"parent {parent.describe()!r} of recipe {recipe.folder} changed since the recipe was made: "
+                f"{describe_change(change)}. Make the recipe again (peftlab compose --stack) if the change is meant"
             )
         out.append(files)
     return out
@@ -302,9 +346,11 @@ __all__ = [
     "Parent",
     "Recipe",
     "check_stack",
+    "changed_file",
     "check_weights",
     "is_recipe",
     "load_recipe",
+    "pins",
     "read_recipe",
     "representative",
     "resolve_parents",

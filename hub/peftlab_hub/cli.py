@@ -49,6 +49,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from .pull import pull
 
     r = pull(args.repo_id, revision=args.revision, output=args.output, name=args.name, base=args.base, token=args.token)
+    if r.replaced:
+        print(r.replaced, file=sys.stderr, flush=True)
     _out(r.to_json(), args.json, f"pulled {r.repo_id} at {r.sha} into {r.path}")
     return 0
 

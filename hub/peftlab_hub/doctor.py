@@ -167,7 +167,7 @@ def diagnose_recipe(
     (against ``base``, or each parent's recorded base), and with ``load_weights`` a ``load`` of the whole recipe
     into the real base. A check that cannot run because an earlier one failed is skipped, saying which."""
     from peftlab.io import read_adapter
-    from peftlab.recipe import check_stack, parent_folder, read_recipe, sha256_file
+    from peftlab.recipe import changed_file, check_stack, describe_change, parent_folder, read_recipe
 
     path = Path(recipe_dir).expanduser()
     report = Report(str(path), base)
@@ -187,13 +187,9 @@ def diagnose_recipe(
             if not (Path(folder) / WEIGHTS_FILE).is_file():
                 add(Check(name, False, f"{parent.describe()}: {WEIGHTS_FILE} is missing in {folder}"))
                 continue
-            actual = sha256_file(Path(folder) / WEIGHTS_FILE)
-            if actual != parent.weights_sha256:
-                add(
-                    Check(
-                        name, False, f"{parent.describe()} changed: sha256 {actual}, recorded {parent.weights_sha256}"
-                    )
-                )
+            change = changed_file(parent, adapter_in(folder))
+            if change:
+                add(Check(name, False, f"{parent.describe()} changed: {describe_change(change)}"))
                 continue
             files[i] = read_adapter(folder, method=parent.method)
         except (PeftlabError, OSError) as e:

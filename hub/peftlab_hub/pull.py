@@ -28,6 +28,7 @@ class PullResult:
     sha: str  # the commit it resolved to
     report: Any = None  # the doctor's report
     provenance: dict = field(default_factory=dict)
+    replaced: str | None = None  # what a pull into the store replaced (an entry of that name), in words
 
     def to_json(self) -> dict:
         return {
@@ -36,6 +37,7 @@ class PullResult:
             "revision": self.revision,
             "sha": self.sha,
             "checks": self.report.to_json() if self.report is not None else None,
+            "replaced": self.replaced,
         }
 
 
@@ -110,11 +112,25 @@ def pull(
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
 
     if output is not None:
-        path = atomic_dir(_check_output(output), write)
+        path, replaced = atomic_dir(_check_output(output), write), None
     else:
-        store = store or AdapterStore()
-        path = store.add_with(name or parsed.repo_id.replace("/", "--"), write, overwrite=True).path
-    return PullResult(path, parsed.repo_id, parsed.revision, sha, report, provenance)
+        path, replaced = _into_store(store, name, parsed, write)
+    return PullResult(path, parsed.repo_id, parsed.revision, sha, report, provenance, replaced)
+
+
+def _into_store(store: AdapterStore | None, name: str | None, parsed: HubRef, write) -> tuple[Path, str | None]:
+    """Write the pulled folder into the store as ``name`` (default ``owner--name``); returns its path and, when an
+    entry of that name was there (replaced whole: recipes naming it by store name now get the new one), a line saying
+    what it held."""
+    store = store or AdapterStore()
+    name = name or parsed.repo_id.replace("/", "--")
+    old = store.root / name
+    before = (provenance(old) or {"repo_id": "a local adapter"}) if old.is_dir() else None
+    path = store.add_with(name, write, overwrite=True).path
+    if before is None:
+        return path, None
+    was = before.get("repo_id") + (f"@{before['sha'][:12]}" if before.get("sha") else "")
+    return path, f"replaced {name!r} in the store ({store.root}), which held {was}"
 
 
 def _pull_recipe(
@@ -169,11 +185,10 @@ def _pull_recipe(
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
 
     if output is not None:
-        path = atomic_dir(_check_output(output), write)
+        path, replaced = atomic_dir(_check_output(output), write), None
     else:
-        store = store or AdapterStore()
-        path = store.add_with(name or parsed.repo_id.replace("/", "--"), write, overwrite=True).path
-    return PullResult(path, parsed.repo_id, parsed.revision, sha, None, provenance)
+        path, replaced = _into_store(store, name, parsed, write)
+    return PullResult(path, parsed.repo_id, parsed.revision, sha, None, provenance, replaced)
 
 
 def _check_output(output: str | os.PathLike) -> Path:

@@ -111,7 +111,8 @@ def hub_recipe(folder: Path) -> dict:
     parents = []
     for p in recipe.parents:
         keep = {"ref": p.repo_id, "source": "hub", "repo_id": p.repo_id, "sha": p.sha}
-        parents.append({**keep, "method": p.method, "adapter_name": p.adapter_name, "weights_sha256": p.weights_sha256})
+        pinned = {k: getattr(p, k) for k in ("weights_sha256", "config_sha256", "extra_sha256") if getattr(p, k)}
+        parents.append({**keep, "method": p.method, "adapter_name": p.adapter_name, **pinned})
     return {**public_json(recipe.data), "parents": parents}
 
 

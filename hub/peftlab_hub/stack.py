@@ -10,8 +10,8 @@ from pathlib import Path
 
 import peftlab
 from peftlab import MethodError
-from peftlab.io import CARD_FILE, WEIGHTS_FILE, atomic_dir, check_output_dir, check_replaceable
-from peftlab.recipe import COMBINATION, FORMAT_VERSION, RECIPE_FILE, check_stack, check_weights, is_recipe, sha256_file
+from peftlab.io import CARD_FILE, atomic_dir, check_output_dir, check_replaceable
+from peftlab.recipe import COMBINATION, FORMAT_VERSION, RECIPE_FILE, check_stack, check_weights, is_recipe, pins
 
 from .card import recipe_card
 from .resolve import parent_inside, resolve_adapter
@@ -72,7 +72,7 @@ def stack(
             "source": r.source,
             "method": f.method.name,
             "adapter_name": f.meta.get("adapter_name") or "default",
-            "weights_sha256": sha256_file(f.path / WEIGHTS_FILE),
+            **pins(f.path),  # the sha256 of its weights, config and extra state: what loading it checks
         }
         if r.source == "folder":
             rec["path"] = os.path.relpath(Path(f.path).resolve(), out)  # relative to the recipe folder

@@ -165,6 +165,20 @@ def test_pull_checks_copies_into_the_store_and_records_the_commit(online, traine
     assert result.report.ok
 
 
+def test_a_pull_that_replaces_a_store_entry_says_so(online, trained):
+    first = push(trained, "alice/capitals-lora").commit_sha
+    assert pull("alice/capitals-lora").replaced is None  # a new entry
+    second = push(trained, "alice/capitals-lora", message="again").commit_sha
+    result = pull("alice/capitals-lora")
+    store = AdapterStore().root
+    assert result.sha == second and result.replaced == (
+        f"replaced 'alice--capitals-lora' in the store ({store}), which held alice/capitals-lora@{first[:12]}"
+    )
+    code, out, err = _run("pull", "alice/capitals-lora", "--json")
+    assert code == 0 and "replaced 'alice--capitals-lora' in the store" in err
+    assert json.loads(out)["replaced"].endswith(f"which held alice/capitals-lora@{second[:12]}")
+
+
 def test_pull_at_a_branch_or_sha_and_bad_revisions(online, trained, tmp_path):
     first = push(trained, "alice/revs")
     push(trained, "alice/revs", revision="dev")

@@ -149,3 +149,23 @@ def test_a_hub_recipe_whose_parent_is_a_recipe_is_refused(online, tiny_dir, tmp_
     (tmp_path / "local" / RECIPE_FILE).write_text(json.dumps(data))
     with pytest.raises(peftlab.AdapterError, match="is itself a recipe"):
         peftlab.load_adapter(load_model(str(tiny_dir))[0], tmp_path / "local")
+
+
+def test_a_pushed_recipe_pins_each_parents_config_too(online, tiny_dir, tmp_path):
+    from huggingface_hub import hf_hub_download
+
+    from peftlab.recipe import sha256_file
+
+    lora, prompt = _parents(tiny_dir, tmp_path)
+    push(lora, "alice/lora-a")
+    push(prompt, "alice/prompt-b")
+    recipe = stack(["alice/lora-a", "alice/prompt-b"], output=tmp_path / "hub-stack")
+    pushed = push(recipe, "alice/my-stack")
+    data = json.loads(open(hf_hub_download("alice/my-stack", RECIPE_FILE, revision=pushed.commit_sha)).read())
+    assert [p["config_sha256"] for p in data["parents"]] == [
+        sha256_file(lora / "adapter_config.json"),
+        sha256_file(prompt / "adapter_config.json"),
+    ]
+    pulled = pull("alice/my-stack", output=tmp_path / "pulled")
+    assert read_recipe(pulled.path).parents[0].config_sha256 == data["parents"][0]["config_sha256"]
+    peftlab.load_adapter(load_model(str(tiny_dir))[0], pulled.path)
