@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from .remote import HubError, HubRef, client, endpoint, hub_errors, parse_ref, r
 from .store import AdapterStore
 
 PROVENANCE_FILE = "provenance.json"  # where a pulled adapter came from: repo, revision asked, commit sha
+COMMIT = re.compile(r"^[0-9a-f]{40}$")  # a full commit sha: what recipes pin their Hub parents to
 
 
 @dataclass
@@ -43,11 +45,15 @@ class PullResult:
 
 def download(ref: HubRef | str, *, token: str | None = None) -> tuple[Path, str]:
     """``(snapshot folder in the Hub cache, commit sha)`` of the adapter files at ``ref``; refuses a repo that holds
-    no adapter, or only pickled weights, before downloading anything."""
+    no adapter, or only pickled weights, before downloading anything. A commit sha (40 hex digits) already in the
+    cache is taken from there without asking the Hub, so pinned adapters and recipes load offline."""
     from huggingface_hub import snapshot_download
 
     ref = parse_ref(ref) if isinstance(ref, str) else ref
     token = resolve_token(token)
+    cached = _cached(ref, token) if ref.revision and COMMIT.match(ref.revision) else None
+    if cached is not None:
+        return cached, ref.revision
     doing = f"pulling {ref}"
     with hub_errors(doing, token, repo=ref.repo_id, revision=ref.revision):
         info = client(token).model_info(ref.repo_id, revision=ref.revision)
@@ -74,6 +80,31 @@ def download(ref: HubRef | str, *, token: str | None = None) -> tuple[Path, str]
             endpoint=endpoint(),
         )
     return Path(folder), info.sha
+
+
+def _cached(ref: HubRef, token: str | None) -> Path | None:
+    """The cache's snapshot of commit ``ref.revision`` when it holds an adapter (config and safetensors weights) or a
+    recipe, else ``None`` (then the Hub is asked). A commit never changes, so the cache's copy is the Hub's."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(
+            snapshot_download(
+                ref.repo_id,
+                revision=ref.revision,
+                allow_patterns=[RECIPE_FILE, *ADAPTER_FILES],
+                token=token or False,
+                endpoint=endpoint(),
+                local_files_only=True,
+            )
+        )
+    except Exception:  # noqa: BLE001 - not cached, or cached in part: the Hub decides
+        return None
+    if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+        return folder
+    if (folder / RECIPE_FILE).is_file() and not (folder / CONFIG_FILE).exists():
+        return folder
+    return None
 
 
 def pull(

@@ -203,6 +203,28 @@ def test_pull_refuses_an_output_folder_of_other_files_and_keeps_them(online, tra
     assert pull("alice/capitals-lora", output=first).path == first  # a pulled adapter's folder is replaced whole
 
 
+def _offline(monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def test_a_pinned_commit_in_the_cache_pulls_offline(online, trained, tmp_path, monkeypatch):
+    sha = push(trained, "alice/pinned").commit_sha
+    pull(f"alice/pinned@{sha}", output=tmp_path / "first")  # fills the Hub cache
+    _offline(monkeypatch)
+    assert resolve_adapter(f"alice/pinned@{sha}").provenance["sha"] == sha
+    again = pull("alice/pinned", revision=sha, output=tmp_path / "again")
+    assert (again.path / "adapter_model.safetensors").read_bytes() == (
+        trained / "adapter_model.safetensors"
+    ).read_bytes()
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE is set"):  # a branch moves: only the Hub can say where to
+        pull("alice/pinned@main", output=tmp_path / "x")
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE is set"):  # a commit that is not cached
+        pull(f"alice/pinned@{'0' * 40}", output=tmp_path / "x")
+
+
 def test_pull_refuses_repos_without_a_safe_adapter_and_keeps_the_store(online, trained):
     store = AdapterStore()
     store.add(trained, "keep")

@@ -169,3 +169,22 @@ def test_a_pushed_recipe_pins_each_parents_config_too(online, tiny_dir, tmp_path
     pulled = pull("alice/my-stack", output=tmp_path / "pulled")
     assert read_recipe(pulled.path).parents[0].config_sha256 == data["parents"][0]["config_sha256"]
     peftlab.load_adapter(load_model(str(tiny_dir))[0], pulled.path)
+
+
+def test_a_recipe_pinned_to_hub_commits_loads_offline_from_the_cache(online, tiny_dir, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    lora, prompt = _parents(tiny_dir, tmp_path)
+    push(lora, "alice/lora-a")
+    push(prompt, "alice/prompt-b")
+    sha = push(stack(["alice/lora-a", "alice/prompt-b"], output=tmp_path / "s"), "alice/my-stack").commit_sha
+    model, _ = load_model(str(tiny_dir))
+    peftlab.load_adapter(model, resolve_adapter(f"alice/my-stack@{sha}").path)  # online: fills the cache
+    expected = _logits(model)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model, _ = load_model(str(tiny_dir))
+    peftlab.load_adapter(model, resolve_adapter(f"alice/my-stack@{sha}").path)
+    assert torch.equal(_logits(model), expected)
+    local = stack(["alice/lora-a@" + read_recipe(tmp_path / "s").parents[0].sha], output=tmp_path / "local")
+    assert read_recipe(local).parents[0].repo_id == "alice/lora-a"  # a stack of a pinned Hub parent, offline
