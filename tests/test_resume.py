@@ -156,6 +156,27 @@ def test_a_padded_run_resumes_in_its_checkpoints_batch_order(tiny_dir, tmp_path,
     assert _max_diff(tmp_path / "grouped" / "adapter", resumed.output_dir) <= 1e-6
 
 
+def test_a_folder_another_trainer_holds_is_refused_and_left_as_it_is(tiny_dir, tmp_path):
+    """Two trainers in one run folder would interleave checkpoints and progress: while one holds the folder, a
+    second (a --resume) is refused before anything is written, naming the holder's pid; once it lets go, the resume
+    runs."""
+    from peftlab.errors import ConfigError
+    from peftlab.train import _lock_run, is_training
+
+    _run(tiny_dir, tmp_path, max_steps=2, save_every=2)
+    assert is_training(tmp_path) is False  # the trainer let go when it ended
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != "train.lock"}
+    lock = _lock_run(tmp_path)
+    try:
+        with pytest.raises(ConfigError, match=f"is being trained by another process \\(pid {os.getpid()}\\)"):
+            _run(tiny_dir, tmp_path, max_steps=4, save_every=2, resume=True)
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != "train.lock"} == before
+    finally:
+        lock.close()
+    res = _run(tiny_dir, tmp_path, max_steps=4, save_every=2, resume=True)
+    assert res.steps == 4 and is_training(tmp_path) is False
+
+
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_dir, tmp_path):
     _run(tiny_dir, tmp_path, max_steps=4, save_every=2)
     (tmp_path / "checkpoints" / "step-000004" / "adapter_model.safetensors").write_bytes(b"garbage")

@@ -163,6 +163,37 @@ def test_a_cli_run_still_writing_its_progress_is_running_and_not_deleted(trained
     assert not run.exists()
 
 
+def test_a_run_its_trainer_holds_is_running_whatever_its_age_and_a_free_one_is_not(trained, tmp_path):
+    """A trainer holds its run folder's lock file while it trains: held, the run is running (not deleted) even with
+    old progress or an earlier final event (a --resume); free, a run without a final event was interrupted at once,
+    however recent its progress."""
+    import os
+
+    from peftlab.train import LOCK_FILE, _lock_run, is_training
+
+    root = tmp_path / "runs"
+    run = root / "cli"
+    run.mkdir(parents=True)
+    lines = (trained / "first" / "progress.jsonl").read_text().splitlines()
+    (run / "progress.jsonl").write_text("\n".join(lines) + "\n")  # ended "done": resumed below
+    assert is_training(run) is None  # no lock file: a run from before trainers locked their folder
+    lock = _lock_run(run)  # a trainer (another process's lock, as far as the folder is concerned)
+    try:
+        old = time.time() - runs.CLI_ACTIVE_S - 60
+        os.utime(run / "progress.jsonl", (old, old))
+        assert is_training(run) is True and runs.run_info(run).status == "running"
+        with pytest.raises(runs.RunError, match="is running: stop it before deleting"):
+            runs.delete_run(root, "cli")
+        assert run.is_dir() and (run / LOCK_FILE).read_text() == str(os.getpid())
+    finally:
+        lock.close()
+    live = [ln for ln in lines if json.loads(ln)["event"] not in ("done", "stopped", "error")]
+    (run / "progress.jsonl").write_text("\n".join(live) + "\n")  # fresh, no final event, the lock free
+    assert is_training(run) is False and runs.run_info(run).status == "interrupted"
+    runs.delete_run(root, "cli")
+    assert not run.exists()
+
+
 def test_a_half_deleted_run_does_not_come_back(trained, tmp_path):
     """A delete that crashed leaves ``.<name>.deleting``: no listing shows it."""
     import shutil

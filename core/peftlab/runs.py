@@ -3,8 +3,10 @@ deleting one. The web app's Runs tab reads these; so can a script.
 
 A run is a folder holding the trainer's ``progress.jsonl`` (``peftlab train --output RUN``) and, once saved,
 ``adapter/``. Runs the app started also have ``job.json`` (status, owner); CLI runs have none and are settled from
-their events alone: one without a final event whose progress file changed in the last ``CLI_ACTIVE_S`` seconds is
-taken to be training still (``running``: it cannot be deleted), an older one is ``interrupted``."""
+their events alone. A trainer holds its run folder's lock file (``train.LOCK_FILE``) while it trains, so a run
+whose lock is held is ``running`` (it cannot be deleted) and one without a final event whose lock is free is
+``interrupted``. A run written before trainers locked their folder has no lock file: there, one without a final
+event whose progress file changed in the last ``CLI_ACTIVE_S`` seconds is taken to be training still."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from pathlib import Path
 from . import jobs
 from .errors import PeftlabError
 from .io import CONFIG_FILE, META_FILE, RUN_ADAPTER_DIR
-from .train import read_progress
+from .train import is_training, read_progress
 
 PROGRESS = jobs.PROGRESS_FILE
 CLI_ACTIVE_S = 600.0  # a CLI run (no job.json) that wrote progress this recently, and has not ended, is running
@@ -89,6 +91,9 @@ def _dataset_of(events: list[dict], path: Path) -> str:
 
 
 def _status_of(events: list[dict], path: Path) -> str:
+    training = is_training(path)
+    if training:  # a trainer holds the folder (the CLI's, or a --resume after an earlier final event)
+        return jobs.RUNNING
     kinds = [e.get("event") for e in events]
     if "done" in kinds:
         return "done"
@@ -96,8 +101,8 @@ def _status_of(events: list[dict], path: Path) -> str:
         return "failed"
     if "stopped" in kinds:
         return "stopped"
-    try:  # no final event: a trainer (the CLI's, which leaves no job.json or pid) may still be writing it
-        if time.time() - (path / PROGRESS).stat().st_mtime < CLI_ACTIVE_S:
+    try:  # no final event and no lock file (a run from before trainers locked their folder): its age decides
+        if training is None and time.time() - (path / PROGRESS).stat().st_mtime < CLI_ACTIVE_S:
             return jobs.RUNNING
     except OSError:
         pass
@@ -164,14 +169,17 @@ def find_run(runs_dir: str | os.PathLike, name: str, owner: str | None = None) -
 
 def delete_run(runs_dir: str | os.PathLike, name: str, owner: str | None = None) -> Path:
     """Delete the run ``name`` (its folder: adapter, checkpoints, logs). A running or queued job is refused: stop it
-    first; so is a CLI run still writing its progress (``CLI_ACTIVE_S``). Returns the deleted folder.
+    first; so is any run a trainer holds (a CLI run, a CLI ``--resume`` of an app's run). Returns the deleted
+    folder.
 
     The status is read and the folder moved aside under the jobs' scheduling lock, so a queued job cannot start in
     it, nor a resume begin, between the check and the move."""
     with jobs._scheduling(Path(runs_dir)):
         info = find_run(runs_dir, name, owner)
-        if info.status in (jobs.RUNNING, jobs.QUEUED):
-            raise RunError(f"run {name!r} is {info.status}: stop it before deleting it")
+        if info.status in (jobs.RUNNING, jobs.QUEUED) or is_training(info.path):
+            raise RunError(
+                f"run {name!r} is {jobs.RUNNING if is_training(info.path) else info.status}: stop it before deleting it"
+            )
         root = Path(runs_dir).resolve()
         target = info.path.resolve()
         if target.parent != root:  # a symlinked run pointing elsewhere is not ours to delete

@@ -22,6 +22,7 @@ The checkpoints are written and read by ``checkpoint``, the loss (labelled logit
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -70,6 +71,7 @@ from .schema import fields_of, from_values, option, parse_values
 
 PROGRESS_FILE = "progress.jsonl"
 STOP_FILE = "STOP"
+LOCK_FILE = "train.lock"  # held (flock) by the trainer writing a run folder; the system frees it when it dies
 GROUP_WINDOW = 4  # micro-batches per length-grouped window of the shuffled order (padded runs)
 DEBUG_ROWS_ENV = "PEFTLAB_DEBUG_ROWS"  # set: each process writes the train-row ids it used to rows-rank<r>.jsonl
 
@@ -295,6 +297,45 @@ def _use_packing(args: TrainArgs, handle, task: str, model, emit) -> bool:
     return False
 
 
+def _lock_run(out: Path) -> Any:
+    """Hold ``out``'s ``LOCK_FILE`` for this trainer (an open file; closing it, or the process dying, frees it), or
+    raise ``ConfigError`` when another process trains in ``out``: two trainers in one folder would interleave their
+    checkpoints and progress."""
+    lock = open(out / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        pid = lock.read().strip()
+        lock.close()
+        raise ConfigError(
+            f"{out} is being trained by another process{f' (pid {pid})' if pid else ''}: stop it first, or train "
+            "into another --output"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
+def is_training(out: str | os.PathLike) -> bool | None:
+    """Whether a trainer holds run folder ``out`` now (``True``/``False``), or ``None`` when the folder has no
+    ``LOCK_FILE`` (a run written before trainers locked their folder: unknown)."""
+    path = Path(out) / LOCK_FILE
+    try:
+        with open(path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            return False
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None
+
+
 def train(
     args: TrainArgs,
     *,
@@ -316,12 +357,14 @@ def train(
     accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum, cpu=str(args.device) == "cpu")
     main = accelerator.is_main_process
     out = Path(args.output_dir)
+    if main and is_training(out):  # said before the model loads; open_run takes the lock for real
+        _lock_run(out).close()  # raises, naming the folder (a trainer that has just ended freed it: go on)
     if stop is None:
         stop = StopFlag(out / STOP_FILE)
     elif stop.stop_file is None:
         stop.stop_file = out / STOP_FILE
     history: list[dict] = []
-    files: dict[str, Any] = {"progress": None}
+    files: dict[str, Any] = {"progress": None, "lock": None}
     pending: list[dict] = []  # events before the run folder exists (it is made once the data is encoded)
 
     def emit(event: dict) -> None:
@@ -345,6 +388,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         if not main:
             return
+        files["lock"] = _lock_run(out)  # before anything is written: the other trainer's files stay as they are
         (out / STOP_FILE).unlink(missing_ok=True)
         progress = open(out / PROGRESS_FILE, "a" if args.resume else "w")
         if args.resume and progress.tell() > 0:
@@ -368,6 +412,8 @@ def train(
     finally:
         if files["progress"] is not None:
             files["progress"].close()
+        if files["lock"] is not None:
+            files["lock"].close()  # frees the folder for the next trainer (a resume)
 
 
 def _train(
@@ -689,6 +735,7 @@ __all__ = [
     "train",
     "read_progress",
     "install_signal_handlers",
+    "is_training",
     "checkpoints",
     "last_checkpoint",
 ]
