@@ -444,3 +444,21 @@ def test_a_recipe_whose_parent_is_itself_is_refused_by_load_and_the_doctor(paren
     assert "itself a recipe" in report["parent 2"].detail and report["stack"].ok is None
     assert not any(c.name.startswith("parent 2: ") for c in report.checks)
     assert cli(["doctor", str(out)]) == 1
+
+
+@pytest.mark.parametrize("ref", ["../outside", "{outside}"])
+def test_a_store_parent_cannot_reach_outside_the_store(parents, tmp_path, monkeypatch, ref):
+    from peftlab.recipe import sha256_file
+
+    monkeypatch.setenv("PEFTLAB_STORE", str(tmp_path / "store"))
+    (tmp_path / "store").mkdir()
+    outside = shutil.copytree(parents[0][0], tmp_path / "outside")
+    ref = ref.format(outside=outside)
+    out = stack([str(parents[1][0])], output=tmp_path / "recipe")
+    data = json.loads((out / RECIPE_FILE).read_text())
+    sha = sha256_file(outside / "adapter_model.safetensors")
+    data["parents"] = [{"ref": ref, "source": "store", "method": "lora", "adapter_name": "default"}]
+    data["parents"][0]["weights_sha256"] = sha
+    (out / RECIPE_FILE).write_text(json.dumps(data))
+    with pytest.raises(AdapterError, match="of recipe .*: invalid adapter name .*no '..', no slashes"):
+        peftlab.load_adapter(tiny_model(), out)

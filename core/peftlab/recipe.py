@@ -182,7 +182,10 @@ def _parent_folder(recipe: Recipe, parent: Parent, what: str, token: str | None)
             return local
     hub = _hub(f"{what} (a {parent.source} adapter)")
     if parent.source == "store":
-        folder = hub.AdapterStore().root / parent.ref
+        try:  # the store's own name check: "../x" or "/abs" would reach outside it
+            folder = hub.AdapterStore().path(parent.ref)
+        except AdapterError as e:
+            raise AdapterError(f"{what}: {e}") from None
         if not folder.is_dir():
             raise AdapterError(f"{what} is missing: the local store ({folder.parent}) has no {parent.ref!r}")
         return folder

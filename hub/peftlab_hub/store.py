@@ -43,6 +43,11 @@ class AdapterStore:
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root).expanduser() if root else default_store_dir()
 
+    def path(self, name: str) -> Path:
+        """Where the adapter ``name`` is (or would be) kept; an ``AdapterError`` for a name that is not a plain
+        store name (no slashes, no '..'), so that no name reaches outside the store."""
+        return self._path(name)
+
     def _path(self, name: str) -> Path:
         if not NAME.match(name) or ".." in name:
             raise AdapterError(
