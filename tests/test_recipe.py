@@ -462,3 +462,40 @@ def test_a_store_parent_cannot_reach_outside_the_store(parents, tmp_path, monkey
     (out / RECIPE_FILE).write_text(json.dumps(data))
     with pytest.raises(AdapterError, match="of recipe .*: invalid adapter name .*no '..', no slashes"):
         peftlab.load_adapter(tiny_model(), out)
+
+
+def _hub_parent(folder, sha="a" * 40, **extra):
+    from peftlab.recipe import sha256_file
+
+    return {"ref": "alice/x", "source": "hub", "repo_id": "alice/x", "sha": sha, "method": "lora"} | {
+        "adapter_name": "default",
+        "weights_sha256": sha256_file(folder / "adapter_model.safetensors"),
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("sha", ["main", "a" * 12, "A" * 40, "a" * 39 + "/"])
+def test_a_hub_parent_must_be_pinned_to_a_full_commit(parents, tmp_path, sha):
+    out = stack([str(parents[0][0])], output=tmp_path / "recipe")
+    data = json.loads((out / RECIPE_FILE).read_text())
+    data["parents"] = [_hub_parent(parents[0][0], sha)]
+    (out / RECIPE_FILE).write_text(json.dumps(data))
+    with pytest.raises(AdapterError, match="must be pinned to a commit sha \\(40 hex digits\\)"):
+        read_recipe(out)
+
+
+def test_a_hub_parent_s_path_is_followed_only_where_pull_puts_its_copy(parents, tmp_path):
+    """A recipe from the Hub says what it likes: its Hub parent's "path" ("../anywhere") is not followed (the Hub is
+    asked, which fails offline here); parents/<i>, where pull copies each parent, is."""
+    lora = parents[0][0]
+    out = stack([str(lora)], output=tmp_path / "recipe")
+    data = json.loads((out / RECIPE_FILE).read_text())
+    shutil.copytree(lora, tmp_path / "anywhere")
+    data["parents"] = [_hub_parent(lora, path="../anywhere")]
+    (out / RECIPE_FILE).write_text(json.dumps(data))
+    with pytest.raises(AdapterError, match="parent 'alice/x@aaaaaaaaaaaa' of recipe .* cannot be had"):
+        peftlab.load_adapter(tiny_model(), out)
+    shutil.copytree(lora, out / "parents" / "0")
+    data["parents"] = [_hub_parent(lora, path="parents/0")]
+    (out / RECIPE_FILE).write_text(json.dumps(data))
+    assert peftlab.load_adapter(tiny_model(), out) == "recipe"

@@ -33,6 +33,8 @@ FORMAT_VERSION = 1
 COMBINATION = "stack"
 SOURCES = ("folder", "store", "hub")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+COMMIT = re.compile(r"^[0-9a-f]{40}$")  # a Hub parent is pinned to a full commit sha, never a branch
+PULLED_COPY = re.compile(r"^parents/[0-9]+$")  # where a pulled recipe keeps its copy of each Hub parent
 
 
 def is_recipe(path: str | os.PathLike) -> bool:
@@ -130,6 +132,10 @@ def read_recipe(path: str | os.PathLike) -> Recipe:
             raise AdapterError(f"{file}: parent {i + 1} has source {p['source']!r}, not one of {SOURCES}")
         if p["source"] == "hub" and not (p.get("repo_id") and p.get("sha")):
             raise AdapterError(f"{file}: Hub parent {p['ref']!r} needs repo_id and the pinned commit sha")
+        if p["source"] == "hub" and not COMMIT.match(str(p["sha"])):
+            raise AdapterError(
+                f"{file}: Hub parent {p['ref']!r} must be pinned to a commit sha (40 hex digits), not {p['sha']!r}"
+            )
         for key in ("config_sha256", "extra_sha256"):
             if p.get(key) is not None and not SHA256.match(str(p[key])):
                 raise AdapterError(f"{file}: parent {i + 1}'s {key} must be a sha256 (64 hex digits), got {p[key]!r}")
@@ -176,7 +182,9 @@ def _parent_folder(recipe: Recipe, parent: Parent, what: str, token: str | None)
         if not folder.is_dir():
             raise AdapterError(f"{what} is missing: no folder {folder}")
         return folder
-    if parent.source == "hub" and parent.path:  # a pulled recipe keeps a copy of each Hub parent beside it
+    # a pulled recipe keeps a copy of each Hub parent beside it, at parents/<i> (pull writes that path); any other
+    # path of a Hub parent (a recipe as fetched from the Hub says what it likes) is not followed: the Hub is asked
+    if parent.source == "hub" and parent.path and PULLED_COPY.match(parent.path):
         local = recipe.folder / parent.path
         if local.is_dir():
             return local

@@ -188,7 +188,7 @@ def _pull_recipe(
         raise HubError(f"pulling {parsed}: the recipe names parents that are not on the Hub ({', '.join(local)})")
     folders = []
     for p in recipe.parents:
-        folder, _ = download(HubRef(p.repo_id, p.sha), token=token)
+        folder, _ = download(parse_ref(p.repo_id, p.sha), token=token)  # a checked repo id
         if is_recipe(folder):  # not pulled in turn: a recipe's parents are adapters
             raise HubError(f"pulling {parsed}: its parent {p.repo_id}@{p.sha[:12]} is itself a recipe")
         if check_first:
