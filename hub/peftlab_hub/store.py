@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,4 +99,11 @@ class AdapterStore:
         return out
 
     def remove(self, name: str) -> None:
-        shutil.rmtree(self._path(name))
+        """Take ``name`` out of the store: renamed to a hidden folder first (one atomic step, after which the name is
+        free and ``list`` skips it), then deleted, so an interrupted removal never leaves half an adapter."""
+        path = self._path(name)
+        if not path.is_dir():
+            raise AdapterError(f"the store ({self.root}) has no adapter named {name!r}")
+        trash = self.root / f".{name}.removed-{uuid.uuid4().hex[:8]}"
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)

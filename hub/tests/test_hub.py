@@ -488,6 +488,30 @@ def test_an_interrupted_push_or_pull_changes_nothing(online, trained, monkeypatc
     assert not [p for p in store.root.iterdir() if p.name.startswith(".")], "no half-written folder is left"
 
 
+def test_an_interrupted_store_remove_leaves_no_half_adapter(online, trained, monkeypatch):
+    import peftlab_hub.store as store_module
+
+    store = AdapterStore()
+    store.add(trained, "mine")
+    store.add(trained, "other")
+    real = shutil.rmtree
+
+    def half(path, *a, **k):  # deletes one file, then the power goes
+        next(p for p in Path(path).iterdir() if p.is_file()).unlink()
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(store_module.shutil, "rmtree", half)
+    with pytest.raises(KeyboardInterrupt):
+        store.remove("mine")
+    monkeypatch.setattr(store_module.shutil, "rmtree", real)
+    assert not (store.root / "mine").exists() and [i.name for i in store.list()] == ["other"]
+    store.add(trained, "mine")  # the name is free again
+    with pytest.raises(peftlab.AdapterError, match="has no adapter named 'nope'"):
+        store.remove("nope")
+    code, _, err = _run("store", "rm", "nope")
+    assert code == 2 and "has no adapter named 'nope'" in err and "Traceback" not in err
+
+
 def test_cli_store_and_doctor(online, trained, tmp_path):
     code, out, err = _run("store", "add", str(trained), "mine")
     assert code == 0, err
