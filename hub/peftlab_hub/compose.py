@@ -8,6 +8,7 @@ own method (a ``cat`` of the parent alone, which is exact), then merged by the m
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -99,7 +100,7 @@ def compose(
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         raise CompositionError(f"the {combination} merge gave NaN or inf values (in {bad[0]}{more}); nothing written")
     cfg = {**cfg, "task_type": task, "base_model_name_or_path": base, "revision": None, "inference_mode": True}
-    handle = registry().for_peft_type(cfg["peft_type"], cfg)  # the method that loads the result, as for peft's
+    handle, cfg = _result_method(files, cfg)
     handle.config_class.from_dict(cfg, source="the merged adapter")  # it must load as written
     meta = {
         "method": handle.name,
@@ -133,6 +134,24 @@ def _check_output(output: str | os.PathLike) -> Path:
     ``atomic_dir`` swaps the whole folder, so a folder of other files would lose them."""
     check_output_dir(output)
     return check_replaceable(output, holds_adapter, "adapter", "the merged adapter")
+
+
+def _result_method(files: list[AdapterFiles], cfg: dict) -> tuple[Any, dict]:
+    """The method the merged adapter is labelled with, and its config: the one that loads its ``peft_type`` (as for
+    peft's), unless every parent is of one method that writes that ``peft_type`` too (QLoRA, whose adapters are LoRA
+    on disk): then the parents' method, with the settings it adds to the loading method's (the 4-bit quantization of
+    the base) where all parents agree on them; where they disagree, the plain method (a base for each parent)."""
+    plain = registry().for_peft_type(cfg["peft_type"], cfg)
+    own = files[0].method
+    if len({f.method.name for f in files}) > 1 or own.peft_type != cfg["peft_type"] or own.name == plain.name:
+        return plain, cfg
+    extra = {f.name for f in dataclasses.fields(own.config_class)} - {
+        f.name for f in dataclasses.fields(plain.config_class)
+    }
+    first = files[0].peft_config
+    if any(f.peft_config.get(k) != first.get(k) for f in files for k in extra):
+        return plain, cfg
+    return own, {**cfg, **{k: first[k] for k in sorted(extra) if k in first and k not in cfg}}
 
 
 def _common_base(parents: list, files: list[AdapterFiles]) -> tuple[str, str]:

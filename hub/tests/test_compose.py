@@ -204,6 +204,31 @@ def test_a_qlora_parent_and_a_store_name_merge_like_lora(parents, tmp_path):
     assert _max_diff(_deltas(out), _exact(parents, [0.5, 2.0])) <= 1e-6
 
 
+def _as_qlora(folder, out, **bnb):
+    q = shutil.copytree(folder, out)
+    meta = json.loads((q / "peftlab.json").read_text())
+    (q / "peftlab.json").write_text(json.dumps({**meta, "method": "qlora"}))
+    cfg = json.loads((q / "adapter_config.json").read_text())
+    (q / "adapter_config.json").write_text(json.dumps({**cfg, **bnb}))
+    return q
+
+
+def test_merged_qlora_adapters_stay_qlora_with_their_quantization(parents, tmp_path):
+    """All-QLoRA parents give a QLoRA adapter (it needs the 4-bit base they were trained on), with their shared
+    quantization settings; parents that disagree on them give plain LoRA, as a LoRA + QLoRA mix does."""
+    fp4 = {"bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False}
+    a, b = (_as_qlora(p, tmp_path / f"q{i}", **fp4) for i, p in enumerate(parents))
+    out = compose([a, b], [0.5, 2.0], "cat", output=tmp_path / "merged")
+    files = peftlab.read_adapter(out)
+    assert json.loads((out / "peftlab.json").read_text())["method"] == "qlora" and files.method.name == "qlora"
+    assert files.method.capabilities.needs_quantized_base
+    assert files.config.bnb_4bit_quant_type == "fp4" and files.config.bnb_4bit_use_double_quant is False
+    assert _max_diff(_deltas(out), _exact(parents, [0.5, 2.0])) <= 1e-6
+    nf4 = _as_qlora(parents[1], tmp_path / "nf4", bnb_4bit_quant_type="nf4")
+    mixed = compose([a, nf4], [0.5, 2.0], "cat", output=tmp_path / "mixed")
+    assert json.loads((mixed / "peftlab.json").read_text())["method"] == "lora"
+
+
 def test_the_merged_folder_loads_in_peftlab_and_in_peft_with_the_same_logits(parents, tiny_dir, tmp_path):
     from peft import PeftModel
 
