@@ -33,6 +33,7 @@ from peftlab.io import (
     holds_adapter,
     model_card,
 )
+from peftlab.method import CORE_KEYS
 from peftlab.recipe import check_weights
 
 from .resolve import ResolvedAdapter, parent_inside, resolve_adapter
@@ -186,17 +187,32 @@ def _common_form(parents: list, files: list[AdapterFiles]) -> tuple[Any, list[Ad
         )
     cfg0 = converted[0][1]
     combiner = registry().for_peft_type(cfg0["peft_type"], cfg0)
-    inputs = [
-        replace(
-            f,
-            method=combiner,
-            config=combiner.config_class.from_dict(cfg, source=str(f.path)),
-            weights=AdapterWeights(tensors),
-            peft_config={**f.peft_config, **cfg},
+    inputs = []
+    for f, cfg, tensors in converted:
+        if _in_form(f, combiner):  # as it is: its scaling kept apart from its factors, as a parent of one method's
+            names = {x.name for x in dataclasses.fields(combiner.config_class)}
+            own = {k: v for k, v in f.peft_config.items() if k in names or k in CORE_KEYS}
+            config = combiner.config_class.from_dict(own, source=str(f.path))
+            inputs.append(replace(f, method=combiner, config=config, peft_config=own))
+            continue
+        config = combiner.config_class.from_dict(cfg, source=str(f.path))
+        inputs.append(
+            replace(
+                f, method=combiner, config=config, weights=AdapterWeights(tensors), peft_config={**f.peft_config, **cfg}
+            )
         )
-        for f, cfg, tensors in converted
-    ]
     return combiner, inputs
+
+
+def _in_form(f: AdapterFiles, combiner) -> bool:
+    """Whether parent ``f`` is already in the merging method's form: the same ``peft_type``, a config that extends
+    the merger's (QLoRA's is LoRA's plus the base's quantization) and no state of its own besides. Its converted
+    copy would fold its scaling into its factors, which the factor-level types (TIES' sign election) see."""
+    return (
+        f.method.peft_type == combiner.peft_type
+        and issubclass(f.method.config_class, combiner.config_class)
+        and not f.weights.extra
+    )
 
 
 def _parent_record(arg, r: ResolvedAdapter, f: AdapterFiles) -> dict:

@@ -229,6 +229,28 @@ def test_merged_qlora_adapters_stay_qlora_with_their_quantization(parents, tmp_p
     assert json.loads((mixed / "peftlab.json").read_text())["method"] == "lora"
 
 
+@pytest.mark.parametrize("combination", ["linear", "ties", "dare_ties", "magnitude_prune"])
+def test_a_lora_plus_qlora_factor_level_merge_is_the_lora_plus_lora_one(combination, parents, tmp_path):
+    """A mix is first brought to LoRA form by each method's cat; the factor-level types then see √sᵢ on each factor,
+    as they do for parents of one method (with all of sᵢ on A the cross terms BᵢAⱼ came out otherwise)."""
+    q = _as_qlora(parents[1], tmp_path / "q", bnb_4bit_quant_type="nf4")
+    kw = {"density": 0.6, "seed": 3} if combination != "linear" else {}
+    single = compose(parents, [0.7, -0.4], combination, output=tmp_path / "single", **kw)
+    mixed = compose([parents[0], q], [0.7, -0.4], combination, output=tmp_path / "mixed", **kw)
+    assert json.loads((mixed / "peftlab.json").read_text())["method"] == "lora"
+    assert _max_diff(_deltas(mixed), _deltas(single)) <= 1e-6
+
+
+def test_cat_splits_each_parents_weight_and_scaling_between_its_factors(parents, tmp_path):
+    """cat's factors carry ±√|wᵢsᵢ| each (the sign on A), not all of wᵢsᵢ on A: the same ΔW, and a parent brought to
+    LoRA form by cat alone (an AdaLoRA one in a mix) has the balance the factor-level types give its own method."""
+    out = compose([parents[0]], [-2.0], "cat", output=tmp_path / "cat")
+    merged = _factors(out)
+    for path, (A0, B0, s0) in _factors(parents[0]).items():
+        A1, B1, s1 = merged[path]
+        assert s1 == 1.0 and torch.allclose(A1, -math.sqrt(2 * s0) * A0) and torch.allclose(B1, math.sqrt(2 * s0) * B0)
+
+
 def test_the_merged_folder_loads_in_peftlab_and_in_peft_with_the_same_logits(parents, tiny_dir, tmp_path):
     from peft import PeftModel
 

@@ -4,7 +4,10 @@ Every parent is a set of low-rank factors ``{module path: (A, B, scaling)}`` wit
 (``A`` is ``[r, in]``, ``B`` is ``[out, r]``). The merged adapter has scaling 1 (``lora_alpha = r``, no rsLoRA),
 the weights and the parents' scalings folded into its factors. Three families of types:
 
-* ``cat`` — exact: ``A = [w₁s₁A₁; w₂s₂A₂; …]``, ``B = [B₁ B₂ …]``, so ``ΔW = Σ wᵢ ΔWᵢ`` at rank ``Σ rᵢ``.
+* ``cat`` — exact: ``A = [c₁A₁; c₂A₂; …]``, ``B = [|c₁|B₁ |c₂|B₂ …]`` with ``cᵢ = ±√|wᵢsᵢ|`` (the sign of ``wᵢ``), so
+  ``ΔW = Σ wᵢ ΔWᵢ`` at rank ``Σ rᵢ``. (peft puts all of ``wᵢsᵢ`` on ``A``, for the same ``ΔW``; split, a parent
+  brought to LoRA form by ``cat`` alone — a mix of methods — has the factors the factor-level types expect, so a
+  LoRA + QLoRA ``linear`` merge is the LoRA + LoRA one.)
 * ``svd``, ``ties_svd``, ``dare_linear_svd``, ``dare_ties_svd``, ``magnitude_prune_svd`` — merge the exact
   ``ΔWᵢ = sᵢ BᵢAᵢ`` (task arithmetic, TIES, DARE, magnitude pruning), then keep the best rank-``svd_rank``
   approximation (truncated SVD; default rank: the largest parent rank, as peft).
@@ -159,9 +162,9 @@ def _merge_module(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The merged ``(A, B)`` of one module from ``here``: its parents' ``(factors, weight, name)``."""
     dtype = here[0][0][0].dtype
-    if combination == "cat":
-        A = torch.cat([A.float() * (w * s) for (A, _, s), w, _ in here])
-        B = torch.cat([B.float() for (_, B, _), _, _ in here], dim=1)
+    if combination == "cat":  # √|wᵢsᵢ| on each factor (the sign on A): what the factor-level types split
+        A = torch.cat([A.float() * _signed_root(w * s) for (A, _, s), w, _ in here])
+        B = torch.cat([B.float() * math.sqrt(abs(w * s)) for (_, B, s), w, _ in here], dim=1)
     elif combination in FACTOR_LEVEL:
         ranks = {n: A.shape[0] for (A, _, _), _, n in here}
         if len(set(ranks.values())) > 1:
@@ -170,7 +173,7 @@ def _merge_module(
                 f"rank, but at {path} they have {ranks}; use cat (exact) or svd instead"
             )
         ws = [w * s for (_, _, s), w, _ in here]
-        wa = [math.copysign(math.sqrt(abs(x)), 1.0 if x >= 0 else -1.0) for x in ws]
+        wa = [_signed_root(x) for x in ws]
         wb = [math.sqrt(abs(x)) for x in ws]
         A = merge_tensors([A.float() for (A, _, _), _, _ in here], wa, kind, density, majority_sign, gen)
         B = merge_tensors([B.float() for (_, B, _), _, _ in here], wb, kind, density, majority_sign, gen)
@@ -183,6 +186,11 @@ def _merge_module(
         U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
         A, B = Vh[:k], U[:, :k] * S[:k]
     return A.to(dtype), B.to(dtype)
+
+
+def _signed_root(x: float) -> float:
+    """``±√|x|`` with the sign of ``x``: the share of ``x`` put on ``A`` (``B`` gets ``√|x|``)."""
+    return math.copysign(math.sqrt(abs(x)), 1.0 if x >= 0 else -1.0)
 
 
 def low_rank_svd(A: torch.Tensor, B: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
