@@ -20,6 +20,8 @@ from .store import AdapterStore
 
 PROVENANCE_FILE = "provenance.json"  # where a pulled adapter came from: repo, revision asked, commit sha
 COMMIT = re.compile(r"^[0-9a-f]{40}$")  # a full commit sha: what recipes pin their Hub parents to
+MAX_MB_ENV = "PEFTLAB_MAX_ADAPTER_MB"
+DEFAULT_MAX_MB = 2048  # what a pull downloads at most (an adapter is far smaller: a repo this big holds something else)
 
 
 @dataclass
@@ -56,9 +58,11 @@ def download(ref: HubRef | str, *, token: str | None = None) -> tuple[Path, str]
         return cached, ref.revision
     doing = f"pulling {ref}"
     with hub_errors(doing, token, repo=ref.repo_id, revision=ref.revision):
-        info = client(token).model_info(ref.repo_id, revision=ref.revision)
+        info = client(token).model_info(ref.repo_id, revision=ref.revision, files_metadata=True)
         names = {s.rfilename for s in info.siblings or []}
         recipe = RECIPE_FILE in names and CONFIG_FILE not in names  # a composition recipe: no tensors of its own
+        wanted = [RECIPE_FILE, "README.md"] if recipe else list(ADAPTER_FILES)
+        _check_size(doing, {s.rfilename: _size(s) for s in info.siblings or [] if s.rfilename in wanted})
         if not recipe and CONFIG_FILE not in names:
             raise HubError(
                 f"{doing}: {ref.repo_id} holds no adapter ({CONFIG_FILE} is missing; files: "
@@ -75,11 +79,44 @@ def download(ref: HubRef | str, *, token: str | None = None) -> tuple[Path, str]
         folder = snapshot_download(
             ref.repo_id,
             revision=info.sha,
-            allow_patterns=[RECIPE_FILE, "README.md"] if recipe else list(ADAPTER_FILES),
+            allow_patterns=wanted,
             token=token or False,
             endpoint=endpoint(),
         )
     return Path(folder), info.sha
+
+
+def max_download_mb() -> float:
+    """The most megabytes a pull downloads: ``PEFTLAB_MAX_ADAPTER_MB``, else ``DEFAULT_MAX_MB``."""
+    raw = os.environ.get(MAX_MB_ENV, "").strip()
+    if not raw:
+        return float(DEFAULT_MAX_MB)
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = float("nan")
+    if not (mb > 0 and mb != float("inf")):
+        raise HubError(f"{MAX_MB_ENV}={raw!r} is not a positive number of megabytes")
+    return mb
+
+
+def _size(sibling) -> int:
+    """A file's size as the Hub lists it (an LFS file's real size, not its pointer's); 0 when not listed."""
+    lfs = getattr(sibling, "lfs", None)
+    size = (lfs.get("size") if isinstance(lfs, dict) else getattr(lfs, "size", None)) if lfs else None
+    return int(size if size is not None else sibling.size or 0)
+
+
+def _check_size(doing: str, sizes: dict[str, int]) -> None:
+    """Refuse, before anything is downloaded, files larger in all than ``max_download_mb``."""
+    cap = max_download_mb()
+    total = sum(sizes.values())
+    if total > cap * 2**20:
+        biggest = max(sizes, key=sizes.__getitem__)
+        raise HubError(
+            f"{doing}: its files are {total / 2**20:.1f} MB ({biggest}: {sizes[biggest] / 2**20:.1f} MB), more than "
+            f"the {cap:g} MB a pull downloads; set {MAX_MB_ENV} higher to pull it anyway"
+        )
 
 
 def _cached(ref: HubRef, token: str | None) -> Path | None:

@@ -225,6 +225,22 @@ def test_a_pinned_commit_in_the_cache_pulls_offline(online, trained, tmp_path, m
         pull(f"alice/pinned@{'0' * 40}", output=tmp_path / "x")
 
 
+def test_pull_refuses_files_over_the_size_cap_before_downloading_them(online, trained, tmp_path, monkeypatch):
+    push(trained, "alice/big")
+    monkeypatch.setenv("PEFTLAB_MAX_ADAPTER_MB", "0.001")
+    with pytest.raises(HubError, match=r"its files are .* MB \(adapter_model.safetensors: .* MB\), more than the "):
+        pull("alice/big", output=tmp_path / "x")
+    code, _, err = _run("pull", "alice/big")
+    assert code == 2 and "set PEFTLAB_MAX_ADAPTER_MB higher to pull it anyway" in err
+    cached = Path(os.environ["HF_HUB_CACHE"]) / "models--alice--big"
+    assert not (tmp_path / "x").exists() and not list(cached.rglob("*.safetensors"))  # nothing was downloaded
+    monkeypatch.setenv("PEFTLAB_MAX_ADAPTER_MB", "lots")
+    with pytest.raises(HubError, match="PEFTLAB_MAX_ADAPTER_MB='lots' is not a positive number of megabytes"):
+        pull("alice/big", output=tmp_path / "x")
+    monkeypatch.setenv("PEFTLAB_MAX_ADAPTER_MB", "64")
+    assert pull("alice/big", output=tmp_path / "x").report.ok
+
+
 def test_pull_refuses_repos_without_a_safe_adapter_and_keeps_the_store(online, trained):
     store = AdapterStore()
     store.add(trained, "keep")
