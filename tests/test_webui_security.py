@@ -187,11 +187,10 @@ def test_a_hub_id_is_fetched_with_the_visitors_token_never_the_servers(demo, apa
         return SimpleNamespace(path=tmp_path / "fetched")
 
     monkeypatch.setattr(peftlab_hub, "resolve_adapter", resolve_adapter)
-    with pytest.raises(PeftlabError, match="needs your own Hugging Face login"):
-        locate("alice/private-lora")
-    assert asked == []
+    assert locate("alice/public-lora") == str(tmp_path / "fetched")  # no login: anonymous, never the server's
+    assert asked == [("alice/public-lora", False)]
     assert locate("alice/private-lora", token="hf_visitor1234567") == str(tmp_path / "fetched")
-    assert asked == [("alice/private-lora", "hf_visitor1234567")]
+    assert asked[-1] == ("alice/private-lora", "hf_visitor1234567")
     # the Chat tab hands on the login's own token (gr.OAuthToken)
     handler(demo, "on_pick")(None, "alice/chat-lora", "", ALICE, None, SimpleNamespace(token="hf_visitor1234567"))
     assert asked[-1] == ("alice/chat-lora", "hf_visitor1234567")

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from peftlab import AdapterError
 
@@ -65,8 +66,11 @@ def endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
-def resolve_token(token: str | None = None) -> str | None:
-    """``token``, else ``HF_TOKEN``, else the token ``hf auth login`` saved; ``None`` when there is none."""
+def resolve_token(token: str | Literal[False] | None = None) -> str | Literal[False] | None:
+    """``token``, else ``HF_TOKEN``, else the token ``hf auth login`` saved; ``None`` when there is none. ``False``
+    stays ``False``: anonymous on purpose (a web app's visitor without a login), never this machine's token."""
+    if token is False:
+        return False
     if token:
         return token
     if os.environ.get("HF_TOKEN"):
@@ -84,7 +88,7 @@ def scrub(text: str, token: str | None) -> str:
 
 
 def client(token: str | None = None):
-    """An ``HfApi`` for ``endpoint()`` with the resolved token (``None``: anonymous)."""
+    """An ``HfApi`` for ``endpoint()`` with the resolved token (anonymous when there is none, or ``token=False``)."""
     from huggingface_hub import HfApi
 
     return HfApi(endpoint=endpoint(), token=resolve_token(token) or False)

@@ -267,6 +267,18 @@ def test_a_private_repo_needs_a_token(online, trained, monkeypatch):
     assert pull("alice/secret", token=READ_TOKEN).repo_id == "alice/secret"
 
 
+def test_token_false_is_anonymous_whatever_this_machine_holds(online, trained, tmp_path):
+    """``token=False`` (a web app's visitor without a login) never sends ``HF_TOKEN``: a private repo is not found,
+    a public one pulls."""
+    push(trained, "alice/secret-2", private=True)
+    push(trained, "alice/public-2")
+    assert os.environ["HF_TOKEN"]  # this machine has a token that could read it
+    with pytest.raises(HubError, match="not found"):
+        pull("alice/secret-2", token=False, output=tmp_path / "secret")
+    assert not (tmp_path / "secret").exists()
+    assert pull("alice/public-2", token=False, output=tmp_path / "public").repo_id == "alice/public-2"
+
+
 def test_an_unreachable_hub_fails_fast_with_a_clear_message(online, monkeypatch, tmp_path):
     import socket
 

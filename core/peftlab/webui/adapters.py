@@ -12,6 +12,7 @@ import threading
 from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Literal
 
 from .. import compare, jobs
 from ..errors import PeftlabError
@@ -105,8 +106,8 @@ def open_adapter(
 def locate(text: str, store_dir: str | os.PathLike | None = None, token: str | None = None) -> str:
     """What a typed adapter names, as a folder: a folder as is; with ``peftlab-hub``, also a store name or a Hub id
     (``owner/name[@rev]``, downloaded to the Hub cache with ``token`` and checked by the adapter doctor once per app
-    process and token, since chat asks again with every message). When sessions are kept apart, a Hub id without
-    the visitor's ``token`` is refused if this server has a token of its own: peftlab_hub would send it."""
+    process and token, since chat asks again with every message). When sessions are kept apart, a visitor without
+    a ``token`` fetches anonymously (public repos only), never with this server's token."""
     if not HAS_HUB or Path(text).expanduser().is_dir():
         return text
     from peftlab_hub import AdapterStore
@@ -117,7 +118,7 @@ def locate(text: str, store_dir: str | os.PathLike | None = None, token: str | N
     return _resolve_hub(text, str(store.root), token)
 
 
-def _resolve(text: str, store_root: str, token: str | None = None) -> str:
+def _resolve(text: str, store_root: str, token: str | Literal[False] | None = None) -> str:
     from peftlab_hub import AdapterStore, resolve_adapter
 
     return str(resolve_adapter(text, store=AdapterStore(store_root), token=token).path)
@@ -129,18 +130,12 @@ HUB_CACHE_SIZE = 32
 
 
 def _resolve_hub(text: str, store_root: str, token: str | None) -> str:  # a failure is not cached: tried again
-    from peftlab_hub.remote import looks_like_hub_id, resolve_token
-
-    if not token and kept_apart() and looks_like_hub_id(text) and resolve_token(None):
-        raise PeftlabError(
-            f"{text}: loading an adapter from the Hub here needs your own Hugging Face login (this server's token "
-            "is not lent to visitors); sign in, or pull it in the Hub tab"
-        )
-    key = (text, store_root, hashlib.sha256(token.encode()).hexdigest() if token else "")
+    sent: str | Literal[False] | None = token or (False if kept_apart() else None)  # False: anonymous
+    key = (text, store_root, hashlib.sha256(token.encode()).hexdigest() if token else str(sent))
     with _hub_lock:
         found = _hub_found.get(key)
     if found is None:
-        found = _resolve(text, store_root, token)
+        found = _resolve(text, store_root, sent)
         with _hub_lock:
             _hub_found[key] = found
             while len(_hub_found) > HUB_CACHE_SIZE:
