@@ -303,7 +303,7 @@ def learn(
     weights)``) that loads the parents together.
     Returns what ``learn.json`` holds."""
     from peftlab import data as pdata
-    from peftlab.io import atomic_dir, check_output_dir
+    from peftlab.io import atomic_dir, check_output_dir, check_replaceable
 
     from .compose import CompositionError, compose
     from .sweep import Mixture
@@ -320,6 +320,7 @@ def learn(
         init = check_weights(init, len(parents), "init")
     if output is not None:
         check_output_dir(output)
+        check_replaceable(output, lambda p: (p / LEARN_JSON).is_file(), "learned mixture", "the learned mixtures")
     if len(parents) < 2:
         raise CompositionError(f"learning a mixture needs at least two parents, got {len(parents)}")
     if max_samples is not None and max_samples < 1:

@@ -403,7 +403,7 @@ def sweep(
     ``dataset``'s rows: eval loss and exact match per point. With ``output``, ``sweep.json`` and ``sweep.png`` (eval
     loss and exact match against ``w``) are written there atomically. The base model loads once (or pass a
     ``mixture`` of the two parents to reuse one); progress lines go to stderr. Returns what ``sweep.json`` holds."""
-    from peftlab.io import atomic_dir, check_output_dir
+    from peftlab.io import atomic_dir, check_output_dir, check_replaceable
 
     from .compose import CompositionError
 
@@ -415,6 +415,7 @@ def sweep(
     grid = check_weights(grid, len(grid), "grid")
     if output is not None:
         check_output_dir(output)
+        check_replaceable(output, lambda p: (p / SWEEP_JSON).is_file(), "sweep", "the sweep")  # before any pass
     if max_samples is not None and max_samples < 1:
         raise CompositionError(f"max_samples must be at least 1, got {max_samples}")
     rows = pick_rows(dataset, split, max_samples, seed)

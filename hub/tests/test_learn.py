@@ -211,6 +211,17 @@ def test_bad_input_is_refused_before_anything_is_written(parents, tmp_path, kwar
     assert not out.exists()
 
 
+def test_an_output_folder_of_other_files_is_refused_and_kept(parents, tmp_path):
+    from peftlab.errors import ConfigError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not empty and holds no learned mixture"):
+        learn([parents["good"], parents["noise"]], parents["data"], output=mine, quiet=True)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
 def test_one_parent_is_refused(parents, tmp_path):
     with pytest.raises(CompositionError, match="at least two parents"):
         learn([parents["good"]], parents["data"], output=tmp_path / "out", quiet=True)

@@ -99,6 +99,24 @@ def test_bad_input_is_refused_before_anything_is_written(parents, tmp_path, kwar
     assert not out.exists()
 
 
+def test_an_output_folder_of_other_files_is_refused_and_kept(parents, tmp_path):
+    """The sweep's folder is written whole (atomic_dir): a folder of other files is refused, not emptied; a
+    folder holding an earlier sweep is replaced."""
+    from peftlab.errors import ConfigError
+
+    folders, data = parents
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not empty and holds no sweep"):
+        sweep(folders, data, output=mine, quiet=True, grid=[0.5], exact=False)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    out = tmp_path / "out"
+    sweep(folders, data, output=out, quiet=True, grid=[0.5], exact=False)
+    sweep(folders, data, output=out, quiet=True, grid=[0.0, 1.0], exact=False)
+    assert [p["w"] for p in json.loads((out / "sweep.json").read_text())["points"]] == [0.0, 1.0]
+
+
 def test_a_sweep_needs_two_parents(parents, tmp_path):
     folders, data = parents
     with pytest.raises(CompositionError, match="two parents, got 3"):
