@@ -165,24 +165,29 @@ def text(message: dict) -> str:
     return (content if isinstance(content, str) else "".join(p.get("text", "") for p in content)).strip()
 
 
-def test_over_http_a_cancelled_reply_does_not_block_the_next_session(served, adapters):
+def test_over_http_a_cancelled_reply_does_not_block_the_next_session(served, adapters, monkeypatch):
     """Two clients (two sessions) of the served app: the first leaves while its reply streams (the server closes
     its handler, as when a browser tab is closed), then the second asks and is answered."""
     from gradio_client import Client
 
+    monkeypatch.setenv("PEFTLAB_SHARE_JOBS", "1")  # one user's app (as on a laptop): any adapter folder opens
+
     demo, url = served
     first, second = Client(url, verbose=False), Client(url, verbose=False)
-    args = (None, str(adapters[0]), "", 512, [], [], "", 0, 1)  # no system prompt, greedy
+    browsers = ("a" * 32, "b" * 32)  # the owner ids the server issues its browsers
+    args = (None, str(adapters[0]), "", 512, [], [], "", 0, 1, browsers[0])  # no system prompt, greedy
     job = first.submit("A long story, please.", *args, api_name="/on_send")
     deadline = time.time() + TIMEOUT
     while time.time() < deadline and not any(o[1] and o[1][-1]["content"] for o in job.outputs()):
         time.sleep(0.05)  # until the adapted reply has begun
     job.cancel()
     started = time.time()
-    out = second.submit("Capital of France?", None, str(adapters[1]), "", 8, [], [], "", 0, 1, api_name="/on_send")
+    out = second.submit(
+        "Capital of France?", None, str(adapters[1]), "", 8, [], [], "", 0, 1, browsers[1], api_name="/on_send"
+    )
     base_hist, adapted_hist, _, info = out.result(timeout=TIMEOUT)
     assert time.time() - started < TIMEOUT
-    assert "Generation failed" not in info
+    assert "Generation failed" not in info and base_hist, info
     engine = demo.peftlab_engine
     want = list(engine.stream(engine.load(adapters[1]), "Capital of France?", 8))[-1]
     assert (text(base_hist[-1]), text(adapted_hist[-1])) == tuple(w.strip() for w in want)
@@ -194,10 +199,12 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.mark.browser
-def test_in_the_browser_a_tab_closed_mid_reply_does_not_block_the_next_one(served, adapters):
+def test_in_the_browser_a_tab_closed_mid_reply_does_not_block_the_next_one(served, adapters, monkeypatch):
     """Headless Chromium: one tab asks for a long reply and is closed while it streams; a tab of another browser
     then asks and is answered."""
     from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("PEFTLAB_SHARE_JOBS", "1")  # one user's app (as on a laptop): any adapter folder opens
 
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
