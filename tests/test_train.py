@@ -126,3 +126,15 @@ def test_trainargs_refuses_a_dataset_whose_task_the_method_cannot_train(tmp_path
         TrainArgs(method="qlora", dataset=str(data), output_dir=str(tmp_path / "run"))
     assert TrainArgs(method="lora", dataset=str(data), output_dir=str(tmp_path / "run")).dataset == str(data)
     assert not (tmp_path / "run").exists()
+
+
+def test_training_again_into_a_finished_run_says_it_replaces_that_adapter(tiny_dir, tmp_path):
+    """A second run into a folder that holds a finished run's adapter says, before it starts, that it will replace
+    it (and how to keep it); a --resume of it, or a fresh folder, says nothing of the kind."""
+    first, _ = _run(tiny_dir, tmp_path, max_steps=1)
+    assert not [e for e in first.history if "earlier run" in e.get("message", "")]
+    again, _ = _run(tiny_dir, tmp_path, max_steps=1)
+    notes = [e["message"] for e in again.history if e["event"] == "status"]
+    assert any("holds the adapter of an earlier run: this run replaces it" in m and "--resume" in m for m in notes)
+    resumed, _ = _run(tiny_dir, tmp_path, max_steps=2, resume=True)
+    assert not [e for e in resumed.history if "earlier run" in e.get("message", "")]

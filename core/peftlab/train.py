@@ -58,7 +58,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .errors import ConfigError, PeftlabError
-from .io import RUN_ADAPTER_DIR, load_adapter, save_adapter
+from .io import CONFIG_FILE, RUN_ADAPTER_DIR, load_adapter, save_adapter
 from .loss import (
     PACKED_ATTENTION,  # noqa: F401
     eval_loss,
@@ -429,6 +429,14 @@ def _train(
     labels = pdata.label_names(rows) if task == "SEQ_CLS" else None
     train_rows, eval_rows = pdata.split_rows(rows, args.eval_fraction, args.seed)
     eval_rows = eval_rows[: args.max_eval_samples]
+    if not args.resume and (out / RUN_ADAPTER_DIR / CONFIG_FILE).exists():  # said before the long part starts
+        emit(
+            {
+                "event": "status",
+                "message": f"{out} holds the adapter of an earlier run: this run replaces it when it ends "
+                "(--resume continues that run instead; another --output keeps it)",
+            }
+        )
     if model is None:
         emit({"event": "status", "message": "loading base model"})
         device = args.device or (str(accelerator.device) if world > 1 else None)  # each process: its own device
