@@ -176,10 +176,9 @@ def delete_run(runs_dir: str | os.PathLike, name: str, owner: str | None = None)
     it, nor a resume begin, between the check and the move."""
     with jobs._scheduling(Path(runs_dir)):
         info = find_run(runs_dir, name, owner)
-        if info.status in (jobs.RUNNING, jobs.QUEUED) or is_training(info.path):
-            raise RunError(
-                f"run {name!r} is {jobs.RUNNING if is_training(info.path) else info.status}: stop it before deleting it"
-            )
+        status = jobs.RUNNING if is_training(info.path) else info.status  # a job's status, or its trainer's lock
+        if status in (jobs.RUNNING, jobs.QUEUED):
+            raise RunError(f"run {name!r} is {status}: stop it before deleting it")
         root = Path(runs_dir).resolve()
         target = info.path.resolve()
         if target.parent != root:  # a symlinked run pointing elsewhere is not ours to delete
